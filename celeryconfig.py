@@ -1,0 +1,59 @@
+"""Celery settings for VX11, read by the workers (``celery -A workers``) and by the
+gateway's publishing client. URLs come from ``VX11_*`` through :mod:`vx11.config`."""
+
+from kombu import Exchange, Queue
+
+from vx11.config import Settings
+
+_settings = Settings.from_env()
+
+broker_url = _settings.effective_broker_url
+result_backend = _settings.effective_result_backend
+
+# JSON only: a pickle payload from anyone who can write to the broker would run code
+# in the worker itself, outside every sandbox.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+# acks_late: a job is acknowledged only when it has finished, so a worker that dies
+# loses no queued job. Its danger is double execution on redelivery; the spawner
+# refuses to run a spawn whose record has already left QUEUED (see workers/spawner.py).
+task_acks_late = True
+worker_prefetch_multiplier = 1
+task_track_started = True
+task_send_sent_event = True
+worker_send_task_events = True
+result_extended = True
+result_expires = _settings.result_expires
+
+# Redis redelivers an unacknowledged job after visibility_timeout: it must be longer
+# than the longest spawn can run, or a long spawn would be handed to a second worker.
+_VISIBILITY_TIMEOUT = _settings.spawn_max_ttl + 600
+broker_transport_options = {
+    "visibility_timeout": _VISIBILITY_TIMEOUT,
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+}
+redis_socket_connect_timeout = 2
+redis_socket_timeout = 5
+redis_retry_on_timeout = True
+broker_connection_retry_on_startup = True
+broker_connection_timeout = 2
+broker_heartbeat = 10
+
+# The gateway publishes with a short retry, so a down broker is a quick 503.
+task_publish_retry = True
+task_publish_retry_policy = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+
+task_default_queue = _settings.spawn_queue
+task_queues = (Queue(_settings.spawn_queue, Exchange(_settings.spawn_queue), routing_key="spawn"),)
+task_routes = {"vx11.spawn": {"queue": _settings.spawn_queue, "routing_key": "spawn"}}
+
+worker_hijack_root_logger = False

@@ -1,0 +1,15 @@
+"""The HTTP API: one module per resource, schemas beside the views that use them."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def init_app(app: Flask) -> None:
+    from vx11.api import errors, health, spawns, status, windows
+
+    errors.init_app(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(status.bp)
+    app.register_blueprint(windows.bp)
+    app.register_blueprint(spawns.bp)

@@ -1,0 +1,23 @@
+"""Field types shared by the API schemas."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from marshmallow import fields
+
+
+def iso_z(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with a ``Z``, to the millisecond."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class UTCDateTime(fields.Field):
+    """A datetime written as ISO 8601 UTC with ``Z``."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return iso_z(value)

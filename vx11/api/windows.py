@@ -1,0 +1,91 @@
+"""Policy windows: ``POST /vx11/window/open``, ``POST /vx11/window/close``,
+``GET /vx11/window/status/<target>``."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from flask import Blueprint
+from marshmallow import Schema, fields, validate
+
+from vx11.api.auth import require_token
+from vx11.api.body import load
+from vx11.api.fields import iso_z
+from vx11.config import Settings
+from vx11.errors import NotFound
+from vx11.policy import Window
+from vx11.services import services
+
+bp = Blueprint("windows", __name__, url_prefix="/vx11/window")
+bp.before_request(require_token)
+
+REASON = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+
+
+@functools.cache
+def request_schemas(settings: Settings) -> tuple[Schema, Schema]:
+    """The open and close request schemas, with this deployment's targets and limits."""
+    target = fields.String(required=True, validate=validate.OneOf(settings.window_targets))
+    ttl = fields.Integer(
+        strict=True,
+        load_default=settings.window_default_ttl,
+        validate=validate.Range(1, settings.window_max_ttl),
+    )
+    open_schema = Schema.from_dict(
+        {"target": target, "ttl_seconds": ttl, "reason": REASON}, name="WindowOpenRequest"
+    )
+    close_schema = Schema.from_dict({"target": target, "reason": REASON}, name="WindowCloseRequest")
+    return open_schema(), close_schema()
+
+
+def window_view(target: str, window: Window | None) -> dict[str, Any]:
+    if window is None:
+        return {
+            "target": target,
+            "is_open": False,
+            "window_id": None,
+            "opened_at": None,
+            "expires_at": None,
+            "ttl_remaining_seconds": 0,
+            "reason": None,
+        }
+    return {
+        "target": target,
+        "is_open": True,
+        "window_id": window.window_id,
+        "opened_at": iso_z(window.opened_at),
+        "expires_at": iso_z(window.expires_at),
+        "ttl_remaining_seconds": window.ttl_remaining(),
+        "reason": window.reason,
+    }
+
+
+@bp.post("/open")
+def open_window():
+    """Open (or replace) the window of a target for ``ttl_seconds``."""
+    args = load(request_schemas(services().settings)[0])
+    window = services().windows.open(args["target"], args["ttl_seconds"], args["reason"])
+    return window_view(window.target, window)
+
+
+@bp.post("/close")
+def close_window():
+    """Close a target's window; ``was_open`` says whether one was open."""
+    args = load(request_schemas(services().settings)[1])
+    closed = services().windows.close(args["target"])
+    return {
+        "target": args["target"],
+        "closed": True,
+        "was_open": closed is not None,
+        "reason": args["reason"],
+    }
+
+
+@bp.get("/status/<target>")
+def window_status(target: str):
+    """The target's window, or ``is_open: false`` with nulls."""
+    svc = services()
+    if target not in svc.settings.window_targets:
+        raise NotFound(f"unknown window target {target}", targets=list(svc.settings.window_targets))
+    return window_view(target, svc.windows.get(target))

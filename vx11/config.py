@@ -1,0 +1,142 @@
+"""Every VX11 setting, its default and its meaning, read once from ``VX11_*`` variables.
+
+The gateway, the workers (through ``celeryconfig``) and the CLI all build their
+:class:`Settings` here, so a setting has exactly one name, one default and one parser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEV_TOKEN = "vx11-test-token"
+
+
+def _setting(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """VX11 configuration. Each field is read from ``VX11_<FIELD NAME IN CAPITALS>``."""
+
+    env: str = _setting(
+        "development",
+        "`development` accepts the built-in test token; `production` refuses it and refuses "
+        "to start without a real token.",
+    )
+    data_dir: str = _setting(".vx11", "Directory for the SQLite ledger and the private Redis.")
+    redis_url: str = _setting(
+        "redis://127.0.0.1:6390/0",
+        "Redis holding policy windows and token hashes; `vx11 up` starts a private one "
+        "on this default address when it is left unset.",
+    )
+    broker_url: str = _setting("", "Celery broker; empty means the same as `redis_url`.")
+    result_backend: str = _setting("", "Celery result backend; empty means `redis_url`.")
+    database_url: str = _setting(
+        "", "SQLAlchemy URL of the spawn ledger; empty means SQLite at `<data_dir>/vx11.db`."
+    )
+    dev_token: str = _setting(DEV_TOKEN, "Token accepted in development mode only.")
+    window_targets: tuple[str, ...] = _setting(
+        ("spawner", "switch", "hermes"), "Targets a policy window may be opened for."
+    )
+    window_max_ttl: int = _setting(3600, "Longest policy window, seconds.")
+    window_default_ttl: int = _setting(600, "Window length when a request gives none, seconds.")
+    spawn_default_ttl: int = _setting(30, "Wall-clock limit of a spawn that gives none, seconds.")
+    spawn_max_ttl: int = _setting(3600, "Longest wall-clock limit a spawn may ask for, seconds.")
+    spawn_queue: str = _setting("spawner", "Celery queue the spawn jobs are published to.")
+    max_body_bytes: int = _setting(1 << 20, "Largest request body; larger gets 413.")
+    max_code_bytes: int = _setting(64 << 10, "Largest `code` of a spawn, bytes (UTF-8).")
+    max_stdin_bytes: int = _setting(256 << 10, "Largest `stdin` of a spawn, bytes (UTF-8).")
+    max_metadata_bytes: int = _setting(4096, "Largest `metadata` object, bytes of JSON.")
+    output_limit_bytes: int = _setting(1 << 20, "Captured stdout and stderr, bytes each.")
+    sandbox_root: str = _setting(
+        "", "Where sandbox working directories are made; empty means `<tmp>/vx11-sandbox`."
+    )
+    sandbox_user: str = _setting(
+        "nobody", "Unprivileged user the code runs as when the worker runs as root."
+    )
+    sandbox_python: str = _setting(
+        "python3", "Interpreter for python spawns, looked up on the sandbox's PATH."
+    )
+    sandbox_memory_mb: int = _setting(512, "Address-space limit of a spawn, MiB.")
+    sandbox_max_processes: int = _setting(64, "Process-count limit (RLIMIT_NPROC).")
+    sandbox_max_file_size_mb: int = _setting(16, "Largest file a spawn may write, MiB.")
+    sandbox_max_open_files: int = _setting(256, "Open file descriptors per process.")
+    probe_timeout: float = _setting(0.5, "Timeout of each dependency probe in /vx11/status, s.")
+    redis_timeout: float = _setting(2.0, "Socket timeout of gateway Redis calls, seconds.")
+    result_expires: int = _setting(86400, "How long Celery keeps task results, seconds.")
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> Settings:
+        """Defaults, then ``VX11_*`` variables, then ``overrides`` (the test mapping)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f"VX11_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _parse(f, raw)
+        values.update(overrides or {})
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.env not in ("development", "production"):
+            raise ValueError(f"VX11_ENV must be development or production, not {self.env!r}")
+        if isinstance(self.window_targets, str):
+            object.__setattr__(self, "window_targets", _split(self.window_targets))
+        if "spawner" not in self.window_targets:
+            raise ValueError("VX11_WINDOW_TARGETS must include 'spawner'")
+        object.__setattr__(self, "data_dir", str(Path(self.data_dir).resolve()))
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def effective_result_backend(self) -> str:
+        return self.result_backend or self.redis_url
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{Path(self.data_dir) / 'vx11.db'}"
+
+    @property
+    def effective_sandbox_root(self) -> str:
+        return self.sandbox_root or str(Path(tempfile.gettempdir()) / "vx11-sandbox")
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """``(variable, default, meaning)`` for every setting, for docs and ``vx11 config``."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        shown = ",".join(default) if isinstance(default, tuple) else str(default)
+        rows.append((f"VX11_{f.name.upper()}", shown, f.metadata["doc"]))
+    return rows
+
+
+def _split(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    kind = type(f.default)
+    try:
+        if kind is tuple:
+            return _split(raw)
+        if kind in (int, float):
+            return kind(raw)
+    except ValueError:
+        raise ValueError(f"VX11_{f.name.upper()} must be a {kind.__name__}, not {raw!r}") from None
+    return raw

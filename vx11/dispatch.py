@@ -1,0 +1,55 @@
+"""The gateway's Celery client: it publishes spawn jobs by task name, never importing
+worker code. Celery settings come from ``celeryconfig``, URLs from :class:`Settings`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from vx11.config import Settings
+from vx11.errors import ServiceUnavailable
+
+SPAWN_TASK = "vx11.spawn"
+"""The spawner task's name, as Flower and ``celery inspect`` show it."""
+
+WORKER_INFO_COMMAND = "vx11_worker_info"
+"""Remote-control command each worker answers with its sandbox level."""
+
+TIME_LIMIT_MARGIN = 30
+"""Seconds Celery's hard time limit allows past a spawn's own wall-clock limit."""
+
+
+def make_celery(settings: Settings) -> Celery:
+    celery = Celery("vx11")
+    celery.config_from_object("celeryconfig")
+    celery.conf.update(
+        broker_url=settings.effective_broker_url,
+        result_backend=settings.effective_result_backend,
+    )
+    return celery
+
+
+def publish_spawn(celery: Celery, record: dict[str, Any], settings: Settings) -> None:
+    """Queue ``record`` for a worker. The Celery task id is the spawn's uuid."""
+    ttl = record["ttl_seconds"]
+    try:
+        celery.send_task(
+            SPAWN_TASK,
+            kwargs={
+                "spawn_uuid": record["spawn_uuid"],
+                "task_type": record["task_type"],
+                "code": record["code"],
+                "stdin": record["stdin"],
+                "ttl_seconds": ttl,
+                "window_id": record["window_id"],
+                "correlation_id": record["correlation_id"],
+            },
+            task_id=record["spawn_uuid"],
+            queue=settings.spawn_queue,
+            time_limit=ttl + TIME_LIMIT_MARGIN,
+            soft_time_limit=ttl + TIME_LIMIT_MARGIN // 2,
+        )
+    except OperationalError as exc:
+        raise ServiceUnavailable("spawner_unavailable", f"cannot reach the broker: {exc}") from exc

@@ -1,0 +1,51 @@
+"""The gateway's dependencies, built once per process by :func:`vx11.create_app` and
+fetched by views through :func:`services` — never module globals made at import."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import current_app
+from redis import Redis
+
+from vx11.config import Settings
+from vx11.dispatch import make_celery
+from vx11.ledger import Ledger
+from vx11.policy import WindowStore
+from vx11.tokens import TokenStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: Redis
+    windows: WindowStore
+    tokens: TokenStore
+    ledger: Ledger
+    celery: Celery
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        redis = make_redis(settings)
+        return cls(
+            settings=settings,
+            redis=redis,
+            windows=WindowStore(redis),
+            tokens=TokenStore(redis, dev_token=None if settings.production else settings.dev_token),
+            ledger=Ledger.from_url(settings.effective_database_url),
+            celery=make_celery(settings),
+        )
+
+
+def make_redis(settings: Settings) -> Redis:
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout,
+        socket_connect_timeout=min(settings.redis_timeout, 1.0),
+        health_check_interval=30,
+    )
+
+
+def services() -> Services:
+    return current_app.extensions["vx11"]

@@ -1,0 +1,56 @@
+"""Accepting a spawn: the policy check, the ledger record and the publish, in that order.
+
+The record is written before the job is published, so a worker never meets a job
+without its record; if the publish fails, the record is ended ERROR at once, so none
+is ever left claiming QUEUED.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from vx11.dispatch import publish_spawn
+from vx11.errors import ServiceUnavailable
+from vx11.services import Services
+from vx11.states import SpawnStatus
+
+log = logging.getLogger(__name__)
+
+SPAWN_TARGET = "spawner"
+
+
+def refusal(reason: str) -> dict[str, Any]:
+    """The seed's semantic refusal: HTTP 200, nothing queued."""
+    return {
+        "spawn_id": None,
+        "spawn_uuid": None,
+        "status": SpawnStatus.ERROR.value,
+        "error": "off_by_policy",
+        "reason": reason,
+        "hint": f"POST /vx11/window/open with target {SPAWN_TARGET}",
+    }
+
+
+def submit_spawn(svc: Services, request: dict[str, Any]) -> dict[str, Any]:
+    """Queue ``request`` (already validated) if the spawner window is open.
+
+    Returns the new record, or a :func:`refusal` when policy says no.
+    """
+    window = svc.windows.get(SPAWN_TARGET)
+    if window is None:
+        return refusal(f"no open policy window for target {SPAWN_TARGET} (policy SOLO_MADRE)")
+    record = svc.ledger.add({**request, "window_id": window.window_id})
+    try:
+        publish_spawn(svc.celery, record, svc.settings)
+    except ServiceUnavailable:
+        _end_unpublished(svc, record["spawn_uuid"])
+        raise
+    return record
+
+
+def _end_unpublished(svc: Services, spawn_uuid: str) -> None:
+    try:
+        svc.ledger.transition(spawn_uuid, SpawnStatus.ERROR, reason="broker_unavailable")
+    except Exception:  # the 503 is what the client must see; this is bookkeeping
+        log.exception("could not mark unpublished spawn %s as ERROR", spawn_uuid)

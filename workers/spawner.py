@@ -1,0 +1,150 @@
+"""The spawner task ``vx11.spawn``: claim the spawn's record, run its code in the
+sandbox, record the terminal state, and return the same summary as the Celery result."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_init
+
+from vx11.config import Settings
+from vx11.dispatch import SPAWN_TASK
+from vx11.errors import IllegalTransition
+from vx11.ledger import Ledger, utcnow
+from vx11.states import SpawnStatus
+from workers import app
+from workers.sandbox import Limits, Outcome, run_sandboxed
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FIELDS = (
+    "spawn_id",
+    "spawn_uuid",
+    "status",
+    "reason",
+    "task_type",
+    "exit_code",
+    "stdout",
+    "stderr",
+    "stdout_truncated",
+    "stderr_truncated",
+    "duration_ms",
+    "worker",
+    "cpu_time_ms",
+    "peak_memory_kb",
+)
+
+
+@functools.cache
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@functools.cache
+def ledger() -> Ledger:
+    """One ledger per worker process, made after the fork."""
+    store = Ledger.from_url(settings().effective_database_url)
+    store.create_schema()
+    return store
+
+
+@worker_process_init.connect
+def _fresh_connections_after_fork(**_: Any) -> None:
+    ledger.cache_clear()
+
+
+def summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The Celery result: the record's outcome, JSON-safe."""
+    return {key: record.get(key) for key in SUMMARY_FIELDS}
+
+
+def terminal_state(outcome: Outcome) -> tuple[SpawnStatus, str | None]:
+    """The spawn's state and reason, from how its run ended."""
+    if outcome.limit_hit:
+        return SpawnStatus.TIMEOUT, outcome.limit_hit
+    if outcome.exit_code == 0:
+        return SpawnStatus.DONE, None
+    if outcome.term_signal:
+        return SpawnStatus.FAILED, f"signal:{outcome.term_signal}"
+    return SpawnStatus.FAILED, None
+
+
+def limits_for(ttl_seconds: int, cfg: Settings) -> Limits:
+    return Limits(
+        wall_time=ttl_seconds,
+        cpu_time=ttl_seconds,
+        memory_mb=cfg.sandbox_memory_mb,
+        max_processes=cfg.sandbox_max_processes,
+        max_file_size_mb=cfg.sandbox_max_file_size_mb,
+        max_open_files=cfg.sandbox_max_open_files,
+        output_bytes=cfg.output_limit_bytes,
+    )
+
+
+@app.task(name=SPAWN_TASK, bind=True)
+def spawn(
+    self: Task,
+    spawn_uuid: str,
+    task_type: str,
+    code: str,
+    ttl_seconds: int,
+    stdin: str | None = None,
+    window_id: str | None = None,
+    correlation_id: str | None = None,
+) -> dict[str, Any]:
+    """Run one spawn. A job whose record has already left QUEUED (a redelivery after a
+    lost worker, or a spawn ended meanwhile) is never run a second time."""
+    store, cfg = ledger(), settings()
+    try:
+        store.transition(
+            spawn_uuid, SpawnStatus.RUNNING, started_at=utcnow(), worker=self.request.hostname
+        )
+    except IllegalTransition as exc:
+        return _not_run(store, spawn_uuid, exc)
+    log.info("spawn %s running (correlation_id=%s)", spawn_uuid, correlation_id)
+    try:
+        outcome = run_sandboxed(
+            task_type,
+            code,
+            stdin=stdin,
+            limits=limits_for(ttl_seconds, cfg),
+            root=cfg.effective_sandbox_root,
+            user=cfg.sandbox_user,
+            python=cfg.sandbox_python,
+        )
+    except Exception as exc:
+        log.exception("spawn %s: the sandbox failed", spawn_uuid)
+        record = store.transition(
+            spawn_uuid, SpawnStatus.ERROR, reason=f"sandbox_error: {type(exc).__name__}"[:128]
+        )
+        return summary(record)
+    status, reason = terminal_state(outcome)
+    record = store.transition(
+        spawn_uuid,
+        status,
+        reason=reason,
+        exit_code=outcome.exit_code,
+        stdout=outcome.stdout,
+        stderr=outcome.stderr,
+        stdout_truncated=outcome.stdout_truncated,
+        stderr_truncated=outcome.stderr_truncated,
+        duration_ms=outcome.duration_ms,
+        cpu_time_ms=outcome.cpu_time_ms,
+        peak_memory_kb=outcome.peak_memory_kb,
+    )
+    log.info("spawn %s %s (exit %s)", spawn_uuid, status, outcome.exit_code)
+    return summary(record)
+
+
+def _not_run(store: Ledger, spawn_uuid: str, exc: IllegalTransition) -> dict[str, Any]:
+    if exc.current is SpawnStatus.RUNNING:
+        # Delivered again while its record says RUNNING: the worker that ran it was
+        # lost. Running it again could execute the code twice; end it instead.
+        record = store.transition(spawn_uuid, SpawnStatus.ERROR, reason="worker_lost")
+    else:
+        record = store.get(spawn_uuid)
+    log.warning("spawn %s not run: record is %s", spawn_uuid, exc.current)
+    return summary(record)
