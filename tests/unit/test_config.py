@@ -1,0 +1,56 @@
+"""Settings: defaults, then VX11_* variables, then the test mapping; bad values refused."""
+
+import pytest
+
+from vx11.config import Settings, describe
+
+
+def test_defaults_need_no_environment():
+    settings = Settings.from_env({})
+    assert settings.env == "development"
+    assert settings.spawn_default_ttl == 30
+    assert settings.window_max_ttl == 3600
+    assert settings.window_targets == ("spawner", "switch", "hermes")
+    assert settings.effective_broker_url == settings.redis_url
+    assert settings.effective_database_url.startswith("sqlite:///")
+
+
+def test_environment_variables_are_parsed_by_type():
+    settings = Settings.from_env(
+        {
+            "VX11_SPAWN_MAX_TTL": "120",
+            "VX11_PROBE_TIMEOUT": "0.25",
+            "VX11_WINDOW_TARGETS": "spawner, switch ,extra",
+            "VX11_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//",
+        }
+    )
+    assert settings.spawn_max_ttl == 120
+    assert settings.probe_timeout == 0.25
+    assert settings.window_targets == ("spawner", "switch", "extra")
+    assert settings.effective_broker_url.startswith("amqp://")
+
+
+def test_overrides_win_over_the_environment():
+    settings = Settings.from_env({"VX11_SPAWN_MAX_TTL": "120"}, overrides={"spawn_max_ttl": 5})
+    assert settings.spawn_max_ttl == 5
+
+
+def test_a_non_number_is_a_clear_error():
+    with pytest.raises(ValueError, match="VX11_SPAWN_MAX_TTL must be a int"):
+        Settings.from_env({"VX11_SPAWN_MAX_TTL": "lots"})
+
+
+def test_an_unknown_environment_mode_is_refused():
+    with pytest.raises(ValueError, match="VX11_ENV"):
+        Settings.from_env({"VX11_ENV": "staging"})
+
+
+def test_the_spawner_target_cannot_be_configured_away():
+    with pytest.raises(ValueError, match="spawner"):
+        Settings.from_env({"VX11_WINDOW_TARGETS": "switch,hermes"})
+
+
+def test_every_setting_is_documented():
+    rows = describe()
+    assert len(rows) == len(Settings.__dataclass_fields__)
+    assert all(name.startswith("VX11_") and doc for name, _default, doc in rows)
