@@ -95,3 +95,7 @@ def token_revoke(token_id: str) -> None:
     if not _store().revoke(token_id):
         raise click.ClickException(f"no single token has id {token_id}")
     click.echo(f"revoked {token_id}")
+
+
+if __name__ == "__main__":
+    main()

@@ -201,12 +201,9 @@ def run_stack(options: StackOptions, environ: dict[str, str] | None = None) -> i
     try:
         if "VX11_REDIS_URL" not in env:
             redis_port = urlsplit(DEFAULT_REDIS_URL).port
+            argv = redis_server_argv(redis_port, Path(settings.data_dir) / "redis")
             require_free_port("127.0.0.1", redis_port, "private Redis")
-            redis = stack.start(
-                "redis-server",
-                redis_server_argv(redis_port, Path(settings.data_dir) / "redis"),
-                env,
-            )
+            redis = stack.start("redis-server", argv, env)
             wait_until(lambda: redis_answers(DEFAULT_REDIS_URL), 15, "Redis", [redis])
         stack.start(
             "gateway",

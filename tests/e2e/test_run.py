@@ -1,0 +1,135 @@
+"""``vx11 up`` (what ``./scripts/run`` executes): the stack comes up, serves the quick
+start, and Ctrl-C stops every process it started; start-up problems are one clear line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT, TOKEN, free_port, http, wait_for, wait_terminal
+from vx11.stack import port_is_free
+
+pytestmark = pytest.mark.e2e
+
+VX11 = [sys.executable, "-m", "vx11.cli"]
+
+
+def processes_with(marker: str) -> list[int]:
+    """Pids whose environment holds ``marker`` (every process of one stack does)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def start_up(env: dict[str, str], *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*VX11, "up", *args], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def up_env(tmp_path) -> Iterator[dict[str, str]]:
+    sandbox = Path("/tmp") / f"vx11-up-sandbox-{tmp_path.name}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VX11_")}
+    env.update(
+        VX11_DATA_DIR=str(tmp_path / "data"),
+        VX11_SANDBOX_ROOT=str(sandbox),
+        PYTHONPATH=str(ROOT),
+    )
+    yield env
+    shutil.rmtree(sandbox, ignore_errors=True)
+
+
+def test_up_serves_the_quick_start_and_ctrl_c_stops_everything(up_env, redis_url):
+    env = {**up_env, "VX11_REDIS_URL": redis_url}
+    port, flower_port = free_port(), free_port()
+    proc = start_up(env, "--port", str(port), "--flower-port", str(flower_port))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: http("GET", f"{base}/health")[0] == 200, timeout=60)
+        http("POST", f"{base}/vx11/window/open", {"target": "spawner"}, TOKEN)
+        status, accepted = http(
+            "POST", f"{base}/vx11/spawn", {"task_type": "shell", "code": "echo up"}, TOKEN
+        )
+        assert status == 200, accepted
+        assert wait_terminal(base, accepted["spawn_id"])["stdout"] == "up\n"
+        flower_page = wait_for(
+            lambda: (r := http("GET", f"http://127.0.0.1:{flower_port}/"))[0] == 200 and r[1],
+            timeout=30,
+        )
+        assert "Flower" in flower_page
+        assert len(processes_with(env["VX11_DATA_DIR"])) >= 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output
+    assert "Quick start" in output
+    assert "Traceback" not in output
+    time.sleep(0.5)
+    assert processes_with(env["VX11_DATA_DIR"]) == []
+    assert port_is_free("127.0.0.1", port)
+
+
+def test_up_starts_its_own_private_redis_by_default(up_env):
+    if not port_is_free("127.0.0.1", 6390):
+        pytest.skip("port 6390 (the private Redis default) is in use on this machine")
+    port = free_port()
+    proc = start_up(up_env, "--port", str(port), "--no-flower")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: http("GET", f"{base}/health")[0] == 200, timeout=60)
+        status, body = http("GET", f"{base}/vx11/status", headers=TOKEN)
+        assert status == 200
+        assert body["services"]["redis"]["ok"] is True
+        assert Path(up_env["VX11_DATA_DIR"], "redis").is_dir()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output
+    assert port_is_free("127.0.0.1", 6390)
+
+
+def test_a_taken_port_is_one_clear_line_not_a_traceback(up_env, redis_url):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**up_env, "VX11_REDIS_URL": redis_url}
+        done = subprocess.run(
+            [*VX11, "up", "--port", str(port)], env=env, capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"Error: port 127.0.0.1:{port} is already in use (gateway); stop what holds it"
+    ]
+
+
+def test_a_missing_redis_server_is_one_clear_line(up_env, tmp_path):
+    env = {**up_env, "PATH": str(tmp_path)}  # no redis-server on this PATH
+    done = subprocess.run(
+        [*VX11, "up", "--port", str(free_port()), "--no-flower"], env=env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert "redis-server is not installed" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
