@@ -21,12 +21,19 @@ TIME_LIMIT_MARGIN = 30
 """Seconds Celery's hard time limit allows past a spawn's own wall-clock limit."""
 
 
-def make_celery(settings: Settings) -> Celery:
+def make_celery(settings: Settings, *, results: bool = False) -> Celery:
+    """A Celery client for the gateway.
+
+    The publishing client has no result backend: with one, Celery's Redis backend
+    subscribes to every published task's result channel (one more round trip per
+    spawn, and a subscription per spawn). The ledger, not Celery, is where the gateway
+    reads outcomes; ``results=True`` makes a client that can read Celery's results.
+    """
     celery = Celery("vx11")
     celery.config_from_object("celeryconfig")
     celery.conf.update(
         broker_url=settings.effective_broker_url,
-        result_backend=settings.effective_result_backend,
+        result_backend=settings.effective_result_backend if results else "disabled",
     )
     return celery
 

@@ -54,8 +54,9 @@ def _broker(svc: Services, timeout: float) -> dict[str, Any]:
 
 
 def _result_backend(svc: Services) -> dict[str, Any]:
-    svc.celery.backend.get_task_meta("vx11-status-probe")
-    return {"backend": type(svc.celery.backend).__name__}
+    backend = svc.results.backend
+    backend.get_task_meta("vx11-status-probe")
+    return {"backend": type(backend).__name__}
 
 
 def _database(svc: Services) -> dict[str, Any]:

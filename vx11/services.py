@@ -24,6 +24,9 @@ class Services:
     tokens: TokenStore
     ledger: Ledger
     celery: Celery
+    """Publishes spawn jobs (no result backend)."""
+    results: Celery
+    """Reads Celery's result backend (status probe)."""
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -35,6 +38,7 @@ class Services:
             tokens=TokenStore(redis, dev_token=None if settings.production else settings.dev_token),
             ledger=Ledger.from_url(settings.effective_database_url),
             celery=make_celery(settings),
+            results=make_celery(settings, results=True),
         )
 
 
