@@ -149,6 +149,12 @@ def test_the_celery_cli_sees_the_worker_and_its_sandbox_level(stack):
     [(name, info)] = replies.items()
     assert name.startswith("worker@")
     assert info["sandbox"] == "basic"
+    status = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "workers", "status"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert "worker@" in status.stdout and "1 node online" in status.stdout
 
 
 def test_status_shows_the_live_worker_and_its_sandbox_level(stack):
