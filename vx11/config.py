@@ -117,7 +117,7 @@ class Settings:
 
 
 def describe() -> list[tuple[str, str, str]]:
-    """``(variable, default, meaning)`` for every setting, for docs and ``vx11 config``."""
+    """``(variable, default, meaning)`` for every setting, for docs/configuration.md."""
     rows = []
     for f in dataclasses.fields(Settings):
         default = f.default

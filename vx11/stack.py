@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -110,12 +110,14 @@ def redis_server_argv(port: int, data_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def wait_until(check, timeout: float, what: str, procs: Iterable[subprocess.Popen] = ()) -> None:
+def wait_until(
+    check, timeout: float, what: str, procs: Mapping[str, subprocess.Popen] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for proc in procs:
+        for name, proc in (procs or {}).items():
             if proc.poll() is not None:
-                raise StackError(f"{what}: a process exited during start-up ({proc.args[2]})")
+                raise StackError(f"{what}: {name} exited during start-up")
         try:
             if check():
                 return
@@ -203,8 +205,8 @@ def run_stack(options: StackOptions, environ: dict[str, str] | None = None) -> i
             redis_port = urlsplit(DEFAULT_REDIS_URL).port
             argv = redis_server_argv(redis_port, Path(settings.data_dir) / "redis")
             require_free_port("127.0.0.1", redis_port, "private Redis")
-            redis = stack.start("redis-server", argv, env)
-            wait_until(lambda: redis_answers(DEFAULT_REDIS_URL), 15, "Redis", [redis])
+            stack.start("redis-server", argv, env)
+            wait_until(lambda: redis_answers(DEFAULT_REDIS_URL), 15, "Redis", stack.procs)
         stack.start(
             "gateway",
             gunicorn_argv(
@@ -216,7 +218,7 @@ def run_stack(options: StackOptions, environ: dict[str, str] | None = None) -> i
         if options.flower:
             stack.start("flower", flower_argv(options.host, options.flower_port), env)
         base = f"http://{options.host}:{options.port}"
-        wait_until(lambda: http_ok(f"{base}/health"), 30, "the gateway", stack.procs.values())
+        wait_until(lambda: http_ok(f"{base}/health"), 30, "the gateway", stack.procs)
         print(quick_start(base), flush=True)
         name, status = stack.wait_any()
         raise StackError(f"{name} exited with status {status}; stopping the stack")

@@ -1,0 +1,30 @@
+# The VX11 image: the gateway (gunicorn), the Celery workers and Flower all run from it;
+# compose.yaml gives each service its command.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Installed as a regular (non-editable) package, with the PostgreSQL driver; the source
+# tree is not kept.
+WORKDIR /src
+COPY pyproject.toml setup.cfg README.md celeryconfig.py ./
+COPY vx11/ vx11/
+COPY workers/ workers/
+RUN pip install ".[postgres]" \
+    && rm -rf /src \
+    && useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin vx11
+
+WORKDIR /app
+
+# The gateway and Flower run as this unprivileged user. The worker service runs as root
+# (compose.yaml sets `user: root`) only so that the sandbox can switch each spawn to the
+# unprivileged VX11_SANDBOX_USER (`nobody`); spawned code never runs as root.
+USER vx11
+
+EXPOSE 8000 5555
+
+CMD ["gunicorn", "--worker-class", "gthread", "--workers", "2", "--threads", "8", \
+     "--bind", "0.0.0.0:8000", "--graceful-timeout", "10", "vx11:create_app()"]
