@@ -200,7 +200,13 @@ def _execute(
     limit_hit = None
     if timed_out:
         limit_hit = "wall_time_limit"
-    elif term_signal in ("SIGXCPU", "SIGKILL") and cpu_ms >= limits.cpu_time * 1000:
+    elif term_signal == "SIGXCPU" or (
+        term_signal == "SIGKILL" and cpu_ms >= limits.cpu_time * 1000
+    ):
+        # The kernel sends SIGXCPU at the soft limit by its tick-sampled CPU clock, which
+        # can run ahead of the rusage total (seen: SIGXCPU at 961 ms for a 1 s limit), so
+        # SIGXCPU alone is the soft limit; a SIGKILL is the hard limit (soft + 1 s) only
+        # once the CPU time has at least passed the soft limit.
         limit_hit = "cpu_time_limit"
     return Outcome(
         exit_code=exit_code,
