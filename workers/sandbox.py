@@ -15,12 +15,14 @@ level's job.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pwd
 import resource
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -33,6 +35,10 @@ SHELL = "/bin/sh"
 READ_CHUNK = 64 << 10
 DRAIN_GRACE = 0.5
 """Seconds to keep reading output after the run's process group has been killed."""
+
+
+class SandboxError(RuntimeError):
+    """Raised when the sandbox cannot run code on this host as configured."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,7 @@ def run_sandboxed(
 ) -> Outcome:
     """Run ``code`` (``python`` or ``shell``) under ``limits`` in a fresh directory in ``root``."""
     identity = sandbox_identity(user)
+    check_root_reachable(root, identity)
     workdir = _make_workdir(root, identity)
     try:
         if task_type == "python":
@@ -126,6 +133,25 @@ def run_sandboxed(
         return _execute(argv, workdir, limits, stdin, identity)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # fd-based: never follows planted symlinks
+
+
+@functools.cache
+def check_root_reachable(root: str, identity: tuple[int, int] | None) -> None:
+    """Code running as another user must be able to search its way down to its working
+    directory; a root below a private directory (say, 0700) would fail every run."""
+    if identity is None:
+        return
+    for directory in (Path(root).absolute(), *Path(root).absolute().parents):
+        try:
+            info = directory.stat()
+        except FileNotFoundError:
+            continue  # made later, with 0711
+        if info.st_uid != identity[0] and not info.st_mode & stat.S_IXOTH:
+            raise SandboxError(
+                f"sandbox root {root} is unreachable for the sandbox user: {directory} is "
+                "not searchable by others; set VX11_SANDBOX_ROOT below directories every "
+                "user can traverse (the default is <tmp>/vx11-sandbox)"
+            )
 
 
 def _make_workdir(root: str, identity: tuple[int, int] | None) -> Path:

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import wait_for
-from workers.sandbox import Limits, Outcome, run_sandboxed
+from workers.sandbox import Limits, Outcome, SandboxError, run_sandboxed
 
 IS_ROOT = os.geteuid() == 0
 SANDBOX_USER = "nobody"
@@ -983,3 +983,12 @@ def test_a_concurrent_run_cannot_read_another_runs_working_directory(sandbox):
     assert_clean_exit(victim[0])
     assert_clean_exit(snoop)
     assert "victim-secret-42" not in snoop.stdout
+
+
+@needs_root
+def test_a_sandbox_root_the_sandbox_user_cannot_reach_is_a_clear_error(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    with pytest.raises(SandboxError, match="not searchable by others"):
+        run_sandboxed("shell", "true", limits=make_limits(), root=str(private / "sandbox"))
+    assert not (private / "sandbox").exists()
