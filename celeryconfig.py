@@ -23,9 +23,11 @@ result_accept_content = ["json"]
 task_acks_late = True
 worker_prefetch_multiplier = 1
 task_track_started = True
-task_send_sent_event = True
+# Workers send task events (received, started, succeeded...) for Flower. The gateway
+# sends no "task-sent" event: it would double the messages published per spawn, and a
+# job not yet received shows as the queue's depth and as QUEUED in the ledger.
 worker_send_task_events = True
-result_extended = True
+task_send_sent_event = False
 result_expires = _settings.result_expires
 
 # Redis redelivers an unacknowledged job after visibility_timeout: it must be longer

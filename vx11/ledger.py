@@ -69,6 +69,7 @@ spawns = Table(
 )
 
 _ID_ATTEMPTS = 8
+_INSERT = insert(spawns)
 
 
 def utcnow() -> datetime:
@@ -131,7 +132,7 @@ class Ledger:
             }
             try:
                 with self.engine.begin() as conn:
-                    conn.execute(insert(spawns).values(row))
+                    conn.execute(_INSERT, row)  # parameters, not .values(): cached compile
             except IntegrityError:
                 continue
             return _complete(row)

@@ -104,7 +104,7 @@ def spawn(
         )
     except IllegalTransition as exc:
         return _not_run(store, spawn_uuid, exc)
-    log.info("spawn %s running (correlation_id=%s)", spawn_uuid, correlation_id)
+    log.debug("spawn %s running (correlation_id=%s)", spawn_uuid, correlation_id)
     try:
         outcome = run_sandboxed(
             task_type,

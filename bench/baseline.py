@@ -1,0 +1,93 @@
+"""The baseline: the bare sandbox function, with the limits and sandbox root the worker
+uses, called directly or from a local process pool of the worker's concurrency."""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+from bench.cpu import self_cpu
+from vx11.config import Settings
+from workers.sandbox import Limits, Outcome, run_sandboxed
+from workers.spawner import limits_for
+
+
+class BareSandbox:
+    """``run_sandboxed`` exactly as the spawner task calls it, minus Celery and the ledger."""
+
+    def __init__(self, settings: Settings, ttl_seconds: int) -> None:
+        self.limits = limits_for(ttl_seconds, settings)
+        self.root = settings.effective_sandbox_root
+        self.user = settings.sandbox_user
+        self.python = settings.sandbox_python
+
+    def run(self, task_type: str, code: str) -> Outcome:
+        return run_sandboxed(
+            task_type, code, limits=self.limits, root=self.root, user=self.user, python=self.python
+        )
+
+    def timed(self, task_type: str, code: str) -> float:
+        """Seconds one run takes, start to outcome."""
+        started = time.perf_counter()
+        outcome = self.run(task_type, code)
+        elapsed = time.perf_counter() - started
+        _require_success(outcome)
+        return elapsed
+
+    def throughput(self, task_type: str, code: str, runs: int, concurrency: int) -> PoolRun:
+        """``runs`` runs through a pool of ``concurrency`` processes (forked, like Celery's
+        prefork pool), each taking one run at a time."""
+        context = multiprocessing.get_context("fork")
+        args = (self.limits, self.root, self.user, self.python)
+        warmup = [(task_type, code)] * concurrency * 2
+        cpu_before = self_cpu()
+        sandbox_cpu_ms = 0
+        pool = ProcessPoolExecutor(concurrency, context, _init_pool, args)
+        try:
+            list(pool.map(_pool_run, warmup))
+            started = time.perf_counter()
+            for outcome in pool.map(_pool_run, [(task_type, code)] * runs, chunksize=1):
+                _require_success(outcome)
+                sandbox_cpu_ms += outcome.cpu_time_ms
+            elapsed = time.perf_counter() - started
+        finally:  # on Ctrl-C or a failure, drop the runs not started yet
+            pool.shutdown(wait=True, cancel_futures=True)
+        used = self_cpu() - cpu_before  # the pool's processes, and what they reaped
+        return PoolRun(
+            rate=runs / elapsed,
+            cpu_per_run=used.reaped / (runs + len(warmup)),
+            sandbox_cpu_per_run=sandbox_cpu_ms / 1000 / runs,
+        )
+
+
+@dataclass(frozen=True)
+class PoolRun:
+    rate: float
+    """Runs per second."""
+    cpu_per_run: float
+    """CPU seconds per run: the pool process's and the sandboxed code's."""
+    sandbox_cpu_per_run: float
+    """CPU seconds per run of the sandboxed code alone."""
+
+
+_pool_sandbox: tuple[Limits, str, str, str] | None = None
+
+
+def _init_pool(limits: Limits, root: str, user: str, python: str) -> None:
+    global _pool_sandbox
+    # Like Celery's pool processes: Ctrl-C is the parent's to handle.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _pool_sandbox = (limits, root, user, python)
+
+
+def _pool_run(job: tuple[str, str]) -> Outcome:
+    limits, root, user, python = _pool_sandbox
+    return run_sandboxed(job[0], job[1], limits=limits, root=root, user=user, python=python)
+
+
+def _require_success(outcome: Outcome) -> None:
+    if outcome.exit_code != 0:
+        raise RuntimeError(f"a bare sandbox run failed: {outcome}")

@@ -1,0 +1,145 @@
+"""The private VX11 the benchmark measures: a redis-server on a free port, the SQLite
+ledger in a temporary directory, the gateway under gunicorn and a Celery worker, all
+on 127.0.0.1 with the project's real command lines, and all stopped together.
+
+The process helpers are the test suite's (``tests/support.py``), reused as they are.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.cpu import Cpu, snapshot
+from tests.support import Process, RedisServer, free_port, http, service_env, wait_for
+from vx11.config import Settings
+from vx11.dispatch import make_celery
+from vx11.stack import StackOptions, gunicorn_argv, worker_argv
+from vx11.states import TERMINAL_STATES
+
+TOKEN = "vx11-test-token"
+AUTH = {"X-VX11-Token": TOKEN}
+_TERMINAL = tuple(sorted(state.value for state in TERMINAL_STATES))
+
+
+class BenchStack:
+    """Start with :meth:`start_gateway` and :meth:`start_worker`; :meth:`stop` ends every
+    process started, whatever happened in between."""
+
+    def __init__(self, root: Path, options: StackOptions | None = None) -> None:
+        self.root = root
+        self.options = options or StackOptions()
+        self.processes: dict[str, Process] = {}
+        self.ledger_path = root / "ledger.db"
+        self.redis_url = ""
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.config: dict[str, str] = {}
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start_gateway(self) -> None:
+        """redis-server, then gunicorn with the configuration of ``vx11 up``."""
+        redis_server = RedisServer(free_port(), self.root / "redis")
+        self.processes["redis"] = redis_server
+        redis_server.start()
+        self.redis_url = redis_server.url
+        self.config = {
+            "redis_url": self.redis_url,
+            "data_dir": str(self.root / "data"),
+            "sandbox_root": str(self.root / "sandbox"),
+            "database_url": f"sqlite:///{self.ledger_path}",
+        }
+        self.port = free_port()
+        argv = gunicorn_argv(
+            self.host, self.port, self.options.gunicorn_workers, self.options.gunicorn_threads
+        )
+        gateway = Process("gateway", argv, service_env(self.config), self.root)
+        self.processes["gateway"] = gateway
+        gateway.start()
+        wait_for(lambda: http("GET", f"{self.base}/health", timeout=2)[0] == 200, timeout=60)
+
+    def start_worker(self) -> None:
+        """One Celery worker with the configuration of ``vx11 up`` (concurrency 2)."""
+        argv = worker_argv(self.options.worker_concurrency, self.settings.spawn_queue)
+        worker = Process("worker", argv, service_env(self.config), self.root)
+        self.processes["worker"] = worker
+        worker.start()
+        wait_for(lambda: "ready." in worker.log() or not worker.alive(), timeout=90)
+        if not worker.alive():
+            raise RuntimeError(f"the Celery worker did not start:\n{worker.log()[-2000:]}")
+
+    def stop(self) -> None:
+        for process in reversed(self.processes.values()):
+            process.stop()
+        self.processes.clear()
+
+    def cpu(self) -> dict[str, Cpu]:
+        """CPU used so far by each service's process group, and by this process."""
+        groups = {name: p.proc.pid for name, p in self.processes.items() if p.alive()}
+        return snapshot(groups)
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the gateway and the worker run with."""
+        return Settings.from_env(environ={}, overrides=self.config)
+
+    def open_window(self, ttl_seconds: int = 3600) -> None:
+        status, body = http(
+            "POST",
+            f"{self.base}/vx11/window/open",
+            {"target": "spawner", "ttl_seconds": ttl_seconds, "reason": "benchmark"},
+            AUTH,
+        )
+        if status != 200 or not body.get("is_open"):
+            raise RuntimeError(f"could not open the spawner window: {status} {body}")
+
+    def purge_queue(self) -> int:
+        """Drop every queued spawn job; the number dropped."""
+        celery = make_celery(self.settings)
+        try:
+            return celery.control.purge() or 0
+        finally:
+            celery.close()
+
+    # The ledger, read (and emptied) directly: cheaper than polling the API.
+
+    def _ledger(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.ledger_path, timeout=30)
+
+    def count_rows(self, terminal_only: bool = False) -> int:
+        with self._ledger() as conn:
+            if terminal_only:
+                marks = ",".join("?" * len(_TERMINAL))
+                sql = f"SELECT count(*) FROM spawns WHERE status IN ({marks})"
+                return conn.execute(sql, _TERMINAL).fetchone()[0]
+            return conn.execute("SELECT count(*) FROM spawns").fetchone()[0]
+
+    def delete_rows(self) -> None:
+        with self._ledger() as conn:
+            conn.execute("DELETE FROM spawns")
+
+    def records(self, statuses: tuple[str, ...] = _TERMINAL) -> list[dict[str, Any]]:
+        """Every record in ``statuses``, timestamps as aware datetimes."""
+        marks = ",".join("?" * len(statuses))
+        with self._ledger() as conn:
+            conn.row_factory = sqlite3.Row
+            rows = conn.execute(
+                "SELECT spawn_uuid, status, created_at, started_at, finished_at, duration_ms, "
+                "cpu_time_ms "
+                f"FROM spawns WHERE status IN ({marks})",
+                statuses,
+            ).fetchall()
+        stamps = ("created_at", "started_at", "finished_at")
+        return [{**dict(row), **{key: _timestamp(row[key]) for key in stamps}} for row in rows]
+
+
+def _timestamp(raw: str | None) -> datetime | None:
+    if raw is None:
+        return None
+    value = datetime.fromisoformat(raw)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
