@@ -75,6 +75,8 @@ def test_up_serves_the_quick_start_and_ctrl_c_stops_everything(up_env, redis_url
             timeout=30,
         )
         assert "Flower" in flower_page
+        status, broker_page = http("GET", f"http://127.0.0.1:{flower_port}/broker")
+        assert status == 200 and "spawner" in broker_page  # the queue and its depth
         assert len(processes_with(env["VX11_DATA_DIR"])) >= 3
     finally:
         proc.send_signal(signal.SIGINT)
