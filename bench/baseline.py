@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from bench.cpu import self_cpu
 from vx11.config import Settings
-from workers.sandbox import Limits, Outcome, run_sandboxed
+from workers.sandbox import Limits, Outcome, SandboxConfig, run_sandboxed
+from workers.sandbox.levels import choose
 from workers.spawner import limits_for
 
 
@@ -19,15 +20,11 @@ class BareSandbox:
     """``run_sandboxed`` exactly as the spawner task calls it, minus Celery and the ledger."""
 
     def __init__(self, settings: Settings, ttl_seconds: int) -> None:
-        self.limits = limits_for(ttl_seconds, settings)
-        self.root = settings.effective_sandbox_root
-        self.user = settings.sandbox_user
-        self.python = settings.sandbox_python
+        self.limits = limits_for(ttl_seconds, None, settings)
+        self.config = choose(settings)  # the level a worker on this machine would use
 
     def run(self, task_type: str, code: str) -> Outcome:
-        return run_sandboxed(
-            task_type, code, limits=self.limits, root=self.root, user=self.user, python=self.python
-        )
+        return run_sandboxed(task_type, code, limits=self.limits, config=self.config)
 
     def timed(self, task_type: str, code: str) -> float:
         """Seconds one run takes, start to outcome."""
@@ -41,7 +38,7 @@ class BareSandbox:
         """``runs`` runs through a pool of ``concurrency`` processes (forked, like Celery's
         prefork pool), each taking one run at a time."""
         context = multiprocessing.get_context("fork")
-        args = (self.limits, self.root, self.user, self.python)
+        args = (self.limits, self.config)
         warmup = [(task_type, code)] * concurrency * 2
         cpu_before = self_cpu()
         sandbox_cpu_ms = 0
@@ -73,19 +70,19 @@ class PoolRun:
     """CPU seconds per run of the sandboxed code alone."""
 
 
-_pool_sandbox: tuple[Limits, str, str, str] | None = None
+_pool_sandbox: tuple[Limits, SandboxConfig] | None = None
 
 
-def _init_pool(limits: Limits, root: str, user: str, python: str) -> None:
+def _init_pool(limits: Limits, config: SandboxConfig) -> None:
     global _pool_sandbox
     # Like Celery's pool processes: Ctrl-C is the parent's to handle.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _pool_sandbox = (limits, root, user, python)
+    _pool_sandbox = (limits, config)
 
 
 def _pool_run(job: tuple[str, str]) -> Outcome:
-    limits, root, user, python = _pool_sandbox
-    return run_sandboxed(job[0], job[1], limits=limits, root=root, user=user, python=python)
+    limits, config = _pool_sandbox
+    return run_sandboxed(job[0], job[1], limits=limits, config=config)
 
 
 def _require_success(outcome: Outcome) -> None:

@@ -3,22 +3,47 @@
 
 VENV=.venv
 
-# ensure_system_packages PROGRAM...: install the Debian package of each missing program
-# (as root with apt-get), or say how.
+# ensure_system_packages PROGRAM[:PACKAGE]...: install the Debian package of each
+# missing program (as root with apt-get), or say how and stop.
 ensure_system_packages() {
-  local missing=()
-  for program in "$@"; do
-    command -v "$program" >/dev/null 2>&1 || missing+=("$program")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing ${missing[*]}…" >&2
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  local missing
+  missing=$(missing_packages "$@")
+  [ -z "$missing" ] && return 0
+  if can_apt; then
+    apt_install $missing
   else
-    echo "error: ${missing[*]} not installed; install the Debian package(s) of that name (apt-get install ${missing[*]})" >&2
+    echo "error: install the Debian package(s) $missing (apt-get install $missing)" >&2
     exit 1
   fi
+}
+
+# want_system_packages PROGRAM[:PACKAGE]...: the same where it can install them, else a
+# notice (VX11 works without them, at a weaker level).
+want_system_packages() {
+  local missing
+  missing=$(missing_packages "$@")
+  [ -z "$missing" ] && return 0
+  if can_apt; then
+    apt_install $missing
+  else
+    echo "notice: $missing not installed; without it the sandbox runs at its basic level" >&2
+  fi
+}
+
+missing_packages() {
+  local spec program
+  for spec in "$@"; do
+    program=${spec%%:*}
+    command -v "$program" >/dev/null 2>&1 || printf '%s ' "${spec#*:}"
+  done
+}
+
+can_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
+
+apt_install() {
+  echo "installing $*…" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
 # ensure_venv [EXTRAS]: a virtualenv in .venv with the project installed (editable).

@@ -54,9 +54,16 @@ class Settings:
     max_code_bytes: int = _setting(64 << 10, "Largest `code` of a spawn, bytes (UTF-8).")
     max_stdin_bytes: int = _setting(256 << 10, "Largest `stdin` of a spawn, bytes (UTF-8).")
     max_metadata_bytes: int = _setting(4096, "Largest `metadata` object, bytes of JSON.")
-    output_limit_bytes: int = _setting(1 << 20, "Captured stdout and stderr, bytes each.")
+    sandbox: str = _setting(
+        "auto",
+        "Sandbox level: `bwrap` (namespaces), `basic` (rlimits only), or `auto`: the "
+        "strongest that passes a real probe when the worker starts.",
+    )
+    sandbox_require: str = _setting(
+        "", "`bwrap` makes a worker refuse to start unless that level works (fail closed)."
+    )
     sandbox_root: str = _setting(
-        "", "Where sandbox working directories are made; empty means `<tmp>/vx11-sandbox`."
+        "", "Where basic-level working directories are made; empty means `<tmp>/vx11-sandbox`."
     )
     sandbox_user: str = _setting(
         "nobody", "Unprivileged user the code runs as when the worker runs as root."
@@ -64,10 +71,33 @@ class Settings:
     sandbox_python: str = _setting(
         "python3", "Interpreter for python spawns, looked up on the sandbox's PATH."
     )
-    sandbox_memory_mb: int = _setting(512, "Address-space limit of a spawn, MiB.")
-    sandbox_max_processes: int = _setting(64, "Process-count limit (RLIMIT_NPROC).")
-    sandbox_max_file_size_mb: int = _setting(16, "Largest file a spawn may write, MiB.")
+    sandbox_tmpfs_mb: int = _setting(64, "Size of the working directory and of /tmp (bwrap), MiB.")
     sandbox_max_open_files: int = _setting(256, "Open file descriptors per process.")
+    sandbox_cgroups: str = _setting(
+        "auto",
+        "Per-spawn cgroups for memory and process count: `auto` uses them when the worker "
+        "can create them; `off` never does.",
+    )
+    # Per-spawn limits: a default a request may change, up to the maximum beside it.
+    cpu_time_limit_max: int = _setting(
+        3600, "Largest `cpu_time_limit` a spawn may ask for, seconds (its default: its ttl)."
+    )
+    memory_limit_mb: int = _setting(256, "Memory a spawn may use, MiB.")
+    memory_limit_mb_max: int = _setting(2048, "Largest `memory_limit_mb` a spawn may ask for.")
+    max_processes: int = _setting(64, "Processes a spawn may run at once.")
+    max_processes_max: int = _setting(512, "Largest `max_processes` a spawn may ask for.")
+    max_output_bytes: int = _setting(1 << 20, "Captured stdout and stderr, bytes each.")
+    max_output_bytes_max: int = _setting(
+        16 << 20, "Largest `max_output_bytes` a spawn may ask for."
+    )
+    max_file_size_mb: int = _setting(16, "Largest file a spawn may write, MiB.")
+    max_file_size_mb_max: int = _setting(256, "Largest `max_file_size_mb` a spawn may ask for.")
+    output_drain_limit_mb: int = _setting(
+        64,
+        "Output past the captured bytes is read and dropped up to this total, MiB; beyond "
+        "it the spawn is killed (reason `output_limit`).",
+    )
+    max_args: int = _setting(64, "Most `args` a spawn may pass.")
     probe_timeout: float = _setting(0.5, "Timeout of each dependency probe in /vx11/status, s.")
     redis_timeout: float = _setting(2.0, "Socket timeout of gateway Redis calls, seconds.")
     result_expires: int = _setting(86400, "How long Celery keeps task results, seconds.")
@@ -91,6 +121,18 @@ class Settings:
             raise ValueError(f"VX11_ENV must be development or production, not {self.env!r}")
         if isinstance(self.window_targets, str):
             object.__setattr__(self, "window_targets", _split(self.window_targets))
+        if self.sandbox not in ("auto", "bwrap", "basic"):
+            raise ValueError(f"VX11_SANDBOX must be auto, bwrap or basic, not {self.sandbox!r}")
+        if self.sandbox_require not in ("", "bwrap"):
+            raise ValueError(
+                f"VX11_SANDBOX_REQUIRE may only be bwrap, not {self.sandbox_require!r}"
+            )
+        for default, maximum in _DEFAULT_AND_MAXIMUM:
+            if getattr(self, default) > getattr(self, maximum):
+                raise ValueError(
+                    f"VX11_{default.upper()} ({getattr(self, default)}) is above "
+                    f"VX11_{maximum.upper()} ({getattr(self, maximum)})"
+                )
         if "spawner" not in self.window_targets:
             raise ValueError("VX11_WINDOW_TARGETS must include 'spawner'")
         object.__setattr__(self, "data_dir", str(Path(self.data_dir).resolve()))
@@ -114,6 +156,16 @@ class Settings:
     @property
     def effective_sandbox_root(self) -> str:
         return self.sandbox_root or str(Path(tempfile.gettempdir()) / "vx11-sandbox")
+
+
+_DEFAULT_AND_MAXIMUM = (
+    ("window_default_ttl", "window_max_ttl"),
+    ("spawn_default_ttl", "spawn_max_ttl"),
+    ("memory_limit_mb", "memory_limit_mb_max"),
+    ("max_processes", "max_processes_max"),
+    ("max_output_bytes", "max_output_bytes_max"),
+    ("max_file_size_mb", "max_file_size_mb_max"),
+)
 
 
 def describe() -> list[tuple[str, str, str]]:

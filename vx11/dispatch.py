@@ -52,6 +52,8 @@ def publish_spawn(celery: Celery, record: dict[str, Any], settings: Settings) ->
                 "ttl_seconds": ttl,
                 "window_id": record["window_id"],
                 "correlation_id": record["correlation_id"],
+                "limits": record["limits"],
+                "args": record["args"],
             },
             task_id=record["spawn_uuid"],
             queue=settings.spawn_queue,

@@ -27,10 +27,12 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     select,
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.schema import DDL, CreateColumn
 
 from vx11.errors import IllegalTransition, NotFound
 from vx11.states import ALLOWED_SOURCES, SpawnStatus
@@ -51,6 +53,8 @@ spawns = Table(
     Column("correlation_id", String(128)),
     Column("metadata", JSON),
     Column("window_id", String(36)),
+    Column("limits", JSON),  # the resolved per-spawn limits, see vx11.submit.resolve_limits
+    Column("args", JSON),  # list of strings: shell positional parameters, python sys.argv[1:]
     Column("exit_code", Integer),
     Column("stdout", Text),
     Column("stderr", Text),
@@ -105,12 +109,24 @@ class Ledger:
         return cls(make_engine(url))
 
     def create_schema(self) -> None:
-        """Create the tables if missing. Several processes may race here at start-up:
-        the loser of a race sees the tables on its second look."""
+        """Create the tables if missing, and add the columns a ledger made by an older
+        VX11 lacks. Several processes may race here at start-up: the loser of a race
+        sees the work done on its second look."""
         try:
-            metadata.create_all(self.engine)
+            self._create_or_upgrade()
         except (OperationalError, ProgrammingError, IntegrityError):
-            metadata.create_all(self.engine)
+            self._create_or_upgrade()
+
+    def _create_or_upgrade(self) -> None:
+        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            schema = conn.schema_for_object(spawns)  # honours a schema_translate_map
+            present = {c["name"] for c in inspect(conn).get_columns(spawns.name, schema)}
+            # Columns added since the first release are nullable, so old rows get NULL.
+            for column in (c for c in spawns.c if c.name not in present):
+                spec = CreateColumn(column).compile(dialect=conn.dialect)
+                add = DDL(f"ALTER TABLE %(fullname)s ADD COLUMN {spec}")
+                conn.execute(add.against(spawns))
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

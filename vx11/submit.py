@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from vx11.config import Settings
 from vx11.dispatch import publish_spawn
 from vx11.errors import ServiceUnavailable
 from vx11.services import Services
@@ -32,6 +33,20 @@ def refusal(reason: str) -> dict[str, Any]:
     }
 
 
+def resolve_limits(request: dict[str, Any], settings: Settings) -> dict[str, int]:
+    """The spawn's limits: each as ``request`` (already validated) asks, else the
+    server's default. The CPU-time default is the spawn's ``ttl_seconds``, within the
+    server's maximum (the longest ttl may be configured above it)."""
+    defaults = {
+        "cpu_time_limit": min(request["ttl_seconds"], settings.cpu_time_limit_max),
+        "memory_limit_mb": settings.memory_limit_mb,
+        "max_processes": settings.max_processes,
+        "max_output_bytes": settings.max_output_bytes,
+        "max_file_size_mb": settings.max_file_size_mb,
+    }
+    return {name: request.get(name, default) for name, default in defaults.items()}
+
+
 def submit_spawn(svc: Services, request: dict[str, Any]) -> dict[str, Any]:
     """Queue ``request`` (already validated) if the spawner window is open.
 
@@ -40,7 +55,9 @@ def submit_spawn(svc: Services, request: dict[str, Any]) -> dict[str, Any]:
     window = svc.windows.get(SPAWN_TARGET)
     if window is None:
         return refusal(f"no open policy window for target {SPAWN_TARGET} (policy SOLO_MADRE)")
-    record = svc.ledger.add({**request, "window_id": window.window_id})
+    limits = resolve_limits(request, svc.settings)
+    fields = {name: value for name, value in request.items() if name not in limits}
+    record = svc.ledger.add({**fields, "limits": limits, "window_id": window.window_id})
     try:
         publish_spawn(svc.celery, record, svc.settings)
     except ServiceUnavailable:

@@ -5,10 +5,15 @@ from celery.worker.control import inspect_command
 
 from vx11.dispatch import WORKER_INFO_COMMAND
 from vx11.version import __version__
-from workers import sandbox
+from workers.sandbox import ACTIVE
 
 
 @inspect_command(name=WORKER_INFO_COMMAND)
 def vx11_worker_info(state):
-    """This worker's sandbox level and VX11 version."""
-    return {"sandbox": sandbox.LEVEL, "version": __version__}
+    """This worker's sandbox level, whether it has per-spawn cgroups, and VX11's version."""
+    config = ACTIVE.config
+    return {
+        "sandbox": config.level if config else None,
+        "cgroups": f"v{config.cgroups.version}" if config and config.cgroups else None,
+        "version": __version__,
+    }

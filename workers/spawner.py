@@ -16,7 +16,8 @@ from vx11.errors import IllegalTransition
 from vx11.ledger import Ledger, utcnow
 from vx11.states import SpawnStatus
 from workers import app
-from workers.sandbox import Limits, Outcome, run_sandboxed
+from workers.sandbox import ACTIVE, Limits, Outcome, SandboxConfig, run_sandboxed
+from workers.sandbox.levels import choose
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,14 @@ def _fresh_connections_after_fork(**_: Any) -> None:
     ledger.cache_clear()
 
 
+def sandbox_config() -> SandboxConfig:
+    """The sandbox the worker chose at start (:class:`workers.SandboxStep`), or, outside
+    a worker, the one :func:`workers.sandbox.levels.choose` picks now."""
+    if ACTIVE.config is None:
+        ACTIVE.config = choose(settings())
+    return ACTIVE.config
+
+
 def summary(record: dict[str, Any]) -> dict[str, Any]:
     """The Celery result: the record's outcome, JSON-safe."""
     return {key: record.get(key) for key in SUMMARY_FIELDS}
@@ -63,8 +72,10 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
 
 def terminal_state(outcome: Outcome) -> tuple[SpawnStatus, str | None]:
     """The spawn's state and reason, from how its run ended."""
-    if outcome.limit_hit:
+    if outcome.limit_hit in ("wall_time_limit", "cpu_time_limit"):
         return SpawnStatus.TIMEOUT, outcome.limit_hit
+    if outcome.limit_hit:  # memory_limit, output_limit
+        return SpawnStatus.FAILED, outcome.limit_hit
     if outcome.exit_code == 0:
         return SpawnStatus.DONE, None
     if outcome.term_signal:
@@ -72,15 +83,21 @@ def terminal_state(outcome: Outcome) -> tuple[SpawnStatus, str | None]:
     return SpawnStatus.FAILED, None
 
 
-def limits_for(ttl_seconds: int, cfg: Settings) -> Limits:
+def limits_for(ttl_seconds: int, requested: dict[str, int] | None, cfg: Settings) -> Limits:
+    """The run's limits: what the gateway resolved for the spawn, never past this
+    worker's own maximums (a message could come from anyone who can write to the broker)."""
+    asked = requested or {}
+
+    def pick(name: str, default: int, maximum: int) -> int:
+        return max(1, min(int(asked.get(name, default)), maximum))
+
     return Limits(
         wall_time=ttl_seconds,
-        cpu_time=ttl_seconds,
-        memory_mb=cfg.sandbox_memory_mb,
-        max_processes=cfg.sandbox_max_processes,
-        max_file_size_mb=cfg.sandbox_max_file_size_mb,
-        max_open_files=cfg.sandbox_max_open_files,
-        output_bytes=cfg.output_limit_bytes,
+        cpu_time=pick("cpu_time_limit", ttl_seconds, cfg.cpu_time_limit_max),
+        memory_mb=pick("memory_limit_mb", cfg.memory_limit_mb, cfg.memory_limit_mb_max),
+        max_processes=pick("max_processes", cfg.max_processes, cfg.max_processes_max),
+        max_file_size_mb=pick("max_file_size_mb", cfg.max_file_size_mb, cfg.max_file_size_mb_max),
+        output_bytes=pick("max_output_bytes", cfg.max_output_bytes, cfg.max_output_bytes_max),
     )
 
 
@@ -94,6 +111,8 @@ def spawn(
     stdin: str | None = None,
     window_id: str | None = None,
     correlation_id: str | None = None,
+    limits: dict[str, int] | None = None,
+    args: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run one spawn. A job whose record has already left QUEUED (a redelivery after a
     lost worker, or a spawn ended meanwhile) is never run a second time."""
@@ -110,10 +129,9 @@ def spawn(
             task_type,
             code,
             stdin=stdin,
-            limits=limits_for(ttl_seconds, cfg),
-            root=cfg.effective_sandbox_root,
-            user=cfg.sandbox_user,
-            python=cfg.sandbox_python,
+            args=list(args or ()),
+            limits=limits_for(ttl_seconds, limits, cfg),
+            config=sandbox_config(),
         )
     except Exception as exc:
         log.exception("spawn %s: the sandbox failed", spawn_uuid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 
@@ -26,6 +27,11 @@ def open_window(client, auth, target="spawner", ttl=600):
 
 def queued_messages(redis_url: str, queue: str = "spawner") -> list[dict]:
     return [json.loads(raw) for raw in redis.Redis.from_url(redis_url).lrange(queue, 0, -1)]
+
+
+def queued_kwargs(redis_url: str, queue: str = "spawner") -> list[dict]:
+    """The kwargs of each queued job (a kombu body is base64 JSON ``[args, kwargs, embed]``)."""
+    return [json.loads(base64.b64decode(m["body"]))[1] for m in queued_messages(redis_url, queue)]
 
 
 def closed_port_url(scheme: str = "redis") -> str:
@@ -241,7 +247,7 @@ def test_a_spawn_reads_back_by_id_uuid_and_the_result_alias(client, auth):
             "spawn_id", "spawn_uuid", "status", "reason", "task_type", "exit_code", "stdout",
             "stderr", "stdout_truncated", "stderr_truncated", "created_at", "started_at",
             "finished_at", "duration_ms", "worker", "window_id", "correlation_id",
-            "cpu_time_ms", "peak_memory_kb",
+            "limits", "args", "cpu_time_ms", "peak_memory_kb",
         }  # fmt: skip
 
 
@@ -278,6 +284,163 @@ def test_a_bad_spawn_request_is_422_naming_the_field(client, auth, body, field):
     assert response.json["error"] == "validation_error"
     assert field in response.json["fields"]
     assert response.json["message"]
+
+
+# --- per-spawn limits -----------------------------------------------------------------------
+
+LIMIT_SETTINGS = [
+    # (request field, lowest value, setting holding the server's maximum)
+    ("cpu_time_limit", 1, "cpu_time_limit_max"),
+    ("memory_limit_mb", 16, "memory_limit_mb_max"),
+    ("max_processes", 1, "max_processes_max"),
+    ("max_output_bytes", 0, "max_output_bytes_max"),
+    ("max_file_size_mb", 1, "max_file_size_mb_max"),
+]
+
+
+def settings_of(app):
+    return app.extensions["vx11"].settings
+
+
+def test_a_spawn_without_limits_gets_the_servers_defaults_on_its_record_and_its_job(
+    app, client, auth, redis_url
+):
+    settings = settings_of(app)
+    window = open_window(client, auth)
+    accepted = client.post("/vx11/spawn", json=SPAWN, headers=auth).json
+    defaults = {
+        "cpu_time_limit": SPAWN["ttl_seconds"],
+        "memory_limit_mb": settings.memory_limit_mb,
+        "max_processes": settings.max_processes,
+        "max_output_bytes": settings.max_output_bytes,
+        "max_file_size_mb": settings.max_file_size_mb,
+    }
+    record = client.get(f"/vx11/spawn/{accepted['spawn_id']}", headers=auth).json
+    assert record["limits"] == defaults
+    assert record["args"] == []
+    assert queued_kwargs(redis_url) == [
+        {
+            "spawn_uuid": accepted["spawn_uuid"],
+            "task_type": "python",
+            "code": SPAWN["code"],
+            "stdin": None,
+            "ttl_seconds": SPAWN["ttl_seconds"],
+            "window_id": window["window_id"],
+            "correlation_id": None,
+            "limits": defaults,
+            "args": [],
+        }
+    ]
+
+
+def test_a_spawn_within_the_maxima_is_stored_and_queued_exactly_as_asked(
+    app, client, auth, redis_url
+):
+    settings = settings_of(app)
+    open_window(client, auth)
+    limits = {
+        "cpu_time_limit": settings.cpu_time_limit_max,
+        "memory_limit_mb": 16,
+        "max_processes": settings.max_processes_max,
+        "max_output_bytes": 0,
+        "max_file_size_mb": 1,
+    }
+    args = ["-v", "two words", "ünïcödé ✓", "", "é" * 2048] + ["x"] * (settings.max_args - 5)
+    body = {**SPAWN, "task_type": "shell", "code": 'echo "$@"', **limits, "args": args}
+    accepted = client.post("/vx11/spawn", json=body, headers=auth)
+    assert accepted.status_code == 200, accepted.json
+    record = client.get(f"/vx11/spawn/{accepted.json['spawn_id']}", headers=auth).json
+    assert (record["limits"], record["args"]) == (limits, args)
+    [kwargs] = queued_kwargs(redis_url)
+    assert (kwargs["limits"], kwargs["args"]) == (limits, args)
+    assert not set(limits) & set(kwargs)  # the limits travel only inside `limits`
+
+
+def test_the_default_cpu_time_limit_is_the_ttl_but_never_above_the_maximum(
+    test_config, auth, redis_url
+):
+    client = create_app(
+        {**test_config, "spawn_max_ttl": 7200, "cpu_time_limit_max": 60}
+    ).test_client()
+    open_window(client, auth)
+    for ttl, cpu in ((45, 45), (120, 60)):
+        accepted = client.post("/vx11/spawn", json={**SPAWN, "ttl_seconds": ttl}, headers=auth)
+        record = client.get(f"/vx11/spawn/{accepted.json['spawn_id']}", headers=auth).json
+        assert (record["ttl_seconds"], record["limits"]["cpu_time_limit"]) == (ttl, cpu)
+
+
+@pytest.mark.parametrize(("field", "lowest", "maximum"), LIMIT_SETTINGS)
+def test_a_limit_over_the_servers_maximum_is_422_naming_the_field_and_the_maximum(
+    app, client, auth, redis_url, field, lowest, maximum
+):
+    highest = getattr(settings_of(app), maximum)
+    open_window(client, auth)
+    for value in (highest + 1, lowest - 1):
+        response = client.post("/vx11/spawn", json={**SPAWN, field: value}, headers=auth)
+        assert response.status_code == 422, response.json
+        assert response.json["error"] == "validation_error"
+        assert response.json["fields"] == {
+            field: [f"must be between {lowest} and {highest} (the server's maximum)"]
+        }
+    assert queued_messages(redis_url) == []
+
+
+def test_the_maximum_in_force_is_the_configured_one(test_config, auth):
+    client = create_app(
+        {**test_config, "memory_limit_mb": 32, "memory_limit_mb_max": 64}
+    ).test_client()
+    open_window(client, auth)
+    over = client.post("/vx11/spawn", json={**SPAWN, "memory_limit_mb": 65}, headers=auth)
+    assert over.status_code == 422
+    assert "64" in over.json["fields"]["memory_limit_mb"][0]
+    at = client.post("/vx11/spawn", json={**SPAWN, "memory_limit_mb": 64}, headers=auth)
+    assert at.status_code == 200 and at.json["status"] == "QUEUED"
+
+
+@pytest.mark.parametrize("field", [field for field, _, _ in LIMIT_SETTINGS])
+@pytest.mark.parametrize("value", ["64", 64.0, 64.5, True, None, [64], {"mb": 64}])
+def test_a_limit_that_is_not_an_integer_is_422(client, auth, redis_url, field, value):
+    open_window(client, auth)
+    response = client.post("/vx11/spawn", json={**SPAWN, field: value}, headers=auth)
+    assert response.status_code == 422, response.json
+    assert field in response.json["fields"]
+    assert queued_messages(redis_url) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ("-v", "Not a valid list."),
+        (None, "Field may not be null."),
+        ([1], "Not a valid string."),
+        ([None], "Field may not be null."),
+        (["ok", ["nested"]], "Not a valid string."),
+        (["a\0b"], "an argument may not contain a NUL character"),
+        (["é" * 2049], "an argument is longer than 4096 bytes"),  # 2049 characters, 4098 bytes
+    ],
+)
+def test_bad_args_are_422(client, auth, redis_url, args, message):
+    open_window(client, auth)
+    response = client.post("/vx11/spawn", json={**SPAWN, "args": args}, headers=auth)
+    assert response.status_code == 422, response.json
+    assert message in json.dumps(response.json["fields"]["args"], ensure_ascii=False)
+    assert queued_messages(redis_url) == []
+
+
+def test_more_args_than_the_server_allows_is_422_stating_the_maximum(app, client, auth):
+    most = settings_of(app).max_args
+    open_window(client, auth)
+    response = client.post("/vx11/spawn", json={**SPAWN, "args": ["x"] * (most + 1)}, headers=auth)
+    assert response.status_code == 422
+    assert response.json["fields"] == {"args": [f"at most {most} arguments (the server's maximum)"]}
+
+
+def test_an_arg_that_is_not_valid_unicode_is_422(client, auth):
+    open_window(client, auth)
+    raw = '{"task_type": "python", "code": "1", "args": ["\\ud800"]}'
+    response = client.post("/vx11/spawn", data=raw, headers=auth, content_type="application/json")
+    assert response.status_code == 422
+    assert response.json["fields"] == {"args": {"0": ["an argument must be valid Unicode text"]}}
 
 
 @pytest.mark.parametrize(

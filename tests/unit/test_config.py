@@ -1,5 +1,7 @@
 """Settings: defaults, then VX11_* variables, then the test mapping; bad values refused."""
 
+from pathlib import Path
+
 import pytest
 
 from vx11.config import Settings, describe
@@ -31,8 +33,8 @@ def test_environment_variables_are_parsed_by_type():
 
 
 def test_overrides_win_over_the_environment():
-    settings = Settings.from_env({"VX11_SPAWN_MAX_TTL": "120"}, overrides={"spawn_max_ttl": 5})
-    assert settings.spawn_max_ttl == 5
+    settings = Settings.from_env({"VX11_SPAWN_MAX_TTL": "120"}, overrides={"spawn_max_ttl": 60})
+    assert settings.spawn_max_ttl == 60
 
 
 def test_a_non_number_is_a_clear_error():
@@ -54,3 +56,22 @@ def test_every_setting_is_documented():
     rows = describe()
     assert len(rows) == len(Settings.__dataclass_fields__)
     assert all(name.startswith("VX11_") and doc for name, _default, doc in rows)
+
+
+def test_the_configuration_reference_lists_every_setting_with_its_default():
+    reference = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    for variable, default, _doc in describe():
+        shown = f"`{default}`" if default else "(empty)"
+        assert f"| `{variable}` | {shown} |" in reference, f"{variable} missing or stale"
+
+
+def test_a_default_above_its_maximum_is_refused():
+    with pytest.raises(
+        ValueError, match=r"VX11_MEMORY_LIMIT_MB \(4096\) is above VX11_MEMORY_LIMIT_MB_MAX"
+    ):
+        Settings.from_env({"VX11_MEMORY_LIMIT_MB": "4096"})
+
+
+def test_an_unknown_sandbox_level_is_refused():
+    with pytest.raises(ValueError, match="VX11_SANDBOX must be"):
+        Settings.from_env({"VX11_SANDBOX": "docker"})

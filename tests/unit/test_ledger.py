@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import threading
 import uuid
+from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Column, MetaData, Table, text
 
 from vx11.errors import IllegalTransition, NotFound
-from vx11.ledger import Ledger
+from vx11.ledger import Ledger, spawns
 from vx11.states import SpawnStatus
 
 PG_URL = os.environ.get("VX11_TEST_DATABASE_URL")
@@ -27,10 +28,10 @@ PG_URL = os.environ.get("VX11_TEST_DATABASE_URL")
         ),
     ]
 )
-def ledger(request, tmp_path):
+def empty_ledger(request, tmp_path):
+    """A ledger on an empty database, its schema not yet created."""
     if request.param == "sqlite":
         store = Ledger.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
-        store.create_schema()
         yield store
         store.engine.dispose()
         return
@@ -40,12 +41,17 @@ def ledger(request, tmp_path):
         conn.execute(text(f"CREATE SCHEMA {schema}"))
     store = Ledger.from_url(PG_URL)
     store.engine.update_execution_options(schema_translate_map={None: schema})
-    store.create_schema()
     yield store
     store.engine.dispose()
     with admin.begin() as conn:
         conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
     admin.dispose()
+
+
+@pytest.fixture
+def ledger(empty_ledger):
+    empty_ledger.create_schema()
+    return empty_ledger
 
 
 def new_spawn(ledger: Ledger, **fields):
@@ -117,3 +123,55 @@ def test_only_one_of_many_racing_claims_wins(ledger):
 def test_spawn_ids_stay_unique(ledger):
     ids = {new_spawn(ledger)["spawn_id"] for _ in range(200)}
     assert len(ids) == 200
+
+
+def test_limits_and_args_round_trip(ledger):
+    limits = {
+        "cpu_time_limit": 3600,
+        "memory_limit_mb": 16,
+        "max_processes": 512,
+        "max_output_bytes": 0,
+        "max_file_size_mb": 256,
+    }
+    args = ["-v", "two words", "ünïcödé ✓", "", "$HOME"]
+    record = new_spawn(ledger, limits=limits, args=args)
+    assert (record["limits"], record["args"]) == (limits, args)
+    stored = ledger.get(record["spawn_id"])
+    assert (stored["limits"], stored["args"]) == (limits, args)
+    running = ledger.transition(record["spawn_uuid"], SpawnStatus.RUNNING)
+    assert (running["limits"], running["args"]) == (limits, args)
+
+
+OLD_ROW = {
+    "spawn_uuid": "0badc0de-0000-4000-8000-000000000000",
+    "spawn_id": "spawn-0badc0de",
+    "status": "DONE",
+    "task_type": "shell",
+    "code": "true",
+    "ttl_seconds": 30,
+    "stdout_truncated": False,
+    "stderr_truncated": False,
+    "created_at": datetime(2026, 1, 1, tzinfo=UTC),
+}
+
+
+def test_a_ledger_made_before_limits_existed_gains_the_new_columns(empty_ledger):
+    old = Table(
+        "spawns",
+        MetaData(),
+        *(
+            Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+            for c in spawns.c
+            if c.name not in ("limits", "args")
+        ),
+    )
+    old.create(empty_ledger.engine)
+    with empty_ledger.engine.begin() as conn:
+        conn.execute(old.insert(), OLD_ROW)
+    empty_ledger.create_schema()
+    empty_ledger.create_schema()  # the next start finds nothing to add
+    before = empty_ledger.get(OLD_ROW["spawn_id"])
+    assert (before["status"], before["limits"], before["args"]) == ("DONE", None, None)
+    after = new_spawn(empty_ledger, limits={"max_processes": 8}, args=["a"])
+    stored = empty_ledger.get(after["spawn_id"])
+    assert (stored["limits"], stored["args"]) == ({"max_processes": 8}, ["a"])

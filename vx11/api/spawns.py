@@ -23,6 +23,8 @@ CORRELATION_ID = validate.Regexp(
     r"^[A-Za-z0-9._:@/+=-]{1,128}$",
     error="1 to 128 characters of letters, digits and ._:@/+=-",
 )
+MAX_ARG_BYTES = 4096
+"""Longest single entry of a spawn's ``args``, bytes of UTF-8."""
 
 
 def _utf8_max(limit: int, what: str):
@@ -31,6 +33,26 @@ def _utf8_max(limit: int, what: str):
             raise ValidationError(f"{what} is longer than {limit} bytes")
 
     return check
+
+
+def _valid_arg(value: str) -> None:
+    # An argument becomes an execve() string: NUL would cut it short, and a lone
+    # surrogate has no UTF-8 form at all.
+    if "\0" in value:
+        raise ValidationError("an argument may not contain a NUL character")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValidationError("an argument must be valid Unicode text") from None
+    if size > MAX_ARG_BYTES:
+        raise ValidationError(f"an argument is longer than {MAX_ARG_BYTES} bytes")
+
+
+def _limit(low: int, high: int) -> fields.Integer:
+    """An optional per-spawn limit; ``high`` is the server's maximum. Left out, it takes
+    the server's default (:func:`vx11.submit.resolve_limits`)."""
+    error = f"must be between {low} and {high} (the server's maximum)"
+    return fields.Integer(strict=True, validate=validate.Range(low, high, error=error))
 
 
 def _json_max(limit: int):
@@ -70,6 +92,19 @@ def request_schema(settings: Settings) -> Schema:
                 allow_none=True,
                 validate=_json_max(settings.max_metadata_bytes),
             ),
+            "cpu_time_limit": _limit(1, settings.cpu_time_limit_max),
+            "memory_limit_mb": _limit(16, settings.memory_limit_mb_max),
+            "max_processes": _limit(1, settings.max_processes_max),
+            "max_output_bytes": _limit(0, settings.max_output_bytes_max),
+            "max_file_size_mb": _limit(1, settings.max_file_size_mb_max),
+            "args": fields.List(
+                fields.String(validate=_valid_arg),
+                load_default=list,
+                validate=validate.Length(
+                    max=settings.max_args,
+                    error=f"at most {settings.max_args} arguments (the server's maximum)",
+                ),
+            ),
         },
         name="SpawnRequest",
     )()
@@ -105,6 +140,8 @@ class SpawnRecord(Schema):
     window_id = fields.String(allow_none=True)
     correlation_id = fields.String(allow_none=True)
     metadata = fields.Dict(allow_none=True)
+    limits = fields.Dict(keys=fields.String(), values=fields.Integer(), allow_none=True)
+    args = fields.List(fields.String(), allow_none=True)
     cpu_time_ms = fields.Integer(allow_none=True)
     peak_memory_kb = fields.Integer(allow_none=True)
 

@@ -1,0 +1,145 @@
+"""Running untrusted code in a sandboxed subprocess.
+
+Two levels (docs/security.md): ``bwrap`` (namespaces: its own filesystem view, no
+network, its own pids, an empty environment) and ``basic`` (a scratch directory and
+environment, a process group, rlimits). Both run the code as an unprivileged uid when
+the worker is root, with the same limits, and, where the worker can create them, a
+per-spawn cgroup that limits memory and processes for the whole spawn and is killed as
+a whole when the run ends. :mod:`.levels` picks the level once, at worker start.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+
+from workers.sandbox import basic, bwrap
+from workers.sandbox.launch import SANDBOX_PATH
+from workers.sandbox.process import (
+    Identity,
+    become_subreaper,
+    decode_status,
+    end_adopted,
+    rlimits,
+    run_process,
+)
+from workers.sandbox.spec import Limits, Outcome, SandboxConfig, SandboxError
+
+__all__ = ["ACTIVE", "Limits", "Outcome", "SandboxConfig", "SandboxError", "run_sandboxed"]
+
+TASK_TYPES = ("python", "shell")
+
+
+class _Active:
+    """The sandbox this worker chose when it started (before its pool forked)."""
+
+    config: SandboxConfig | None = None
+
+
+ACTIVE = _Active()
+
+
+def sandbox_identity(user: str) -> Identity | None:
+    """The uid and gid code runs as: ``user``'s when the worker is root, else its own."""
+    if os.geteuid() != 0:
+        return None
+    entry = pwd.getpwnam(user)
+    return Identity(entry.pw_uid, entry.pw_gid)
+
+
+def resolve_python(name: str) -> str:
+    found = shutil.which(name, path=SANDBOX_PATH) if "/" not in name else name
+    if not found:
+        raise SandboxError(f"python interpreter {name!r} not found on {SANDBOX_PATH}")
+    return found
+
+
+def run_sandboxed(
+    task_type: str,
+    code: str,
+    *,
+    limits: Limits,
+    config: SandboxConfig | None = None,
+    stdin: str | None = None,
+    args: tuple[str, ...] | list[str] = (),
+) -> Outcome:
+    """Run ``code`` (``python`` or ``shell``) under ``limits`` at ``config``'s level."""
+    config = config or SandboxConfig()
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"unknown task_type {task_type!r}")
+    identity = sandbox_identity(config.user)
+    python = resolve_python(config.python)
+    adopting = identity is not None and config.adopt_orphans and become_subreaper()
+    if config.level == "bwrap":
+        launching = bwrap.prepared(task_type, code, args, config, python)
+    else:
+        launching = basic.prepared(task_type, code, args, config, identity, python)
+    cgroup = (
+        config.cgroups.create(limits.memory_mb << 20, limits.max_processes)
+        if config.cgroups
+        else None
+    )
+    try:
+        with launching as launch:
+            done = run_process(
+                launch.argv,
+                env=launch.env,
+                cwd=launch.cwd,
+                stdin=(stdin or "").encode("utf-8"),
+                limits=limits,
+                process_limits=rlimits(
+                    limits, cgroup=cgroup is not None, max_open_files=config.max_open_files
+                ),
+                drain_bytes=max(config.drain_bytes, limits.output_bytes * 2),
+                cgroup=cgroup,
+                identity=identity,
+                pass_fds=launch.pass_fds,
+            )
+        if cgroup is not None:
+            cgroup.kill()  # whatever outlived the run's process group
+            peak = cgroup.peak_memory_bytes()
+            oom = cgroup.oom_killed()
+    finally:
+        if cgroup is not None:
+            cgroup.kill()
+            cgroup.remove()
+        if adopting:
+            end_adopted(identity.uid)
+    exit_code, term_signal = decode_status(done.status)
+    if config.level == "bwrap":
+        exit_code, term_signal = bwrap.decode_exit(exit_code, term_signal)
+    cpu_ms = int((done.rusage.ru_utime + done.rusage.ru_stime) * 1000)
+    if cgroup is not None:
+        peak_kb = peak // 1024 if peak is not None else None
+    else:  # includes the worker's own pages copied at fork: an upper bound
+        peak_kb = done.rusage.ru_maxrss
+        oom = False
+    return Outcome(
+        exit_code=exit_code,
+        term_signal=term_signal,
+        limit_hit=_limit_hit(done, term_signal, cpu_ms, limits, oom),
+        stdout=done.stdout.text(),
+        stderr=done.stderr.text(),
+        stdout_truncated=done.stdout.truncated,
+        stderr_truncated=done.stderr.truncated,
+        duration_ms=int(done.duration * 1000),
+        cpu_time_ms=cpu_ms,
+        peak_memory_kb=peak_kb,
+        level=config.level,
+    )
+
+
+def _limit_hit(done, term_signal: str | None, cpu_ms: int, limits: Limits, oom: bool):
+    if done.timed_out:
+        return "wall_time_limit"
+    if done.output_exceeded:
+        return "output_limit"
+    # The kernel sends SIGXCPU at the soft limit by its tick-sampled CPU clock, which can
+    # run ahead of the rusage total, so SIGXCPU alone is the soft limit; a SIGKILL is the
+    # hard limit (soft + 1 s) only once the CPU time has passed the soft limit.
+    if term_signal == "SIGXCPU" or (term_signal == "SIGKILL" and cpu_ms >= limits.cpu_time * 1000):
+        return "cpu_time_limit"
+    if oom:
+        return "memory_limit"
+    return None

@@ -1,0 +1,79 @@
+"""The ``basic`` level: a private working directory on the host, a scratch environment,
+its own process group, rlimits and an unprivileged uid. No filesystem or network
+isolation; a process that calls ``setsid()`` escapes the group kill unless a per-spawn
+cgroup catches it (docs/security.md)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from workers.sandbox.launch import SANDBOX_PATH, SHELL, Launch
+from workers.sandbox.process import Identity
+from workers.sandbox.spec import SandboxConfig, SandboxError
+
+
+@contextmanager
+def prepared(
+    task_type: str,
+    code: str,
+    args: Sequence[str],
+    config: SandboxConfig,
+    identity: Identity | None,
+    python: str,
+) -> Iterator[Launch]:
+    check_root_reachable(config.root, identity)
+    workdir = _make_workdir(config.root, identity)
+    try:
+        if task_type == "python":
+            _write_private(workdir / "main.py", code, identity)
+            argv = [python, "-I", "main.py", *args]
+        else:
+            argv = [SHELL, "-c", code, "sh", *args]
+        env = {"PATH": SANDBOX_PATH, "HOME": str(workdir), "TMPDIR": str(workdir),
+               "LANG": "C.UTF-8"}  # fmt: skip
+        yield Launch(argv, env, str(workdir))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # fd-based: never follows planted symlinks
+
+
+@functools.cache
+def check_root_reachable(root: str, identity: Identity | None) -> None:
+    """Code running as another user must be able to search its way down to its working
+    directory; a root below a private directory (say, 0700) would fail every run."""
+    if identity is None:
+        return
+    for directory in (Path(root).absolute(), *Path(root).absolute().parents):
+        try:
+            info = directory.stat()
+        except FileNotFoundError:
+            continue  # made later, with 0711
+        if info.st_uid != identity.uid and not info.st_mode & stat.S_IXOTH:
+            raise SandboxError(
+                f"sandbox root {root} is unreachable for the sandbox user: {directory} is "
+                "not searchable by others; set VX11_SANDBOX_ROOT below directories every "
+                "user can traverse (the default is <tmp>/vx11-sandbox)"
+            )
+
+
+def _make_workdir(root: str, identity: Identity | None) -> Path:
+    base = Path(root)
+    base.mkdir(mode=0o711, parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="spawn-", dir=base))
+    if identity:
+        os.chown(workdir, identity.uid, identity.gid)
+    return workdir
+
+
+def _write_private(path: Path, text: str, identity: Identity | None) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        if identity:
+            os.fchown(f.fileno(), identity.uid, identity.gid)

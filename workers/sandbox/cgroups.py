@@ -1,0 +1,178 @@
+"""Per-spawn cgroups: a memory and a process-count limit for the whole spawn, its peak
+memory, whether the kernel's OOM killer ended it, and a kill that leaves nothing behind.
+
+cgroup v1 (a ``memory`` and a ``pids`` hierarchy) and v2 (one unified hierarchy) are
+both supported. Spawn cgroups are made below the worker's own cgroup, which must be
+writable by the worker: true for a root worker on a host or in a container given its
+own writable cgroup tree; v2 also needs the ``memory`` and ``pids`` controllers
+delegated to that cgroup's children.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+KILL_TIMEOUT = 5.0
+
+
+class CgroupUnavailable(RuntimeError):
+    """Raised when this worker cannot make per-spawn cgroups."""
+
+
+def _own_paths(proc_cgroup: str = "/proc/self/cgroup") -> dict[str, str]:
+    """``{controller: path}`` of this process; v2's unified entry is under ``""``."""
+    paths = {}
+    for line in Path(proc_cgroup).read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else [""]:
+            paths[controller] = path
+    return paths
+
+
+@dataclass(frozen=True)
+class SpawnCgroup:
+    """One spawn's cgroup (one directory per hierarchy)."""
+
+    version: int
+    dirs: tuple[Path, ...]
+
+    @property
+    def procs_files(self) -> tuple[str, ...]:
+        return tuple(str(d / "cgroup.procs") for d in self.dirs)
+
+    def attach_self(self) -> None:
+        """Move the calling process into this cgroup: called in the child before exec, so
+        every process the spawn makes is born inside it."""
+        for path in self.procs_files:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for path in self.procs_files:
+            with contextlib.suppress(FileNotFoundError):
+                found.update(int(p) for p in Path(path).read_text().split())
+        return found
+
+    def kill(self) -> None:
+        """SIGKILL every process in the cgroup until none is left."""
+        if self.version == 2:
+            with contextlib.suppress(OSError):  # cgroup.kill: kernel 5.14 and later
+                (self.dirs[0] / "cgroup.kill").write_text("1")
+        deadline = time.monotonic() + KILL_TIMEOUT
+        while (pids := self.pids()) and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.005)
+        if pids:
+            log.error("cgroup %s still holds processes %s after SIGKILL", self.dirs, pids)
+
+    def peak_memory_bytes(self) -> int | None:
+        name = "memory.max_usage_in_bytes" if self.version == 1 else "memory.peak"
+        try:
+            return int((self.dirs[0] / name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer killed a process of this spawn."""
+        name = "memory.oom_control" if self.version == 1 else "memory.events"
+        try:
+            text = (self.dirs[0] / name).read_text()
+        except OSError:
+            return False
+        counts = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
+        return int(counts.get("oom_kill", "0")) > 0
+
+    def remove(self) -> None:
+        for directory in self.dirs:
+            for _ in range(50):
+                try:
+                    directory.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:  # busy until the last process is reaped
+                    time.sleep(0.01)
+            else:
+                log.error("could not remove cgroup %s", directory)
+
+
+@dataclass(frozen=True)
+class Cgroups:
+    """Where this worker makes spawn cgroups."""
+
+    version: int
+    parents: tuple[Path, ...]
+    """v1: the memory and pids parents; v2: the one parent."""
+
+    @classmethod
+    def detect(cls, root: Path = CGROUP_ROOT, proc_cgroup: str = "/proc/self/cgroup") -> Cgroups:
+        """The cgroups this worker can use, or :class:`CgroupUnavailable` saying why not."""
+        own = _own_paths(proc_cgroup)
+        tag = f"vx11-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        if (root / "cgroup.controllers").exists():
+            parent = root / own.get("", "/").lstrip("/") / tag
+            cgroups = cls(2, (parent,))
+        else:
+            missing = [c for c in ("memory", "pids") if not (root / c).is_dir()]
+            if missing:
+                raise CgroupUnavailable(f"no cgroup v1 hierarchy for {', '.join(missing)}")
+            cgroups = cls(
+                1, tuple(root / c / own.get(c, "/").lstrip("/") / tag for c in ("memory", "pids"))
+            )
+        cgroups._prepare()
+        return cgroups
+
+    def _prepare(self) -> None:
+        try:
+            for parent in self.parents:
+                parent.mkdir()
+            if self.version == 2:
+                (self.parents[0] / "cgroup.subtree_control").write_text("+memory +pids")
+        except OSError as exc:
+            self.close()
+            raise CgroupUnavailable(f"cannot create cgroups under {self.parents}: {exc}") from exc
+
+    def create(self, memory_bytes: int, max_processes: int) -> SpawnCgroup:
+        name = f"spawn-{uuid.uuid4().hex[:12]}"
+        dirs = tuple(parent / name for parent in self.parents)
+        cgroup = SpawnCgroup(self.version, dirs)
+        try:
+            for directory in dirs:
+                directory.mkdir()
+            memory, pids = dirs[0], dirs[-1]
+            if self.version == 1:
+                (memory / "memory.limit_in_bytes").write_text(str(memory_bytes))
+                with contextlib.suppress(OSError):  # only with swap accounting
+                    (memory / "memory.memsw.limit_in_bytes").write_text(str(memory_bytes))
+                (memory / "memory.swappiness").write_text("0")
+            else:
+                (memory / "memory.max").write_text(str(memory_bytes))
+                with contextlib.suppress(OSError):
+                    (memory / "memory.swap.max").write_text("0")
+            (pids / "pids.max").write_text(str(max_processes))
+        except OSError:
+            cgroup.remove()
+            raise
+        return cgroup
+
+    def close(self) -> None:
+        """Remove the parents (at worker exit); spawn cgroups are removed as they end."""
+        for parent in self.parents:
+            with contextlib.suppress(OSError):
+                parent.rmdir()

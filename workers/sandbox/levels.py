@@ -1,0 +1,80 @@
+"""Choosing the sandbox level once, when a worker starts: a real probe of bwrap, then
+the strongest level that works (``VX11_SANDBOX=auto``), or the one required."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from vx11.config import Settings
+from workers.sandbox import run_sandboxed
+from workers.sandbox.cgroups import Cgroups, CgroupUnavailable
+from workers.sandbox.spec import Limits, SandboxConfig, SandboxError
+
+log = logging.getLogger(__name__)
+
+PROBE_OUTPUT = "vx11-sandbox-probe"
+PROBE_LIMITS = Limits(
+    wall_time=10, cpu_time=10, memory_mb=256, max_processes=16, max_file_size_mb=1,
+    output_bytes=4096,
+)  # fmt: skip
+
+
+def base_config(settings: Settings) -> SandboxConfig:
+    cgroups = None
+    if settings.sandbox_cgroups != "off":
+        try:
+            cgroups = Cgroups.detect()
+        except (CgroupUnavailable, OSError) as exc:
+            log.warning("per-spawn cgroups unavailable, rlimits only: %s", exc)
+    return SandboxConfig(
+        level="basic",
+        root=settings.effective_sandbox_root,
+        user=settings.sandbox_user,
+        python=settings.sandbox_python,
+        bwrap=shutil.which("bwrap") or "bwrap",
+        tmpfs_mb=settings.sandbox_tmpfs_mb,
+        max_open_files=settings.sandbox_max_open_files,
+        drain_bytes=settings.output_drain_limit_mb << 20,
+        cgroups=cgroups,
+    )
+
+
+def bwrap_problem(config: SandboxConfig) -> str | None:
+    """Why the bwrap level does not work here, or None when a real run through it does."""
+    if not Path(config.bwrap).is_file():
+        return "bwrap is not installed (Debian package bubblewrap)"
+    probe = replace(config, level="bwrap", adopt_orphans=False)
+    try:
+        outcome = run_sandboxed("python", f"print({PROBE_OUTPUT!r})", limits=PROBE_LIMITS,
+                                config=probe)  # fmt: skip
+    except (OSError, SandboxError) as exc:
+        return f"bwrap could not start: {exc}"
+    if outcome.exit_code != 0 or outcome.stdout.strip() != PROBE_OUTPUT:
+        return f"bwrap probe failed: exit {outcome.exit_code}: {outcome.stderr.strip()[:300]}"
+    return None
+
+
+def choose(settings: Settings) -> SandboxConfig:
+    """The sandbox this worker will use; :class:`SandboxError` if what is required does
+    not work here (the worker then refuses to start)."""
+    config = base_config(settings)
+    wants_bwrap = settings.sandbox == "bwrap" or settings.sandbox_require == "bwrap"
+    if settings.sandbox == "basic":
+        if wants_bwrap:
+            raise SandboxError("VX11_SANDBOX=basic contradicts VX11_SANDBOX_REQUIRE=bwrap")
+        chosen = config
+    else:
+        problem = bwrap_problem(config)
+        if problem is None:
+            chosen = replace(config, level="bwrap")
+        elif wants_bwrap:
+            raise SandboxError(f"the bwrap sandbox level is required but unusable: {problem}")
+        else:
+            log.warning("sandbox level basic: %s", problem)
+            chosen = config
+    cgroup_text = f"cgroup v{chosen.cgroups.version}" if chosen.cgroups else "no cgroups"
+    log.info("sandbox level %s (%s)", chosen.level, cgroup_text)
+    return chosen

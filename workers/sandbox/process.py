@@ -1,0 +1,268 @@
+"""Starting one sandboxed process and supervising it: limits applied in the child before
+exec, output captured up to a cap (the rest drained, up to a bound), the wall-clock
+limit enforced, and the whole run killed at its end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import resource
+import selectors
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from workers.sandbox.cgroups import SpawnCgroup
+from workers.sandbox.spec import Limits
+
+READ_CHUNK = 64 << 10
+DRAIN_GRACE = 0.5
+"""Seconds to keep reading output after the run's process group has been killed."""
+MIB = 1 << 20
+
+
+class _Capture:
+    """Keeps the first ``limit`` bytes of a stream and counts (drains) the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.kept = 0
+        self.seen = 0
+        self.truncated = False
+
+    def feed(self, data: bytes) -> None:
+        self.seen += len(data)
+        room = self.limit - self.kept
+        if room > 0:
+            piece = data[:room]
+            self.chunks.append(piece)
+            self.kept += len(piece)
+        if len(data) > max(room, 0):
+            self.truncated = True
+
+    def text(self) -> str:
+        return b"".join(self.chunks).decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The unprivileged uid and gid the child switches to before exec."""
+
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How one supervised process ended."""
+
+    status: int
+    rusage: resource.struct_rusage
+    duration: float
+    timed_out: bool
+    output_exceeded: bool
+    stdout: _Capture
+    stderr: _Capture
+
+
+def rlimits(limits: Limits, *, cgroup: bool, max_open_files: int) -> dict[int, int]:
+    """The rlimits of a run. With a cgroup, memory and processes are limited per spawn
+    there, and the rlimits stay as a wider second line."""
+    memory = limits.memory_mb * MIB
+    return {
+        resource.RLIMIT_CPU: max(1, int(limits.cpu_time)),
+        resource.RLIMIT_AS: memory * 2 + 256 * MIB if cgroup else memory,
+        resource.RLIMIT_NPROC: max(limits.max_processes * 4, 1024)
+        if cgroup
+        else limits.max_processes,
+        resource.RLIMIT_FSIZE: limits.max_file_size_mb * MIB,
+        resource.RLIMIT_NOFILE: max_open_files,
+        resource.RLIMIT_CORE: 0,
+    }
+
+
+def _preexec(limits: dict[int, int], cgroup: SpawnCgroup | None, identity: Identity | None):
+    def preexec() -> None:  # in the child, after setsid, before exec
+        if cgroup is not None:
+            cgroup.attach_self()  # first: everything the run starts is born inside
+        os.umask(0o077)
+        for kind, value in limits.items():
+            hard = value + 1 if kind == resource.RLIMIT_CPU else value  # SIGXCPU, then SIGKILL
+            resource.setrlimit(kind, (value, hard))
+        if identity is not None:
+            os.setgroups([])
+            os.setgid(identity.gid)
+            os.setuid(identity.uid)
+
+    return preexec
+
+
+def run_process(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str],
+    cwd: str | None,
+    stdin: bytes,
+    limits: Limits,
+    process_limits: dict[int, int],
+    drain_bytes: int,
+    cgroup: SpawnCgroup | None = None,
+    identity: Identity | None = None,
+    pass_fds: Sequence[int] = (),
+) -> Exit:
+    """Run ``argv`` under ``limits`` and supervise it to its end."""
+    with open(os.devnull, "rb") if not stdin else _stdin_file(stdin) as stdin_file:
+        started = time.monotonic()
+        with _leaders_lock:  # not taken for an orphan by a concurrent end_adopted
+            proc = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env=env,
+                stdin=stdin_file,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=tuple(pass_fds),
+                preexec_fn=_preexec(process_limits, cgroup, identity),
+            )
+            _running_leaders.add(proc.pid)
+    out, err = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
+    try:
+        status, rusage, timed_out, exceeded = _supervise(
+            proc, started + limits.wall_time, out, err, drain_bytes
+        )
+    finally:
+        _running_leaders.discard(proc.pid)
+    return Exit(status, rusage, time.monotonic() - started, timed_out, exceeded, out, err)
+
+
+def _stdin_file(data: bytes):
+    handle = tempfile.TemporaryFile()  # noqa: SIM115 - the caller's with-statement closes it
+    handle.write(data)
+    handle.seek(0)
+    return handle
+
+
+def _supervise(proc, deadline: float, out: _Capture, err: _Capture, drain_bytes: int):
+    """Pump output until the process exits, the deadline passes or the output passes
+    ``drain_bytes``; then kill what is left of its group and drain briefly.
+    Returns ``(wait status, rusage, timed_out, output_exceeded)``.
+
+    The group is killed while the leader is still an unreaped zombie, so its pid (the
+    group id) cannot have been reused by then.
+    """
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, out)
+    sel.register(proc.stderr, selectors.EVENT_READ, err)
+    pidfd = os.pidfd_open(proc.pid)
+    sel.register(pidfd, selectors.EVENT_READ, None)
+    timed_out = exceeded = False
+    exited = None
+    drain_until = 0.0
+    try:
+        while True:
+            now = time.monotonic()
+            if exited is None and (now >= deadline or exceeded):
+                timed_out = not exceeded
+                exited = _end(proc.pid, sel, pidfd)
+                drain_until = time.monotonic() + DRAIN_GRACE
+            if exited is not None and (not sel.get_map() or now >= drain_until):
+                break
+            limit = (drain_until if exited is not None else deadline) - now
+            for key, _ in sel.select(timeout=max(0.0, limit)):
+                if key.data is None:
+                    exited = _end(proc.pid, sel, pidfd)
+                    drain_until = time.monotonic() + DRAIN_GRACE
+                    continue
+                chunk = os.read(key.fd, READ_CHUNK)
+                if chunk:
+                    key.data.feed(chunk)
+                    if exited is None and out.seen + err.seen > drain_bytes:
+                        exceeded = True
+                else:
+                    sel.unregister(key.fileobj)
+    finally:
+        if exited is None:  # an exception above: leave nothing running
+            exited = _end(proc.pid, sel, pidfd)
+        sel.close()
+        os.close(pidfd)
+        proc.stdout.close()
+        proc.stderr.close()
+    _, status, rusage = exited
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return status, rusage, timed_out, exceeded
+
+
+def _end(pid: int, sel: selectors.BaseSelector, pidfd: int):
+    """Kill the run's process group, then reap its leader."""
+    kill_group(pid)
+    sel.unregister(pidfd)
+    return os.wait4(pid, 0)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@functools.cache
+def become_subreaper() -> bool:
+    """Make this process the reaper of its descendants' orphans, so what a run leaves
+    behind (a daemon that called ``setsid()``, bwrap's own init) is adopted here, where
+    :func:`end_adopted` can kill and reap it, instead of by PID 1."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+_running_leaders: set[int] = set()
+"""Pids of the runs this process is supervising now (several with a threads pool)."""
+_leaders_lock = threading.Lock()
+
+
+def end_adopted(uid: int) -> None:
+    """Kill and reap the children of this process that run as ``uid`` and are not a run
+    it is supervising: orphans of runs (the sandbox's uid is never that of a process the
+    worker started itself)."""
+    with _leaders_lock:
+        _end_adopted(uid)
+
+
+def _end_adopted(uid: int) -> None:
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        pid = int(entry.name)
+        if int(status["PPid"]) != me or int(status["Uid"].split()[0]) != uid:
+            continue
+        if pid in _running_leaders:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def decode_status(status: int) -> tuple[int | None, str | None]:
+    """``(exit code, None)``, or ``(-signal number, signal name)`` when killed."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        return -signum, signal.Signals(signum).name
+    return os.WEXITSTATUS(status), None

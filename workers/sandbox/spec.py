@@ -1,0 +1,67 @@
+"""What a sandboxed run may use, and how it ended."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workers.sandbox.cgroups import Cgroups
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one run may use."""
+
+    wall_time: float
+    cpu_time: int
+    memory_mb: int
+    max_processes: int
+    max_file_size_mb: int
+    output_bytes: int
+    """Captured bytes of stdout and of stderr, each."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended and what it printed."""
+
+    exit_code: int | None
+    term_signal: str | None
+    limit_hit: str | None
+    """The limit that ended the run: ``wall_time_limit``, ``cpu_time_limit``,
+    ``memory_limit`` or ``output_limit``; None when none did."""
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_ms: int
+    cpu_time_ms: int
+    peak_memory_kb: int | None
+    level: str
+    """The sandbox level it ran at: ``bwrap`` or ``basic``."""
+
+
+class SandboxError(RuntimeError):
+    """Raised when the sandbox cannot run code on this host as configured."""
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """How this worker runs code: chosen once, at worker start (:mod:`.levels`)."""
+
+    level: str = "basic"
+    """``bwrap`` (namespaces) or ``basic`` (rlimits, process group, scratch directory)."""
+    root: str = field(default_factory=lambda: str(Path(tempfile.gettempdir()) / "vx11-sandbox"))
+    """Where the basic level makes working directories."""
+    user: str = "nobody"
+    python: str = "python3"
+    bwrap: str = "bwrap"
+    tmpfs_mb: int = 64
+    max_open_files: int = 256
+    drain_bytes: int = 64 << 20
+    """Output read in all before the run is killed (``output_limit``)."""
+    cgroups: Cgroups | None = None
+    adopt_orphans: bool = True
+    """Become the reaper of what runs leave behind, and kill it after each run (the
+    worker's pool processes do; its main process, which runs only the probe, does not)."""
