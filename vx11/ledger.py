@@ -67,6 +67,7 @@ spawns = Table(
     Column("worker", String(255)),
     Column("cpu_time_ms", Integer),
     Column("peak_memory_kb", Integer),
+    Column("sandbox", String(16)),  # the sandbox level it ran at: bwrap or basic
     Index("ix_spawns_created_at", "created_at"),
     Index("ix_spawns_status_created_at", "status", "created_at"),
     Index("ix_spawns_correlation_id", "correlation_id"),

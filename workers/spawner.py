@@ -36,6 +36,7 @@ SUMMARY_FIELDS = (
     "worker",
     "cpu_time_ms",
     "peak_memory_kb",
+    "sandbox",
 )
 
 
@@ -152,6 +153,7 @@ def spawn(
         duration_ms=outcome.duration_ms,
         cpu_time_ms=outcome.cpu_time_ms,
         peak_memory_kb=outcome.peak_memory_kb,
+        sandbox=outcome.level,
     )
     log.info("spawn %s %s (exit %s)", spawn_uuid, status, outcome.exit_code)
     return summary(record)

@@ -62,6 +62,7 @@ def test_the_seed_quick_start_works_and_the_output_reads_back(stack):
     assert record["stdout"] == "MVP works\n"
     assert record["exit_code"] == 0
     assert record["worker"].startswith("worker@")
+    assert record["sandbox"] == strongest_level_here()
     assert record["started_at"] and record["finished_at"] and record["duration_ms"] >= 0
 
 

@@ -144,6 +144,7 @@ class SpawnRecord(Schema):
     args = fields.List(fields.String(), allow_none=True)
     cpu_time_ms = fields.Integer(allow_none=True)
     peak_memory_kb = fields.Integer(allow_none=True)
+    sandbox = fields.String(allow_none=True)
 
 
 ACCEPTED = SpawnAccepted()
