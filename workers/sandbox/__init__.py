@@ -100,6 +100,7 @@ def run_sandboxed(
             cgroup.kill()  # whatever outlived the run's process group
             peak = cgroup.peak_memory_bytes()
             oom = cgroup.oom_killed()
+            cgroup_cpu_ms = cgroup.cpu_time_ms()
     finally:
         if cgroup is not None:
             cgroup.kill()
@@ -110,6 +111,8 @@ def run_sandboxed(
     if config.level == "bwrap":
         exit_code, term_signal = bwrap.decode_exit(exit_code, term_signal)
     cpu_ms = int((done.rusage.ru_utime + done.rusage.ru_stime) * 1000)
+    if cgroup is not None and cgroup_cpu_ms is not None:
+        cpu_ms = cgroup_cpu_ms  # counts processes the run's leader never waited for
     if cgroup is not None:
         peak_kb = peak // 1024 if peak is not None else None
     else:  # includes the worker's own pages copied at fork: an upper bound

@@ -41,14 +41,18 @@ def _own_paths(proc_cgroup: str = "/proc/self/cgroup") -> dict[str, str]:
 
 @dataclass(frozen=True)
 class SpawnCgroup:
-    """One spawn's cgroup (one directory per hierarchy)."""
+    """One spawn's cgroup: v1, a directory per controller's hierarchy; v2, one."""
 
     version: int
-    dirs: tuple[Path, ...]
+    dirs: dict[str, Path]
+    """``{controller: directory}``; v2 maps every controller to the same directory."""
+
+    def _dir(self, controller: str) -> Path | None:
+        return self.dirs.get(controller)
 
     @property
     def procs_files(self) -> tuple[str, ...]:
-        return tuple(str(d / "cgroup.procs") for d in self.dirs)
+        return tuple(str(d / "cgroup.procs") for d in dict.fromkeys(self.dirs.values()))
 
     def attach_self(self) -> None:
         """Move the calling process into this cgroup: called in the child before exec, so
@@ -71,7 +75,7 @@ class SpawnCgroup:
         """SIGKILL every process in the cgroup until none is left."""
         if self.version == 2:
             with contextlib.suppress(OSError):  # cgroup.kill: kernel 5.14 and later
-                (self.dirs[0] / "cgroup.kill").write_text("1")
+                (self.dirs["memory"] / "cgroup.kill").write_text("1")
         deadline = time.monotonic() + KILL_TIMEOUT
         while (pids := self.pids()) and time.monotonic() < deadline:
             for pid in pids:
@@ -84,22 +88,32 @@ class SpawnCgroup:
     def peak_memory_bytes(self) -> int | None:
         name = "memory.max_usage_in_bytes" if self.version == 1 else "memory.peak"
         try:
-            return int((self.dirs[0] / name).read_text())
+            return int((self.dirs["memory"] / name).read_text())
         except (OSError, ValueError):
+            return None
+
+    def cpu_time_ms(self) -> int | None:
+        """CPU time of every process the spawn ran, reaped or not."""
+        try:
+            if self.version == 1:
+                return int((self.dirs["cpuacct"] / "cpuacct.usage").read_text()) // 1_000_000
+            lines = (self.dirs["memory"] / "cpu.stat").read_text().splitlines()
+            return int(dict(line.split() for line in lines)["usage_usec"]) // 1000
+        except (OSError, KeyError, ValueError):
             return None
 
     def oom_killed(self) -> bool:
         """Whether the kernel's OOM killer killed a process of this spawn."""
         name = "memory.oom_control" if self.version == 1 else "memory.events"
         try:
-            text = (self.dirs[0] / name).read_text()
+            text = (self.dirs["memory"] / name).read_text()
         except OSError:
             return False
         counts = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
         return int(counts.get("oom_kill", "0")) > 0
 
     def remove(self) -> None:
-        for directory in self.dirs:
+        for directory in dict.fromkeys(self.dirs.values()):
             for _ in range(50):
                 try:
                     directory.rmdir()
@@ -117,8 +131,8 @@ class Cgroups:
     """Where this worker makes spawn cgroups."""
 
     version: int
-    parents: tuple[Path, ...]
-    """v1: the memory and pids parents; v2: the one parent."""
+    parents: dict[str, Path]
+    """``{controller: parent directory}``: memory, pids and (v1, when mounted) cpuacct."""
 
     @classmethod
     def detect(cls, root: Path = CGROUP_ROOT, proc_cgroup: str = "/proc/self/cgroup") -> Cgroups:
@@ -127,35 +141,34 @@ class Cgroups:
         tag = f"vx11-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         if (root / "cgroup.controllers").exists():
             parent = root / own.get("", "/").lstrip("/") / tag
-            cgroups = cls(2, (parent,))
+            cgroups = cls(2, {"memory": parent, "pids": parent})
         else:
             missing = [c for c in ("memory", "pids") if not (root / c).is_dir()]
             if missing:
                 raise CgroupUnavailable(f"no cgroup v1 hierarchy for {', '.join(missing)}")
-            cgroups = cls(
-                1, tuple(root / c / own.get(c, "/").lstrip("/") / tag for c in ("memory", "pids"))
-            )
+            controllers = ["memory", "pids"] + (["cpuacct"] if (root / "cpuacct").is_dir() else [])
+            cgroups = cls(1, {c: root / c / own.get(c, "/").lstrip("/") / tag for c in controllers})
         cgroups._prepare()
         return cgroups
 
     def _prepare(self) -> None:
         try:
-            for parent in self.parents:
+            for parent in dict.fromkeys(self.parents.values()):
                 parent.mkdir()
             if self.version == 2:
-                (self.parents[0] / "cgroup.subtree_control").write_text("+memory +pids")
+                (self.parents["memory"] / "cgroup.subtree_control").write_text("+memory +pids")
         except OSError as exc:
             self.close()
             raise CgroupUnavailable(f"cannot create cgroups under {self.parents}: {exc}") from exc
 
     def create(self, memory_bytes: int, max_processes: int) -> SpawnCgroup:
         name = f"spawn-{uuid.uuid4().hex[:12]}"
-        dirs = tuple(parent / name for parent in self.parents)
+        dirs = {controller: parent / name for controller, parent in self.parents.items()}
         cgroup = SpawnCgroup(self.version, dirs)
         try:
-            for directory in dirs:
+            for directory in dict.fromkeys(dirs.values()):
                 directory.mkdir()
-            memory, pids = dirs[0], dirs[-1]
+            memory, pids = dirs["memory"], dirs["pids"]
             if self.version == 1:
                 (memory / "memory.limit_in_bytes").write_text(str(memory_bytes))
                 with contextlib.suppress(OSError):  # only with swap accounting
@@ -173,6 +186,6 @@ class Cgroups:
 
     def close(self) -> None:
         """Remove the parents (at worker exit); spawn cgroups are removed as they end."""
-        for parent in self.parents:
+        for parent in dict.fromkeys(self.parents.values()):
             with contextlib.suppress(OSError):
                 parent.rmdir()
