@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+if TYPE_CHECKING:
+    from flask import Flask
 
 from vx11.version import __version__
 
@@ -18,6 +19,8 @@ log = logging.getLogger("vx11")
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the gateway: settings (defaults, then ``VX11_*``, then ``test_config``),
     its services, and the API."""
+    from flask import Flask
+
     from vx11 import api
     from vx11.config import Settings
     from vx11.services import Services

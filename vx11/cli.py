@@ -9,7 +9,7 @@ import click
 import redis.exceptions
 
 from vx11.config import Settings
-from vx11.services import make_redis
+from vx11.connections import make_redis
 from vx11.stack import StackError, StackOptions, run_stack
 from vx11.tokens import TokenStore
 

@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from redis import Redis
 
 POLICY = "SOLO_MADRE"
+SPAWN_TARGET = "spawner"
+"""The window that gates spawns."""
 KEY_PREFIX = "vx11:window:"
 
 

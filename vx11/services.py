@@ -10,6 +10,7 @@ from flask import current_app
 from redis import Redis
 
 from vx11.config import Settings
+from vx11.connections import make_redis
 from vx11.dispatch import make_celery
 from vx11.ledger import Ledger
 from vx11.policy import WindowStore
@@ -40,15 +41,6 @@ class Services:
             celery=make_celery(settings),
             results=make_celery(settings, results=True),
         )
-
-
-def make_redis(settings: Settings) -> Redis:
-    return Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=min(settings.redis_timeout, 1.0),
-        health_check_interval=30,
-    )
 
 
 def services() -> Services:

@@ -13,12 +13,11 @@ from typing import Any
 from vx11.config import Settings
 from vx11.dispatch import publish_spawn
 from vx11.errors import ServiceUnavailable
+from vx11.policy import SPAWN_TARGET
 from vx11.services import Services
 from vx11.states import SpawnStatus
 
 log = logging.getLogger(__name__)
-
-SPAWN_TARGET = "spawner"
 
 
 def refusal(reason: str) -> dict[str, Any]:

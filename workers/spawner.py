@@ -7,19 +7,23 @@ import functools
 import logging
 from typing import Any
 
+import redis.exceptions
 from celery import Task
 from celery.signals import worker_process_init
 
 from vx11.config import Settings
+from vx11.connections import make_redis
 from vx11.dispatch import SPAWN_TASK
 from vx11.errors import IllegalTransition
 from vx11.ledger import Ledger, utcnow
+from vx11.policy import SPAWN_TARGET, WindowStore
 from vx11.states import SpawnStatus
 from workers import app
 from workers.sandbox import ACTIVE, Limits, Outcome, SandboxConfig, run_sandboxed
 from workers.sandbox.levels import choose
 
 log = logging.getLogger(__name__)
+
 
 SUMMARY_FIELDS = (
     "spawn_id",
@@ -53,9 +57,16 @@ def ledger() -> Ledger:
     return store
 
 
+@functools.cache
+def windows() -> WindowStore:
+    """The policy windows, read before each spawn starts."""
+    return WindowStore(make_redis(settings()))
+
+
 @worker_process_init.connect
 def _fresh_connections_after_fork(**_: Any) -> None:
     ledger.cache_clear()
+    windows.cache_clear()
 
 
 def sandbox_config() -> SandboxConfig:
@@ -116,8 +127,12 @@ def spawn(
     args: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run one spawn. A job whose record has already left QUEUED (a redelivery after a
-    lost worker, or a spawn ended meanwhile) is never run a second time."""
+    lost worker, or a spawn ended meanwhile) is never run a second time, and one whose
+    policy window has closed since it was accepted never starts (SOLO_MADRE)."""
     store, cfg = ledger(), settings()
+    refusal = _policy_refusal(self, window_id)
+    if refusal is not None:
+        return _end_unstarted(store, spawn_uuid, *refusal)
     try:
         store.transition(
             spawn_uuid, SpawnStatus.RUNNING, started_at=utcnow(), worker=self.request.hostname
@@ -156,6 +171,36 @@ def spawn(
         sandbox=outcome.level,
     )
     log.info("spawn %s %s (exit %s)", spawn_uuid, status, outcome.exit_code)
+    return summary(record)
+
+
+POLICY_RETRIES = 10
+"""Tries, 3 s apart, to read the policy window before a spawn is ended ERROR."""
+
+
+def _policy_refusal(task: Task, window_id: str | None) -> tuple[SpawnStatus, str] | None:
+    """None when the window the spawn was accepted under is the one open now; else the
+    state and reason to end it with. Redis down: the job, not yet started, waits and
+    tries again, then gives up."""
+    try:
+        window = windows().get(SPAWN_TARGET)
+    except redis.exceptions.RedisError as exc:
+        if task.request.retries >= POLICY_RETRIES:
+            return SpawnStatus.ERROR, "policy_unavailable"
+        raise task.retry(countdown=3, max_retries=POLICY_RETRIES) from exc
+    if window is None or window.window_id != window_id:
+        return SpawnStatus.CANCELLED, "window_closed"
+    return None
+
+
+def _end_unstarted(
+    store: Ledger, spawn_uuid: str, status: SpawnStatus, reason: str
+) -> dict[str, Any]:
+    try:
+        record = store.transition(spawn_uuid, status, reason=reason)
+    except IllegalTransition:
+        record = store.get(spawn_uuid)
+    log.info("spawn %s not run: %s", spawn_uuid, reason)
     return summary(record)
 
 
