@@ -21,6 +21,10 @@ class VX11Error(Exception):
     def to_dict(self) -> dict[str, Any]:
         return {"error": self.code, "message": self.message, **self.extra}
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the response carries besides the body (none by default)."""
+        return {}
+
 
 class BadRequest(VX11Error):
     """Raised when the body is not a JSON object."""
@@ -52,6 +56,33 @@ class ValidationFailed(VX11Error):
     status, code, message = 422, "validation_error", "request failed validation"
 
 
+class BadCursor(VX11Error):
+    """Raised when a history ``cursor`` is not one the server handed out."""
+
+    status, code, message = 400, "bad_cursor", "cursor is not valid; start again without one"
+
+
+class IdempotencyKeyReused(VX11Error):
+    """Raised when an ``Idempotency-Key`` comes back with a different request."""
+
+    status, code = 409, "idempotency_key_reused"
+    message = "this Idempotency-Key was used with a different request"
+
+
+class IdempotencyKeyInProgress(VX11Error):
+    """Raised when a request with the same ``Idempotency-Key`` is still being served."""
+
+    status, code = 409, "idempotency_key_in_progress"
+    message = "a request with this Idempotency-Key is still in progress; retry shortly"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(retry_after=retry_after)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class ServiceUnavailable(VX11Error):
     """Raised when a dependency (Redis, broker, database) cannot be reached."""
 
@@ -70,3 +101,9 @@ class IllegalTransition(VX11Error):
     def __init__(self, current: Any, target: Any) -> None:
         super().__init__(f"cannot move a spawn from {current} to {target}")
         self.current, self.target = current, target
+
+
+class AlreadyFinished(VX11Error):
+    """Raised when a finished spawn is asked to cancel."""
+
+    status, code, message = 409, "already_finished", "the spawn has already finished"

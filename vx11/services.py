@@ -12,6 +12,7 @@ from redis import Redis
 from vx11.config import Settings
 from vx11.connections import make_redis
 from vx11.dispatch import make_celery
+from vx11.events import SpawnEvents
 from vx11.ledger import Ledger
 from vx11.policy import WindowStore
 from vx11.tokens import TokenStore
@@ -22,6 +23,7 @@ class Services:
     settings: Settings
     redis: Redis
     windows: WindowStore
+    events: SpawnEvents
     tokens: TokenStore
     ledger: Ledger
     celery: Celery
@@ -36,6 +38,7 @@ class Services:
             settings=settings,
             redis=redis,
             windows=WindowStore(redis),
+            events=SpawnEvents(redis),
             tokens=TokenStore(redis, dev_token=None if settings.production else settings.dev_token),
             ledger=Ledger.from_url(settings.effective_database_url),
             celery=make_celery(settings),

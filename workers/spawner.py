@@ -3,6 +3,8 @@ sandbox, record the terminal state, and return the same summary as the Celery re
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import functools
 import logging
 from typing import Any
@@ -10,16 +12,18 @@ from typing import Any
 import redis.exceptions
 from celery import Task
 from celery.signals import worker_process_init
+from redis import Redis
 
 from vx11.config import Settings
 from vx11.connections import make_redis
 from vx11.dispatch import SPAWN_TASK
 from vx11.errors import IllegalTransition
+from vx11.events import SpawnEvents
 from vx11.ledger import Ledger, utcnow
 from vx11.policy import SPAWN_TARGET, WindowStore
 from vx11.states import SpawnStatus
 from workers import app
-from workers.sandbox import ACTIVE, Limits, Outcome, SandboxConfig, run_sandboxed
+from workers.sandbox import ACTIVE, Limits, Outcome, SandboxConfig, Watcher, run_sandboxed
 from workers.sandbox.levels import choose
 
 log = logging.getLogger(__name__)
@@ -58,15 +62,65 @@ def ledger() -> Ledger:
 
 
 @functools.cache
+def redis_client() -> Redis:
+    """The Redis of windows, events and cancel requests, one per worker process."""
+    return make_redis(settings())
+
+
 def windows() -> WindowStore:
-    """The policy windows, read before each spawn starts."""
-    return WindowStore(make_redis(settings()))
+    return WindowStore(redis_client())
+
+
+def events() -> SpawnEvents:
+    return SpawnEvents(redis_client())
 
 
 @worker_process_init.connect
 def _fresh_connections_after_fork(**_: Any) -> None:
     ledger.cache_clear()
-    windows.cache_clear()
+    redis_client.cache_clear()
+
+
+class SpawnWatcher(Watcher):
+    """Streams a running spawn's output to its events as it comes, and stops the run
+    when a cancel is requested. Redis trouble never stops a run: events are a view,
+    the ledger is the record."""
+
+    def __init__(self, spawn_uuid: str, events: SpawnEvents) -> None:
+        self.spawn_uuid, self.events = spawn_uuid, events
+        self.decoders = {
+            name: codecs.getincrementaldecoder("utf-8")(errors="replace")
+            for name in ("stdout", "stderr")
+        }
+
+    def output(self, stream: str, data: bytes) -> None:
+        text = self.decoders[stream].decode(data)
+        if text:
+            with _quietly("stream output of", self.spawn_uuid):
+                self.events.append(self.spawn_uuid, stream, {"text": text})
+
+    def should_stop(self) -> bool:
+        try:
+            return self.events.cancel_requested(self.spawn_uuid)
+        except redis.exceptions.RedisError:
+            return False
+
+
+@contextlib.contextmanager
+def _quietly(what: str, spawn_uuid: str):
+    try:
+        yield
+    except redis.exceptions.RedisError as exc:
+        log.warning("could not %s spawn %s: %s", what, spawn_uuid, exc)
+
+
+def finished(record: dict[str, Any]) -> dict[str, Any]:
+    """Announce a terminal record on its event stream; its summary, the task's result."""
+    result = summary(record)
+    light = {k: v for k, v in result.items() if k not in ("stdout", "stderr")}
+    with _quietly("announce the end of", record["spawn_uuid"]):
+        events().finish(record["spawn_uuid"], light)
+    return result
 
 
 def sandbox_config() -> SandboxConfig:
@@ -84,6 +138,8 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
 
 def terminal_state(outcome: Outcome) -> tuple[SpawnStatus, str | None]:
     """The spawn's state and reason, from how its run ended."""
+    if outcome.stopped:
+        return SpawnStatus.CANCELLED, "cancelled"
     if outcome.limit_hit in ("wall_time_limit", "cpu_time_limit"):
         return SpawnStatus.TIMEOUT, outcome.limit_hit
     if outcome.limit_hit:  # memory_limit, output_limit
@@ -140,6 +196,8 @@ def spawn(
     except IllegalTransition as exc:
         return _not_run(store, spawn_uuid, exc)
     log.debug("spawn %s running (correlation_id=%s)", spawn_uuid, correlation_id)
+    with _quietly("announce the start of", spawn_uuid):
+        events().append(spawn_uuid, "state", {"status": SpawnStatus.RUNNING.value})
     try:
         outcome = run_sandboxed(
             task_type,
@@ -148,13 +206,14 @@ def spawn(
             args=list(args or ()),
             limits=limits_for(ttl_seconds, limits, cfg),
             config=sandbox_config(),
+            watcher=SpawnWatcher(spawn_uuid, events()),
         )
     except Exception as exc:
         log.exception("spawn %s: the sandbox failed", spawn_uuid)
         record = store.transition(
             spawn_uuid, SpawnStatus.ERROR, reason=f"sandbox_error: {type(exc).__name__}"[:128]
         )
-        return summary(record)
+        return finished(record)
     status, reason = terminal_state(outcome)
     record = store.transition(
         spawn_uuid,
@@ -171,7 +230,7 @@ def spawn(
         sandbox=outcome.level,
     )
     log.info("spawn %s %s (exit %s)", spawn_uuid, status, outcome.exit_code)
-    return summary(record)
+    return finished(record)
 
 
 POLICY_RETRIES = 10
@@ -199,17 +258,15 @@ def _end_unstarted(
     try:
         record = store.transition(spawn_uuid, status, reason=reason)
     except IllegalTransition:
-        record = store.get(spawn_uuid)
+        return summary(store.get(spawn_uuid))
     log.info("spawn %s not run: %s", spawn_uuid, reason)
-    return summary(record)
+    return finished(record)
 
 
 def _not_run(store: Ledger, spawn_uuid: str, exc: IllegalTransition) -> dict[str, Any]:
+    log.warning("spawn %s not run: record is %s", spawn_uuid, exc.current)
     if exc.current is SpawnStatus.RUNNING:
         # Delivered again while its record says RUNNING: the worker that ran it was
         # lost. Running it again could execute the code twice; end it instead.
-        record = store.transition(spawn_uuid, SpawnStatus.ERROR, reason="worker_lost")
-    else:
-        record = store.get(spawn_uuid)
-    log.warning("spawn %s not run: record is %s", spawn_uuid, exc.current)
-    return summary(record)
+        return finished(store.transition(spawn_uuid, SpawnStatus.ERROR, reason="worker_lost"))
+    return summary(store.get(spawn_uuid))

@@ -6,10 +6,11 @@ from flask import Flask
 
 
 def init_app(app: Flask) -> None:
-    from vx11.api import errors, health, spawns, status, windows
+    from vx11.api import errors, health, spawn_actions, spawns, status, windows
 
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(status.bp)
     app.register_blueprint(windows.bp)
     app.register_blueprint(spawns.bp)
+    app.register_blueprint(spawn_actions.bp)

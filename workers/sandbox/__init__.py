@@ -18,6 +18,7 @@ from workers.sandbox import basic, bwrap
 from workers.sandbox.launch import SANDBOX_PATH
 from workers.sandbox.process import (
     Identity,
+    Watcher,
     become_subreaper,
     decode_status,
     end_adopted,
@@ -26,7 +27,15 @@ from workers.sandbox.process import (
 )
 from workers.sandbox.spec import Limits, Outcome, SandboxConfig, SandboxError
 
-__all__ = ["ACTIVE", "Limits", "Outcome", "SandboxConfig", "SandboxError", "run_sandboxed"]
+__all__ = [
+    "ACTIVE",
+    "Limits",
+    "Outcome",
+    "SandboxConfig",
+    "SandboxError",
+    "Watcher",
+    "run_sandboxed",
+]
 
 TASK_TYPES = ("python", "shell")
 
@@ -63,6 +72,7 @@ def run_sandboxed(
     config: SandboxConfig | None = None,
     stdin: str | None = None,
     args: tuple[str, ...] | list[str] = (),
+    watcher: Watcher | None = None,
 ) -> Outcome:
     """Run ``code`` (``python`` or ``shell``) under ``limits`` at ``config``'s level."""
     config = config or SandboxConfig()
@@ -95,6 +105,7 @@ def run_sandboxed(
                 cgroup=cgroup,
                 identity=identity,
                 pass_fds=launch.pass_fds,
+                watcher=watcher,
             )
         if cgroup is not None:
             cgroup.kill()  # whatever outlived the run's process group
@@ -130,13 +141,14 @@ def run_sandboxed(
         cpu_time_ms=cpu_ms,
         peak_memory_kb=peak_kb,
         level=config.level,
+        stopped=done.ended_by == "stopped",
     )
 
 
 def _limit_hit(done, term_signal: str | None, cpu_ms: int, limits: Limits, oom: bool):
-    if done.timed_out:
+    if done.ended_by == "timeout":
         return "wall_time_limit"
-    if done.output_exceeded:
+    if done.ended_by == "output":
         return "output_limit"
     # The kernel sends SIGXCPU at the soft limit by its tick-sampled CPU clock, which can
     # run ahead of the rusage total, so SIGXCPU alone is the soft limit; a SIGKILL is the

@@ -38,15 +38,17 @@ class _Capture:
         self.seen = 0
         self.truncated = False
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> bytes:
+        """Take ``data``; return the part of it that is kept."""
         self.seen += len(data)
         room = self.limit - self.kept
-        if room > 0:
-            piece = data[:room]
+        piece = data[: max(room, 0)]
+        if piece:
             self.chunks.append(piece)
             self.kept += len(piece)
-        if len(data) > max(room, 0):
+        if len(data) > len(piece):
             self.truncated = True
+        return piece
 
     def text(self) -> str:
         return b"".join(self.chunks).decode("utf-8", errors="replace")
@@ -60,6 +62,21 @@ class Identity:
     gid: int
 
 
+class Watcher:
+    """What the caller of a run sees and decides while it runs; this one does nothing.
+    The spawner's streams output live and stops a run that is cancelled."""
+
+    poll_interval = 0.25
+    """Seconds between two calls of :meth:`should_stop`."""
+
+    def output(self, stream: str, data: bytes) -> None:
+        """``data``, just captured from ``stream`` (``stdout`` or ``stderr``)."""
+
+    def should_stop(self) -> bool:
+        """Whether the run must be killed now."""
+        return False
+
+
 @dataclass(frozen=True)
 class Exit:
     """How one supervised process ended."""
@@ -67,8 +84,8 @@ class Exit:
     status: int
     rusage: resource.struct_rusage
     duration: float
-    timed_out: bool
-    output_exceeded: bool
+    ended_by: str | None
+    """None (it exited), ``timeout``, ``output`` (past the drain bound) or ``stopped``."""
     stdout: _Capture
     stderr: _Capture
 
@@ -117,6 +134,7 @@ def run_process(
     cgroup: SpawnCgroup | None = None,
     identity: Identity | None = None,
     pass_fds: Sequence[int] = (),
+    watcher: Watcher | None = None,
 ) -> Exit:
     """Run ``argv`` under ``limits`` and supervise it to its end."""
     with open(os.devnull, "rb") if not stdin else _stdin_file(stdin) as stdin_file:
@@ -137,12 +155,12 @@ def run_process(
             _running_leaders.add(proc.pid)
     out, err = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
     try:
-        status, rusage, timed_out, exceeded = _supervise(
-            proc, started + limits.wall_time, out, err, drain_bytes
+        status, rusage, ended_by = _supervise(
+            proc, started + limits.wall_time, out, err, drain_bytes, watcher or Watcher()
         )
     finally:
         _running_leaders.discard(proc.pid)
-    return Exit(status, rusage, time.monotonic() - started, timed_out, exceeded, out, err)
+    return Exit(status, rusage, time.monotonic() - started, ended_by, out, err)
 
 
 def _stdin_file(data: bytes):
@@ -152,10 +170,12 @@ def _stdin_file(data: bytes):
     return handle
 
 
-def _supervise(proc, deadline: float, out: _Capture, err: _Capture, drain_bytes: int):
-    """Pump output until the process exits, the deadline passes or the output passes
-    ``drain_bytes``; then kill what is left of its group and drain briefly.
-    Returns ``(wait status, rusage, timed_out, output_exceeded)``.
+def _supervise(proc, deadline: float, out: _Capture, err: _Capture, drain_bytes: int,
+               watcher: Watcher):  # fmt: skip
+    """Pump output until the process exits, the deadline passes, the output passes
+    ``drain_bytes`` or the watcher asks to stop; then kill what is left of its group and
+    drain briefly. Returns ``(wait status, rusage, ended_by)``: ``ended_by`` is None
+    when the process exited by itself, else ``timeout``, ``output`` or ``stopped``.
 
     The group is killed while the leader is still an unreaped zombie, so its pid (the
     group id) cannot have been reused by then.
@@ -165,31 +185,39 @@ def _supervise(proc, deadline: float, out: _Capture, err: _Capture, drain_bytes:
     sel.register(proc.stderr, selectors.EVENT_READ, err)
     pidfd = os.pidfd_open(proc.pid)
     sel.register(pidfd, selectors.EVENT_READ, None)
-    timed_out = exceeded = False
+    ended_by: str | None = None
     exited = None
-    drain_until = 0.0
+    drain_until = next_poll = 0.0
     try:
         while True:
             now = time.monotonic()
-            if exited is None and (now >= deadline or exceeded):
-                timed_out = not exceeded
+            if exited is None and ended_by is None:
+                if now >= deadline:
+                    ended_by = "timeout"
+                elif now >= next_poll:
+                    next_poll = now + watcher.poll_interval
+                    if watcher.should_stop():
+                        ended_by = "stopped"
+            if exited is None and ended_by is not None:
                 exited = _end(proc.pid, sel, pidfd)
                 drain_until = time.monotonic() + DRAIN_GRACE
             if exited is not None and (not sel.get_map() or now >= drain_until):
                 break
-            limit = (drain_until if exited is not None else deadline) - now
-            for key, _ in sel.select(timeout=max(0.0, limit)):
+            wake = drain_until if exited is not None else min(deadline, next_poll)
+            for key, _ in sel.select(timeout=max(0.0, wake - now)):
                 if key.data is None:
                     exited = _end(proc.pid, sel, pidfd)
                     drain_until = time.monotonic() + DRAIN_GRACE
                     continue
                 chunk = os.read(key.fd, READ_CHUNK)
-                if chunk:
-                    key.data.feed(chunk)
-                    if exited is None and out.seen + err.seen > drain_bytes:
-                        exceeded = True
-                else:
+                if not chunk:
                     sel.unregister(key.fileobj)
+                    continue
+                kept = key.data.feed(chunk)
+                if kept:
+                    watcher.output("stdout" if key.data is out else "stderr", kept)
+                if exited is None and ended_by is None and out.seen + err.seen > drain_bytes:
+                    ended_by = "output"
     finally:
         if exited is None:  # an exception above: leave nothing running
             exited = _end(proc.pid, sel, pidfd)
@@ -199,7 +227,7 @@ def _supervise(proc, deadline: float, out: _Capture, err: _Capture, drain_bytes:
         proc.stderr.close()
     _, status, rusage = exited
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return status, rusage, timed_out, exceeded
+    return status, rusage, ended_by
 
 
 def _end(pid: int, sel: selectors.BaseSelector, pidfd: int):

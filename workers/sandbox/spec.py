@@ -40,6 +40,8 @@ class Outcome:
     peak_memory_kb: int | None
     level: str
     """The sandbox level it ran at: ``bwrap`` or ``basic``."""
+    stopped: bool = False
+    """Killed because its watcher asked (a cancel), not by a limit."""
 
 
 class SandboxError(RuntimeError):

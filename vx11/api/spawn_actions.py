@@ -1,0 +1,82 @@
+"""Acting on one spawn: ``POST /vx11/spawn/<id>/cancel`` and its live event stream,
+``GET /vx11/spawn/<id>/events`` (Server-Sent Events)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis.exceptions
+from flask import Blueprint, Response, stream_with_context
+
+from vx11.api.auth import require_token
+from vx11.api.spawns import RECORD
+from vx11.events import END
+from vx11.lifecycle import BLOCK_SLICE, cancel, is_terminal
+from vx11.services import Services, services
+
+bp = Blueprint("spawn_actions", __name__, url_prefix="/vx11/spawn")
+bp.before_request(require_token)
+
+KEEPALIVE_EVERY = 15.0
+"""Seconds between SSE comments on a quiet stream, so proxies keep it open."""
+
+
+@bp.post("/<ident>/cancel")
+def cancel_spawn(ident: str):
+    """Cancel a queued or running spawn; the record as it stands after (a running one
+    normally CANCELLED already). A finished spawn: 409 ``already_finished``."""
+    return RECORD.dump(cancel(services(), ident))
+
+
+@bp.get("/<ident>/events")
+def spawn_events(ident: str):
+    """Server-Sent Events: ``state`` changes, ``stdout``/``stderr`` text as the code
+    produces it, then ``end`` with the terminal record. A late client replays what the
+    spawn has streamed so far."""
+    svc = services()
+    record = svc.ledger.get(ident)  # 404 before the stream starts
+    stream = stream_with_context(_events(svc, record))
+    return Response(
+        stream,
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _sse(kind: str, data: Any, event_id: str | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+
+def _events(svc: Services, record: dict[str, Any]) -> Iterator[str]:
+    spawn_uuid = record["spawn_uuid"]
+    yield _sse("state", {"status": record["status"]})
+    if is_terminal(record):
+        yield _sse(END, RECORD.dump(record))
+        return
+    last, quiet_since = "0", time.monotonic()
+    deadline = time.monotonic() + svc.settings.spawn_max_ttl + 600
+    while time.monotonic() < deadline:
+        try:
+            events = svc.events.read(spawn_uuid, after=last, block_ms=int(BLOCK_SLICE * 1000))
+        except redis.exceptions.RedisError:
+            yield _sse("error", {"error": "redis_unavailable"})
+            return
+        for event in events:
+            last = event.id
+            if event.kind == END:
+                yield _sse(END, RECORD.dump(svc.ledger.get(spawn_uuid)), event.id)
+                return
+            yield _sse(event.kind, event.data, event.id)
+        if events:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= KEEPALIVE_EVERY:
+            record = svc.ledger.get(spawn_uuid)  # a missed end (stream expired) ends here
+            if is_terminal(record):
+                yield _sse(END, RECORD.dump(record))
+                return
+            quiet_since = time.monotonic()
+            yield ": keepalive\n\n"
