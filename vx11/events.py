@@ -18,6 +18,10 @@ from redis import Redis
 
 STREAM_PREFIX = "vx11:events:"
 CANCEL_PREFIX = "vx11:cancel:"
+LIVE_PREFIX = "vx11:live:"
+LIVE_TTL = 10
+"""Seconds a running spawn's live snapshot lasts unless its worker refreshes it (each
+second): a snapshot gone means the worker running it is gone."""
 STREAM_MAXLEN = 20_000
 """Entries kept per stream, at most (output beyond the captured bytes is never sent)."""
 STREAM_TTL = 3600
@@ -33,6 +37,10 @@ def stream_key(spawn_uuid: str) -> str:
 
 def cancel_key(spawn_uuid: str) -> str:
     return f"{CANCEL_PREFIX}{spawn_uuid}"
+
+
+def live_key(spawn_uuid: str) -> str:
+    return f"{LIVE_PREFIX}{spawn_uuid}"
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,7 @@ class SpawnEvents:
             approximate=True,
         )
         pipe.expire(stream_key(spawn_uuid), STREAM_TTL)
-        pipe.delete(cancel_key(spawn_uuid))
+        pipe.delete(cancel_key(spawn_uuid), live_key(spawn_uuid))
         pipe.execute()
 
     def read(self, spawn_uuid: str, after: str = "0", block_ms: int | None = None) -> list[Event]:
@@ -90,3 +98,14 @@ class SpawnEvents:
 
     def cancel_requested(self, spawn_uuid: str) -> bool:
         return bool(self.redis.exists(cancel_key(spawn_uuid)))
+
+    def set_live(self, spawn_uuid: str, snapshot: dict[str, Any]) -> None:
+        """The running spawn's processes now; also its worker's heartbeat."""
+        self.redis.set(live_key(spawn_uuid), json.dumps(snapshot), ex=LIVE_TTL)
+
+    def live(self, spawn_uuids: list[str]) -> dict[str, dict[str, Any]]:
+        """The live snapshots of those of ``spawn_uuids`` that have one."""
+        if not spawn_uuids:
+            return {}
+        raws = self.redis.mget([live_key(u) for u in spawn_uuids])
+        return {u: json.loads(raw) for u, raw in zip(spawn_uuids, raws, strict=True) if raw}

@@ -7,6 +7,8 @@ import codecs
 import contextlib
 import functools
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import redis.exceptions
@@ -86,8 +88,13 @@ class SpawnWatcher(Watcher):
     when a cancel is requested. Redis trouble never stops a run: events are a view,
     the ledger is the record."""
 
+    LIVE_EVERY = 1.0
+    """Seconds between two live snapshots (which are also the worker's heartbeat)."""
+
     def __init__(self, spawn_uuid: str, events: SpawnEvents) -> None:
         self.spawn_uuid, self.events = spawn_uuid, events
+        self.sample: Callable[[], dict[str, Any]] = lambda: {}
+        self.next_live = 0.0
         self.decoders = {
             name: codecs.getincrementaldecoder("utf-8")(errors="replace")
             for name in ("stdout", "stderr")
@@ -99,8 +106,14 @@ class SpawnWatcher(Watcher):
             with _quietly("stream output of", self.spawn_uuid):
                 self.events.append(self.spawn_uuid, stream, {"text": text})
 
+    def started(self, sample: Callable[[], dict[str, Any]]) -> None:
+        self.sample = sample
+
     def should_stop(self) -> bool:
         try:
+            if time.monotonic() >= self.next_live:
+                self.next_live = time.monotonic() + self.LIVE_EVERY
+                self.events.set_live(self.spawn_uuid, self.sample())
             return self.events.cancel_requested(self.spawn_uuid)
         except redis.exceptions.RedisError:
             return False

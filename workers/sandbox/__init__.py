@@ -90,6 +90,8 @@ def run_sandboxed(
         if config.cgroups
         else None
     )
+    if watcher is not None and cgroup is not None:
+        watcher.started(cgroup.sample)
     try:
         with launching as launch:
             done = run_process(

@@ -18,6 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,18 @@ class SpawnCgroup:
             return int(dict(line.split() for line in lines)["usage_usec"]) // 1000
         except (OSError, KeyError, ValueError):
             return None
+
+    def sample(self) -> dict[str, Any]:
+        """The spawn's live processes: count, pids (as the worker sees them), resident
+        memory and CPU time so far."""
+        pids = sorted(self.pids())
+        name = "memory.usage_in_bytes" if self.version == 1 else "memory.current"
+        try:
+            rss_kb = int((self.dirs["memory"] / name).read_text()) // 1024
+        except (OSError, ValueError):
+            rss_kb = None
+        return {"count": len(pids), "pids": pids[:64], "rss_kb": rss_kb,
+                "cpu_time_ms": self.cpu_time_ms()}  # fmt: skip
 
     def oom_killed(self) -> bool:
         """Whether the kernel's OOM killer killed a process of this spawn."""

@@ -16,8 +16,9 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from workers.sandbox.cgroups import SpawnCgroup
 from workers.sandbox.spec import Limits
@@ -73,8 +74,11 @@ class Watcher:
         """``data``, just captured from ``stream`` (``stdout`` or ``stderr``)."""
 
     def should_stop(self) -> bool:
-        """Whether the run must be killed now."""
+        """Whether the run must be killed now; also the watcher's regular tick."""
         return False
+
+    def started(self, sample: Callable[[], dict[str, Any]]) -> None:
+        """The run has started; ``sample()`` describes its live processes."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,66 @@
+"""Ending spawns whose worker was lost: no spawn stays RUNNING forever.
+
+A running spawn's worker refreshes its live snapshot every second (it lasts
+``LIVE_TTL`` seconds). Every worker runs this sweeper: a RUNNING spawn started more
+than ``LOST_AFTER`` seconds ago whose snapshot is gone, twice a few seconds apart, has
+lost its worker (killed, its host cut off) and is ended ERROR ``worker_lost``. The
+end is a compare-and-set in the ledger, so a spawn that finished meanwhile is left
+as it is, and the job is never run a second time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from vx11.errors import IllegalTransition
+from vx11.events import LIVE_TTL, SpawnEvents
+from vx11.ledger import Ledger, spawns, utcnow
+from vx11.states import SpawnStatus
+
+log = logging.getLogger(__name__)
+
+SWEEP_EVERY = 10.0
+LOST_AFTER = LIVE_TTL + 5
+RECHECK_AFTER = 3.0
+
+
+def lost_candidates(store: Ledger, events: SpawnEvents) -> list[str]:
+    """RUNNING spawns old enough to have a snapshot, that have none."""
+    started_before = utcnow() - timedelta(seconds=LOST_AFTER)
+    query = select(spawns.c.spawn_uuid).where(
+        spawns.c.status == SpawnStatus.RUNNING.value, spawns.c.started_at < started_before
+    )
+    with store.engine.connect() as conn:
+        running = [row.spawn_uuid for row in conn.execute(query)]
+    live = events.live(running)
+    return [spawn_uuid for spawn_uuid in running if spawn_uuid not in live]
+
+
+def sweep(store: Ledger, events: SpawnEvents, stop: threading.Event) -> list[str]:
+    """End the spawns whose worker is lost; their uuids."""
+    candidates = lost_candidates(store, events)
+    if not candidates or stop.wait(RECHECK_AFTER):
+        return []
+    still_lost = set(lost_candidates(store, events)) & set(candidates)
+    ended = []
+    for spawn_uuid in sorted(still_lost):
+        try:
+            store.transition(spawn_uuid, SpawnStatus.ERROR, reason="worker_lost")
+        except IllegalTransition:
+            continue
+        events.finish(spawn_uuid, {"spawn_uuid": spawn_uuid, "status": "ERROR"})
+        log.warning("spawn %s: its worker was lost; ended ERROR worker_lost", spawn_uuid)
+        ended.append(spawn_uuid)
+    return ended
+
+
+def run_forever(store: Ledger, events: SpawnEvents, stop: threading.Event) -> None:
+    while not stop.wait(SWEEP_EVERY):
+        try:
+            sweep(store, events, stop)
+        except Exception:  # a down database or Redis: try again next round
+            log.exception("sweeping lost spawns failed")
