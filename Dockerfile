@@ -7,6 +7,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# bubblewrap gives the workers their strongest sandbox level, bwrap (docs/security.md);
+# it needs 0.8.0 or later (--disable-userns). Debian's bwrap is not setuid: it relies on
+# unprivileged user namespaces, so installing it gives no program in the image new
+# privileges. The gateway and Flower share the image and never run it.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
+
 # Installed as a regular (non-editable) package, with the PostgreSQL driver; the source
 # tree is not kept.
 WORKDIR /src

@@ -9,6 +9,7 @@ import ast
 import configparser
 import contextlib
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
+SECURITY_DOC = ROOT / "docs" / "security.md"
 SETUP_CFG = ROOT / "setup.cfg"
 VENV_BIN = Path(sys.executable).parent
 
@@ -500,6 +502,93 @@ def test_only_the_worker_runs_as_root(services):
         assert "user" not in services[name], f"{name} must keep the image's unprivileged user"
 
 
+# --- the worker's sandbox -----------------------------------------------------------------
+
+BWRAP_SECURITY_OPTS = {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"}
+"""What bubblewrap needs from Docker, one per layer that refuses it (docs/security.md)."""
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` in order, continuation lines joined, comments dropped."""
+    logical, current = [], ""
+    for line in DOCKERFILE.read_text().splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        current += line.rstrip()
+        if current.endswith("\\"):
+            current = current[:-1] + " "
+            continue
+        logical.append(current)
+        current = ""
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in logical]
+
+
+@functools.cache
+def bwrap_works_here() -> bool:
+    """Whether a real run through bubblewrap works on this machine (the worker's probe)."""
+    from vx11.config import Settings
+    from workers.sandbox.levels import base_config, bwrap_problem
+
+    config = base_config(Settings.from_env({}))
+    try:
+        return bwrap_problem(config) is None
+    finally:
+        if config.cgroups:
+            config.cgroups.close()
+
+
+def test_the_worker_requires_the_bwrap_sandbox_level(deployed):
+    from vx11.config import Settings
+
+    settings = Settings.from_env(environment_of(deployed["worker"]))
+    assert settings.sandbox_require == "bwrap"
+    assert settings.sandbox in ("auto", "bwrap")
+    assert settings.production, "the worker's own environment keeps the shared settings"
+    # the relaxation compose.yaml documents (an empty value in an override) is valid
+    assert Settings.from_env({"VX11_SANDBOX_REQUIRE": ""}).sandbox_require == ""
+
+
+def test_only_the_worker_is_loosened_and_only_as_far_as_bubblewrap_needs(services):
+    worker = services["worker"]
+    assert set(worker["security_opt"]) == BWRAP_SECURITY_OPTS
+    for key in ("privileged", "cap_add", "devices", "pid", "ipc", "network_mode", "userns_mode"):
+        assert key not in worker, f"bubblewrap does not need {key}"
+    volumes = [str(v) for v in worker.get("volumes", [])]
+    for path in ("/sys/fs/cgroup", "docker.sock"):
+        assert not any(path in v for v in volumes), f"the worker must not get {path}"
+    assert worker["cgroup"] == "private", "the worker must not see the host's cgroups"
+    assert worker["init"] is True, "tini reaps what killed spawns leave"
+    for name in ("gateway", "flower"):
+        assert "security_opt" not in services[name], f"{name} keeps Docker's defaults"
+
+
+def test_every_security_option_is_explained_in_the_security_doc():
+    doc = SECURITY_DOC.read_text()
+    for option in BWRAP_SECURITY_OPTS:
+        assert f"`{option}`" in doc, f"docs/security.md does not explain {option}"
+    assert "VX11_SANDBOX_REQUIRE" in doc
+
+
+def test_the_image_installs_bubblewrap_as_root():
+    instructions = dockerfile_instructions()
+    runs = [(i, args) for i, (kind, args) in enumerate(instructions) if kind == "RUN"]
+    installs = [
+        (i, args)
+        for i, args in runs
+        for command in args.split("&&")
+        if shlex.split(command)[:2] == ["apt-get", "install"]
+        and "bubblewrap" in shlex.split(command)
+    ]
+    assert len(installs) == 1, "the image must install bubblewrap once"
+    ((index, run),) = installs
+    (install,) = [c for c in run.split("&&") if "bubblewrap" in shlex.split(c)]
+    assert {"-y", "--no-install-recommends"} <= set(shlex.split(install)), "bubblewrap alone"
+    assert "apt-get update" in run, "install from fresh package lists"
+    assert "rm -rf /var/lib/apt/lists/*" in run, "do not keep the package lists in the image"
+    users = [i for i, (kind, _) in enumerate(instructions) if kind == "USER"]
+    assert all(index < i for i in users), "apt-get must run before the image drops root"
+
+
 # --- the commands, run locally ------------------------------------------------------------
 
 
@@ -620,6 +709,10 @@ def test_compose_commands_run_a_working_vx11_and_pass_their_healthchecks(
         )
         for name in VX11_SERVICES
     }
+    if not bwrap_works_here():
+        # The worker container gives bubblewrap what it needs; a machine where it cannot
+        # work runs the worker's command as compose.yaml's documented override would.
+        envs["worker"]["VX11_SANDBOX_REQUIRE"] = ""
     gateway_argv = replace_token(
         command_of(deployed["gateway"]), "0.0.0.0:8000", f"127.0.0.1:{gateway_port}"
     )
@@ -668,6 +761,7 @@ def test_compose_commands_run_a_working_vx11_and_pass_their_healthchecks(
 
         record = wait_for(finished, timeout=60)
         assert (record["status"], record["stdout"]) == ("DONE", "compose works\n"), record
+        assert record["sandbox"] == ("bwrap" if bwrap_works_here() else "basic"), record
 
         flower_url = f"http://127.0.0.1:{flower_port}/"
         assert http(flower_url)[0] == 401, "Flower must ask for a login"
