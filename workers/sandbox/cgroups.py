@@ -165,6 +165,8 @@ class Cgroups:
         return cgroups
 
     def _prepare(self) -> None:
+        for parent in dict.fromkeys(self.parents.values()):
+            _remove_stale_siblings(parent)
         try:
             for parent in dict.fromkeys(self.parents.values()):
                 parent.mkdir()
@@ -202,3 +204,17 @@ class Cgroups:
         for parent in dict.fromkeys(self.parents.values()):
             with contextlib.suppress(OSError):
                 parent.rmdir()
+
+
+def _remove_stale_siblings(parent: Path) -> None:
+    """Remove the cgroups that workers no longer running left beside ``parent`` (a
+    worker killed outright never removes its own): empty directories only."""
+    for stale in parent.parent.glob("vx11-*-*"):
+        pid = stale.name.split("-")[1]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        for child in stale.glob("spawn-*"):
+            with contextlib.suppress(OSError):
+                child.rmdir()
+        with contextlib.suppress(OSError):
+            stale.rmdir()
