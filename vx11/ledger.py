@@ -7,8 +7,12 @@ outlive Celery's result expiry and any restart.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +25,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Select,
     String,
     Table,
     Text,
@@ -29,12 +34,14 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    tuple_,
+    union_all,
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.schema import DDL, CreateColumn
 
-from vx11.errors import IllegalTransition, NotFound
+from vx11.errors import BadCursor, IllegalTransition, NotFound
 from vx11.states import ALLOWED_SOURCES, SpawnStatus
 
 metadata = MetaData()
@@ -68,10 +75,24 @@ spawns = Table(
     Column("cpu_time_ms", Integer),
     Column("peak_memory_kb", Integer),
     Column("sandbox", String(16)),  # the sandbox level it ran at: bwrap or basic
-    Index("ix_spawns_created_at", "created_at"),
-    Index("ix_spawns_status_created_at", "status", "created_at"),
-    Index("ix_spawns_correlation_id", "correlation_id"),
+    # History pages walk one of these backwards, newest first, from a keyset position
+    # (created_at, spawn_uuid): each filter that pins one column has its own index.
+    Index("ix_spawns_created_at_uuid", "created_at", "spawn_uuid"),
+    Index("ix_spawns_status_created_at_uuid", "status", "created_at", "spawn_uuid"),
+    Index("ix_spawns_task_type_created_at_uuid", "task_type", "created_at", "spawn_uuid"),
+    Index("ix_spawns_correlation_id_created_at_uuid", "correlation_id", "created_at", "spawn_uuid"),
 )
+
+SUPERSEDED_INDEXES = frozenset(
+    {"ix_spawns_created_at", "ix_spawns_status_created_at", "ix_spawns_correlation_id"}
+)
+"""Indexes of older ledgers, each a prefix of one above: dropped on upgrade, as they
+only cost writes."""
+
+HEAVY_FIELDS = ("code", "stdin", "stdout", "stderr")
+"""Columns a history page leaves out: they can be large; ``get`` has them."""
+_SUMMARY_COLUMNS = [c for c in spawns.c if c.name not in HEAVY_FIELDS]
+_CURSOR_MAX = 200  # an encoded position is about 120 characters
 
 _ID_ATTEMPTS = 8
 _INSERT = insert(spawns)
@@ -128,6 +149,14 @@ class Ledger:
                 spec = CreateColumn(column).compile(dialect=conn.dialect)
                 add = DDL(f"ALTER TABLE %(fullname)s ADD COLUMN {spec}")
                 conn.execute(add.against(spawns))
+            # create_all skips an existing table's indexes: add those it lacks.
+            for index in spawns.indexes:
+                index.create(conn, checkfirst=True)
+            indexes = {ix["name"] for ix in inspect(conn).get_indexes(spawns.name, schema)}
+            quote = conn.dialect.identifier_preparer.quote
+            for name in sorted(SUPERSEDED_INDEXES & indexes):
+                qualified = f"{quote(schema)}.{quote(name)}" if schema else quote(name)
+                conn.exec_driver_sql(f"DROP INDEX IF EXISTS {qualified}")
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
@@ -185,6 +214,136 @@ class Ledger:
         if row is None:
             raise IllegalTransition(SpawnStatus(self.get(spawn_uuid)["status"]), target)
         return _complete(row)
+
+    def page(
+        self, filters: SpawnFilter | None = None, limit: int = 50, cursor: str | None = None
+    ) -> Page:
+        """Up to ``limit`` records matching ``filters``, newest first, without the
+        :data:`HEAVY_FIELDS`; ``cursor`` (a page's ``next_cursor``) continues after that
+        page. Keyset pagination on (created_at, spawn_uuid): spawns added meanwhile
+        never shift a later page, so nothing is repeated or skipped."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        after = Position.decode(cursor) if cursor is not None else None
+        with self.engine.connect() as conn:  # one row more tells whether a page follows
+            rows = conn.execute(page_query(filters, limit + 1, after)).mappings().all()
+        records = [_summary(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return Page(records, Position.of(records[-1]).encode() if more else None)
+
+
+def page_query(filters: SpawnFilter | None, limit: int, after: Position | None) -> Select:
+    """The newest ``limit`` spawns selected by ``filters`` created before ``after``.
+
+    The row comparison and the order match an index on (…, created_at, spawn_uuid),
+    so the database walks the index backwards and stops after ``limit`` rows.
+    """
+    filters = filters or SpawnFilter()
+    if len(filters.statuses) > 1:
+        # One index walk per status, each stopping after ``limit`` rows, then merged:
+        # a walk of the created_at index filtering on status would read every row of
+        # the rare statuses' history, and an IN on the status index needs a full sort.
+        walks = [
+            page_query(replace(filters, statuses=(status,)), limit, after).subquery()
+            for status in dict.fromkeys(filters.statuses)
+        ]
+        merged = union_all(*(select(*walk.c) for walk in walks)).subquery()
+        order = (merged.c.created_at.desc(), merged.c.spawn_uuid.desc())
+        return select(*merged.c).order_by(*order).limit(limit)
+    stmt = filters.apply(select(*_SUMMARY_COLUMNS))
+    if after is not None:
+        key = tuple_(spawns.c.created_at, spawns.c.spawn_uuid)
+        stmt = stmt.where(key < (after.created_at, after.spawn_uuid))
+    order = (spawns.c.created_at.desc(), spawns.c.spawn_uuid.desc())
+    return stmt.order_by(*order).limit(limit)
+
+
+@dataclass(frozen=True)
+class SpawnFilter:
+    """What a history page selects; every criterion left empty selects all."""
+
+    statuses: tuple[SpawnStatus, ...] = ()
+    task_type: str | None = None
+    correlation_id: str | None = None
+    since: datetime | None = None
+    """Created at or after this instant."""
+    until: datetime | None = None
+    """Created strictly before this instant."""
+
+    def apply(self, stmt: Select) -> Select:
+        """``stmt`` narrowed to the spawns this filter selects."""
+        if len(self.statuses) == 1:  # an equality, so the status index also gives the order
+            stmt = stmt.where(spawns.c.status == self.statuses[0].value)
+        elif self.statuses:  # page_query merges one walk per status instead
+            stmt = stmt.where(spawns.c.status.in_([s.value for s in self.statuses]))
+        if self.task_type is not None:
+            stmt = stmt.where(spawns.c.task_type == self.task_type)
+        if self.correlation_id is not None:
+            stmt = stmt.where(spawns.c.correlation_id == self.correlation_id)
+        if self.since is not None:
+            stmt = stmt.where(spawns.c.created_at >= _utc(self.since))
+        if self.until is not None:
+            stmt = stmt.where(spawns.c.created_at < _utc(self.until))
+        return stmt
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a history page ended: its last record's (created_at, spawn_uuid).
+
+    Handed out as an opaque cursor (URL-safe base64 of JSON). A cursor is a position,
+    not a credential: a forged but well-formed one selects what ``until`` could.
+    """
+
+    created_at: datetime
+    spawn_uuid: str
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> Position:
+        return cls(_utc(record["created_at"]), record["spawn_uuid"])
+
+    def encode(self) -> str:
+        stamp = self.created_at.astimezone(UTC).isoformat(timespec="microseconds")
+        raw = json.dumps([stamp, self.spawn_uuid], separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    @classmethod
+    def decode(cls, cursor: str) -> Position:
+        """The position ``cursor`` encodes; :class:`~vx11.errors.BadCursor` if it is not
+        one :meth:`encode` could have made."""
+        if len(cursor) > _CURSOR_MAX:
+            raise BadCursor()
+        try:
+            padded = cursor + "=" * (-len(cursor) % 4)
+            stamp, spawn_uuid = json.loads(base64.b64decode(padded, b"-_", validate=True))
+            created_at = datetime.fromisoformat(stamp)
+            canonical = str(uuid.UUID(spawn_uuid))
+            if created_at.tzinfo is None or canonical != spawn_uuid:
+                raise ValueError("not a position encode() makes")
+            return cls(created_at.astimezone(UTC), spawn_uuid)
+        except (binascii.Error, ValueError, TypeError, AttributeError, OverflowError):
+            raise BadCursor() from None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One history page: ``next_cursor`` is None on the last."""
+
+    records: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def _utc(value: datetime) -> datetime:
+    """``value`` in UTC; naive means UTC. SQLite stores the digits only, so every
+    instant the ledger binds must be in UTC to compare right."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _summary(row: Mapping[str, Any]) -> dict[str, Any]:
+    record = _complete(row)
+    for name in HEAVY_FIELDS:
+        del record[name]
+    return record
 
 
 def _complete(row: Mapping[str, Any]) -> dict[str, Any]:

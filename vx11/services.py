@@ -13,6 +13,7 @@ from vx11.config import Settings
 from vx11.connections import make_redis
 from vx11.dispatch import make_celery
 from vx11.events import SpawnEvents
+from vx11.idempotency import IdempotencyKeys
 from vx11.ledger import Ledger
 from vx11.policy import WindowStore
 from vx11.tokens import TokenStore
@@ -26,6 +27,7 @@ class Services:
     events: SpawnEvents
     tokens: TokenStore
     ledger: Ledger
+    idempotency: IdempotencyKeys
     celery: Celery
     """Publishes spawn jobs (no result backend)."""
     results: Celery
@@ -41,6 +43,7 @@ class Services:
             events=SpawnEvents(redis),
             tokens=TokenStore(redis, dev_token=None if settings.production else settings.dev_token),
             ledger=Ledger.from_url(settings.effective_database_url),
+            idempotency=IdempotencyKeys(redis),
             celery=make_celery(settings),
             results=make_celery(settings, results=True),
         )

@@ -51,6 +51,7 @@ def init_app(app: Flask) -> None:
             log.warning("%s: %s", exc.code, exc.message)
         response = jsonify(exc.to_dict())
         response.status_code = exc.status
+        response.headers.update(exc.headers())
         return response
 
     @app.errorhandler(HTTPException)

@@ -1,18 +1,26 @@
-"""Spawns: ``POST /vx11/spawn`` and ``GET /vx11/spawn/<id>`` (alias ``/vx11/result/<id>``)."""
+"""Spawns: ``POST /vx11/spawn``, ``GET /vx11/spawn/<id>`` (alias ``/vx11/result/<id>``) and
+the history, ``GET /vx11/spawns``."""
 
 from __future__ import annotations
 
 import functools
 import json
+from datetime import UTC, datetime
+from typing import Any
 
-from flask import Blueprint
-from marshmallow import Schema, ValidationError, fields, validate
+from flask import Blueprint, g, request
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from vx11.api.auth import require_token
-from vx11.api.body import load
+from vx11.api.body import load, load_query
 from vx11.api.fields import UTCDateTime
 from vx11.config import Settings
-from vx11.services import services
+from vx11.errors import ValidationFailed
+from vx11.idempotency import HEADER as IDEMPOTENCY_KEY
+from vx11.idempotency import is_valid_key
+from vx11.ledger import SpawnFilter
+from vx11.services import Services, services
+from vx11.states import SpawnStatus
 from vx11.submit import submit_spawn
 
 bp = Blueprint("spawns", __name__, url_prefix="/vx11")
@@ -156,12 +164,21 @@ def create_spawn():
     """Queue python or shell code while the spawner window is open.
 
     A closed window is a semantic refusal: HTTP 200 with ``error: off_by_policy``.
+
+    An ``Idempotency-Key`` header (1 to 255 visible ASCII characters; else 422) makes
+    retries safe: the same request with the same key, from the same token, within 24 h
+    gets the first answer back (header ``Idempotent-Replayed: true``) and queues
+    nothing; a different request with that key is 409 ``idempotency_key_reused``. A
+    retry that arrives while the first is still being served waits up to 2 s for its
+    answer, else 409 ``idempotency_key_in_progress`` with ``Retry-After``. A refusal or
+    a failure does not use the key up.
     """
     svc = services()
-    result = submit_spawn(svc, load(request_schema(svc.settings)))
-    if result.get("error"):
-        return result
-    return ACCEPTED.dump(result)
+    key = idempotency_key()
+    spawn_request = load(request_schema(svc.settings))
+    if key is None:
+        return accept(svc, spawn_request)
+    return accept_once(svc, spawn_request, key)
 
 
 @bp.get("/spawn/<ident>")
@@ -169,3 +186,110 @@ def create_spawn():
 def get_spawn(ident: str):
     """The spawn's record, by ``spawn_id`` or ``spawn_uuid``."""
     return RECORD.dump(services().ledger.get(ident))
+
+
+REPLAYED = "Idempotent-Replayed"
+"""The response header that marks an answer replayed for an idempotency key."""
+
+
+def idempotency_key() -> str | None:
+    """The request's ``Idempotency-Key``, if it has one; 422 if it is malformed."""
+    key = request.headers.get(IDEMPOTENCY_KEY)
+    if key is not None and not is_valid_key(key):
+        message = "must be 1 to 255 visible ASCII characters"
+        raise ValidationFailed(fields={IDEMPOTENCY_KEY: [message]})
+    return key
+
+
+def accept(svc: Services, spawn_request: dict[str, Any]) -> dict[str, Any]:
+    """The answer to a valid spawn request: the accepted spawn, or the refusal."""
+    result = submit_spawn(svc, spawn_request)
+    return result if result.get("error") else ACCEPTED.dump(result)
+
+
+def accept_once(svc: Services, spawn_request: dict[str, Any], key: str):
+    """:func:`accept`, once per idempotency ``key`` of the caller's token; only an
+    accepted spawn is kept as the key's answer."""
+    with svc.idempotency.attempt(g.token_label, key, spawn_request) as attempt:
+        if attempt.replay is not None:
+            return attempt.replay, {REPLAYED: "true"}
+        answer = accept(svc, spawn_request)
+        if not answer.get("error"):
+            svc.idempotency.answer(attempt, answer)
+        return answer
+
+
+# --- history -----------------------------------------------------------------------------
+
+HISTORY_LIMIT = 200
+"""Most records one history page holds."""
+STATUSES = tuple(status.value for status in SpawnStatus)
+
+
+def _in_utc_range(value: datetime) -> None:
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError("out of range once in UTC") from None
+
+
+def _timestamp() -> fields.AwareDateTime:
+    return fields.AwareDateTime(
+        format="iso",
+        default_timezone=UTC,
+        validate=_in_utc_range,
+        error_messages={
+            "invalid": "not an ISO 8601 timestamp (naive means UTC; write + as %2B)",
+        },
+    )
+
+
+class HistoryQuery(Schema):
+    """The query string of ``GET /vx11/spawns``; loads as the ledger's page arguments."""
+
+    status = fields.List(fields.String(validate=validate.OneOf(STATUSES)), load_default=list)
+    task_type = fields.String(validate=validate.OneOf(TASK_TYPES))
+    correlation_id = fields.String(validate=CORRELATION_ID)
+    since = _timestamp()
+    until = _timestamp()
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, HISTORY_LIMIT))
+    cursor = fields.String()
+
+    @validates_schema
+    def _since_before_until(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "since" in data and "until" in data and data["since"] >= data["until"]:
+            raise ValidationError("must be later than since", "until")
+
+    @post_load
+    def _page_arguments(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        spawn_filter = SpawnFilter(
+            statuses=tuple(dict.fromkeys(SpawnStatus(value) for value in data["status"])),
+            task_type=data.get("task_type"),
+            correlation_id=data.get("correlation_id"),
+            since=data.get("since"),
+            until=data.get("until"),
+        )
+        return {"filters": spawn_filter, "limit": data["limit"], "cursor": data.get("cursor")}
+
+
+HISTORY_QUERY = HistoryQuery()
+SUMMARY = SpawnRecord(exclude=("stdout", "stderr"))
+
+
+@bp.get("/spawns")
+def list_spawns():
+    """The spawn history, newest first: ``{"spawns": [...], "next_cursor": str|null}``.
+
+    Each item is the spawn's record as ``GET /vx11/spawn/<id>`` gives it, *without*
+    the heavy fields (code, stdin, stdout, stderr): read one spawn for those.
+
+    Query: ``status`` (a spawn state; repeat it or separate with commas for several),
+    ``task_type``, ``correlation_id``, ``since`` (created at or after) and ``until``
+    (created before), ISO 8601 with naive meaning UTC; ``limit`` 1 to 200 (50); and
+    ``cursor``, a page's ``next_cursor``, for the page after it. Pages stay stable while
+    spawns arrive: following cursors repeats and skips nothing. ``next_cursor`` is null
+    on the last page. A malformed query is 422 naming the field; a cursor this server
+    did not hand out is 400 ``bad_cursor``.
+    """
+    page = services().ledger.page(**load_query(HISTORY_QUERY))
+    return {"spawns": SUMMARY.dump(page.records, many=True), "next_cursor": page.next_cursor}
