@@ -184,6 +184,14 @@ class Ledger:
             return _complete(row)
         raise RuntimeError("could not draw a unique spawn_id")  # pragma: no cover
 
+    def running_under(self, window_id: str) -> list[str]:
+        """The uuids of the spawns running under the policy window ``window_id``."""
+        query = select(spawns.c.spawn_uuid).where(
+            spawns.c.window_id == window_id, spawns.c.status == SpawnStatus.RUNNING.value
+        )
+        with self.engine.connect() as conn:
+            return [row.spawn_uuid for row in conn.execute(query)]
+
     def get(self, ident: str) -> dict[str, Any]:
         """The record whose ``spawn_id`` or ``spawn_uuid`` is ``ident``."""
         column = spawns.c.spawn_id if ident.startswith("spawn-") else spawns.c.spawn_uuid

@@ -108,3 +108,39 @@ def test_the_event_stream_of_a_finished_spawn_is_just_its_record(stack):
     events = sse(stack.base, accepted["spawn_id"])
     assert [kind for kind, _ in events] == ["state", "end"]
     assert events[-1][1]["stdout"] == "done\n"
+
+
+def test_a_wait_returns_as_soon_as_the_spawn_ends(stack):
+    stack.open_window()
+    accepted = stack.spawn("shell", "sleep 1; echo waited")
+    started = time.monotonic()
+    status, record = http("GET", f"{stack.base}/vx11/spawn/{accepted['spawn_id']}?wait=30",
+                          headers=TOKEN)  # fmt: skip
+    assert status == 200
+    assert (record["status"], record["stdout"]) == ("DONE", "waited\n")
+    assert 1.0 <= time.monotonic() - started < 10
+
+
+def test_a_running_spawn_shows_its_live_processes(stack):
+    stack.open_window()
+    accepted = stack.spawn("shell", "sleep 30 & sleep 30", ttl_seconds=60)
+    wait_for(lambda: running(stack, accepted["spawn_id"]), timeout=30)
+
+    def snapshot():
+        record = http("GET", f"{stack.base}/vx11/spawn/{accepted['spawn_id']}", headers=TOKEN)[1]
+        return record["processes"]
+
+    def settled():  # the first snapshot may come before the shell started its sleeps
+        processes = snapshot()
+        return (
+            processes and (processes.get("count") is None or processes["count"] >= 3) and processes
+        )
+
+    processes = wait_for(settled, timeout=10)
+    if processes.get("count") is not None:  # with per-spawn cgroups
+        assert processes["count"] >= 3  # sh and its two sleeps (and bwrap's own, at bwrap)
+        assert len(processes["pids"]) == processes["count"]
+        assert processes["rss_kb"] > 0
+    http("POST", f"{stack.base}/vx11/spawn/{accepted['spawn_id']}/cancel", headers=TOKEN)
+    record = wait_terminal(stack.base, accepted["spawn_id"])
+    assert record["status"] == "CANCELLED" and record["processes"] is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 
 import pytest
@@ -13,6 +14,7 @@ from tests.support import free_port
 from vx11 import create_app
 from vx11.ledger import Ledger
 from vx11.startup import StartupRefused
+from vx11.states import SpawnStatus
 from vx11.tokens import TokenStore
 
 SPAWN = {"task_type": "python", "code": "print('MVP works')", "ttl_seconds": 30}
@@ -134,7 +136,13 @@ def test_closing_a_window_says_whether_it_was_open(client, auth):
     open_window(client, auth)
     body = {"target": "spawner", "reason": "done"}
     first = client.post("/vx11/window/close", json=body, headers=auth).json
-    assert first == {"target": "spawner", "closed": True, "was_open": True, "reason": "done"}
+    assert first == {
+        "target": "spawner",
+        "closed": True,
+        "was_open": True,
+        "reason": "done",
+        "cancelled": [],
+    }
     second = client.post("/vx11/window/close", json=body, headers=auth).json
     assert second["was_open"] is False
     status = client.get("/vx11/window/status/spawner", headers=auth).json
@@ -537,3 +545,53 @@ def test_status_never_hangs_when_everything_is_down(test_config, auth):
     )
     assert response.json["madre_available"] is False
     assert response.json["spawner_available"] is False
+
+
+@pytest.mark.parametrize("wait", ["61", "-1", "soon", "nan"])
+def test_a_bad_wait_is_422(client, auth, wait):
+    open_window(client, auth)
+    accepted = client.post("/vx11/spawn", json=SPAWN, headers=auth).json
+    response = client.get(f"/vx11/spawn/{accepted['spawn_id']}?wait={wait}", headers=auth)
+    assert response.status_code == 422
+    assert "wait" in response.json["fields"]
+
+
+def test_waiting_on_a_spawn_no_worker_runs_returns_it_queued_when_the_wait_ends(client, auth):
+    open_window(client, auth)
+    accepted = client.post("/vx11/spawn", json=SPAWN, headers=auth).json
+    started = time.monotonic()
+    response = client.get(f"/vx11/spawn/{accepted['spawn_id']}?wait=1.5", headers=auth)
+    waited = time.monotonic() - started
+    assert response.status_code == 200 and response.json["status"] == "QUEUED"
+    assert 1.4 <= waited < 5
+
+
+def test_a_wait_ends_as_soon_as_the_end_is_announced(app, client, auth):
+    open_window(client, auth)
+    accepted = client.post("/vx11/spawn", json=SPAWN, headers=auth).json
+    svc = app.extensions["vx11"]
+
+    def cancel_soon():
+        time.sleep(0.5)
+        svc.ledger.transition(accepted["spawn_uuid"], SpawnStatus.CANCELLED, reason="test")
+        svc.events.finish(accepted["spawn_uuid"], {"status": "CANCELLED"})
+
+    threading.Thread(target=cancel_soon).start()
+    started = time.monotonic()
+    response = client.get(f"/vx11/spawn/{accepted['spawn_id']}?wait=30", headers=auth)
+    assert response.json["status"] == "CANCELLED"
+    assert time.monotonic() - started < 3
+
+
+def test_close_with_cancel_running_asks_the_running_spawns_to_stop(app, client, auth, redis_url):
+    window = open_window(client, auth)
+    svc = app.extensions["vx11"]
+    running = client.post("/vx11/spawn", json=SPAWN, headers=auth).json
+    queued = client.post("/vx11/spawn", json=SPAWN, headers=auth).json
+    svc.ledger.transition(running["spawn_uuid"], SpawnStatus.RUNNING)
+    body = {"target": "spawner", "cancel_running": True}
+    closed = client.post("/vx11/window/close", json=body, headers=auth).json
+    assert closed["cancelled"] == [running["spawn_uuid"]]
+    assert svc.events.cancel_requested(running["spawn_uuid"])
+    assert not svc.events.cancel_requested(queued["spawn_uuid"])
+    assert window["window_id"]

@@ -19,6 +19,7 @@ from vx11.errors import ValidationFailed
 from vx11.idempotency import HEADER as IDEMPOTENCY_KEY
 from vx11.idempotency import is_valid_key
 from vx11.ledger import SpawnFilter
+from vx11.lifecycle import is_terminal, wait_for_end
 from vx11.services import Services, services
 from vx11.states import SpawnStatus
 from vx11.submit import submit_spawn
@@ -129,6 +130,10 @@ class SpawnAccepted(Schema):
 
 
 class SpawnRecord(Schema):
+    processes = fields.Dict(
+        allow_none=True,
+        metadata={"description": "While RUNNING: count, pids, rss_kb, cpu_time_ms."},
+    )
     spawn_id = fields.String()
     spawn_uuid = fields.String()
     status = fields.String()
@@ -181,11 +186,36 @@ def create_spawn():
     return accept_once(svc, spawn_request, key)
 
 
+MAX_WAIT = 60
+
+
+class RecordQuery(Schema):
+    wait = fields.Float(
+        load_default=0,
+        validate=validate.Range(0, MAX_WAIT, error="must be between {min} and {max} seconds"),
+    )
+
+
+RECORD_QUERY = RecordQuery()
+
+
 @bp.get("/spawn/<ident>")
 @bp.get("/result/<ident>")
 def get_spawn(ident: str):
-    """The spawn's record, by ``spawn_id`` or ``spawn_uuid``."""
-    return RECORD.dump(services().ledger.get(ident))
+    """The spawn's record, by ``spawn_id`` or ``spawn_uuid``. ``?wait=<seconds>`` (up to
+    60) answers as soon as the spawn is terminal, or when the wait runs out. While it
+    runs, ``processes`` shows its live processes."""
+    svc = services()
+    wait = load_query(RECORD_QUERY)["wait"]
+    record = svc.ledger.get(ident)
+    if wait and not is_terminal(record):
+        record = wait_for_end(svc, record["spawn_uuid"], wait)
+    record["processes"] = (
+        svc.events.live([record["spawn_uuid"]]).get(record["spawn_uuid"])
+        if record["status"] == SpawnStatus.RUNNING
+        else None
+    )
+    return RECORD.dump(record)
 
 
 REPLAYED = "Idempotent-Replayed"

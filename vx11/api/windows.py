@@ -35,7 +35,14 @@ def request_schemas(settings: Settings) -> tuple[Schema, Schema]:
     open_schema = Schema.from_dict(
         {"target": target, "ttl_seconds": ttl, "reason": REASON}, name="WindowOpenRequest"
     )
-    close_schema = Schema.from_dict({"target": target, "reason": REASON}, name="WindowCloseRequest")
+    close_schema = Schema.from_dict(
+        {
+            "target": target,
+            "reason": REASON,
+            "cancel_running": fields.Boolean(truthy={True}, falsy={False}, load_default=False),
+        },
+        name="WindowCloseRequest",
+    )
     return open_schema(), close_schema()
 
 
@@ -71,14 +78,23 @@ def open_window():
 
 @bp.post("/close")
 def close_window():
-    """Close a target's window; ``was_open`` says whether one was open."""
-    args = load(request_schemas(services().settings)[1])
-    closed = services().windows.close(args["target"])
+    """Close a target's window; ``was_open`` says whether one was open. Spawns accepted
+    under it and not yet started never start; with ``cancel_running: true`` the ones
+    running under it are cancelled too (``cancelled`` lists them)."""
+    svc = services()
+    args = load(request_schemas(svc.settings)[1])
+    closed = svc.windows.close(args["target"])
+    cancelled = []
+    if closed is not None and args["cancel_running"]:
+        cancelled = svc.ledger.running_under(closed.window_id)
+        for spawn_uuid in cancelled:
+            svc.events.request_cancel(spawn_uuid)
     return {
         "target": args["target"],
         "closed": True,
         "was_open": closed is not None,
         "reason": args["reason"],
+        "cancelled": cancelled,
     }
 
 
