@@ -1,6 +1,7 @@
 """The ``bwrap`` level: bubblewrap puts each run in new user, pid, network, ipc, uts and
 cgroup namespaces, with only the system's ``/usr`` (and its compatibility links) bound
-read-only, size-capped tmpfs for the working directory and ``/tmp``, no capabilities,
+read-only, a read-only root and ``/dev``, size-capped tmpfs for the working directory,
+``/tmp`` and ``/dev/shm``, no capabilities,
 no further user namespaces, and an empty environment from its very first process.
 
 Nothing of a run exists on the host's filesystem: the code reaches the sandbox through
@@ -48,9 +49,14 @@ def bwrap_argv(
         *system_binds(),
         "--proc", "/proc",
         "--dev", "/dev",
+        "--size", str(tmpfs_bytes), "--tmpfs", "/dev/shm",
         "--size", str(tmpfs_bytes), "--tmpfs", WORKDIR,
         "--size", str(tmpfs_bytes), "--tmpfs", "/tmp",
         *data,
+        # bwrap's own / and /dev are tmpfs without a size: read-only, so the only
+        # places code can write are the three size-capped ones above.
+        "--remount-ro", "/dev",
+        "--remount-ro", "/",
         "--chdir", WORKDIR,
         "--clearenv",
         "--setenv", "PATH", SANDBOX_PATH,

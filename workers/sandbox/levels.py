@@ -9,8 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from vx11.config import Settings
-from workers.sandbox import run_sandboxed
+from workers.sandbox import run_sandboxed, sandbox_identity
 from workers.sandbox.cgroups import Cgroups, CgroupUnavailable
+from workers.sandbox.process import adopting_orphans
 from workers.sandbox.spec import Limits, SandboxConfig, SandboxError
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,11 @@ def bwrap_problem(config: SandboxConfig) -> str | None:
     if not Path(config.bwrap).is_file():
         return "bwrap is not installed (Debian package bubblewrap)"
     probe = replace(config, level="bwrap", adopt_orphans=False)
+    identity = sandbox_identity(config.user)
     try:
-        outcome = run_sandboxed("python", f"print({PROBE_OUTPUT!r})", limits=PROBE_LIMITS,
-                                config=probe)  # fmt: skip
+        with adopting_orphans(identity.uid if identity else None):  # bwrap's init, after
+            outcome = run_sandboxed("python", f"print({PROBE_OUTPUT!r})", limits=PROBE_LIMITS,
+                                    config=probe)  # fmt: skip
     except (OSError, SandboxError) as exc:
         return f"bwrap could not start: {exc}"
     if outcome.exit_code != 0 or outcome.stdout.strip() != PROBE_OUTPUT:

@@ -258,6 +258,26 @@ _running_leaders: set[int] = set()
 _leaders_lock = threading.Lock()
 
 
+PR_GET_CHILD_SUBREAPER = 37
+
+
+@contextlib.contextmanager
+def adopting_orphans(uid: int | None):
+    """Be the reaper of orphans only while the block runs, then end those running as
+    ``uid`` (for a process that must not stay a subreaper, such as a worker's main
+    process probing its sandbox before its pool starts)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    previous = ctypes.c_int(0)
+    libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(previous), 0, 0, 0)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    try:
+        yield
+    finally:
+        if uid is not None:
+            end_adopted(uid)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, previous.value, 0, 0, 0)
+
+
 def end_adopted(uid: int) -> None:
     """Kill and reap the children of this process that run as ``uid`` and are not a run
     it is supervising: orphans of runs (the sandbox's uid is never that of a process the
