@@ -34,5 +34,5 @@ USER vx11
 
 EXPOSE 8000 5555
 
-CMD ["gunicorn", "--worker-class", "gthread", "--workers", "2", "--threads", "8", \
+CMD ["gunicorn", "--worker-class", "gthread", "--workers", "2", "--threads", "32", \
      "--bind", "0.0.0.0:8000", "--graceful-timeout", "10", "vx11:create_app()"]

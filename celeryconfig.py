@@ -3,6 +3,7 @@ gateway's publishing client. URLs come from ``VX11_*`` through :mod:`vx11.config
 
 from kombu import Exchange, Queue
 
+from vx11.callbacks import CALLBACK_QUEUE, CALLBACK_TASK
 from vx11.config import Settings
 
 _settings = Settings.from_env()
@@ -59,7 +60,17 @@ task_publish_retry_policy = {
 }
 
 task_default_queue = _settings.spawn_queue
-task_queues = (Queue(_settings.spawn_queue, Exchange(_settings.spawn_queue), routing_key="spawn"),)
-task_routes = {"vx11.spawn": {"queue": _settings.spawn_queue, "routing_key": "spawn"}}
+# Callback deliveries (vx11.callback, workers/callbacks.py) have a queue of their own:
+# a slow or failing receiver, retried with backoff, never waits in line with spawns,
+# and callbacks can be given workers of their own (`--queues callbacks`). The stack's
+# worker (vx11.stack.worker_argv, compose.yaml) consumes both queues.
+task_queues = (
+    Queue(_settings.spawn_queue, Exchange(_settings.spawn_queue), routing_key="spawn"),
+    Queue(CALLBACK_QUEUE, Exchange(CALLBACK_QUEUE), routing_key="callback"),
+)
+task_routes = {
+    "vx11.spawn": {"queue": _settings.spawn_queue, "routing_key": "spawn"},
+    CALLBACK_TASK: {"queue": CALLBACK_QUEUE, "routing_key": "callback"},
+}
 
 worker_hijack_root_logger = False

@@ -7,6 +7,7 @@ The gateway, the workers (through ``celeryconfig``) and the CLI all build their
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tempfile
 from collections.abc import Mapping
@@ -101,6 +102,34 @@ class Settings:
     probe_timeout: float = _setting(0.5, "Timeout of each dependency probe in /vx11/status, s.")
     redis_timeout: float = _setting(2.0, "Socket timeout of gateway Redis calls, seconds.")
     result_expires: int = _setting(86400, "How long Celery keeps task results, seconds.")
+    retention_days: int = _setting(
+        90,
+        "Days terminal spawn records and audit entries are kept: `vx11 purge` deletes "
+        "older ones (run it from cron; nothing is deleted otherwise).",
+    )
+    # Result callbacks (vx11.callbacks): signed POSTs of a finished spawn's record.
+    callback_secret: str = _setting(
+        "",
+        "HMAC-SHA256 key callbacks are signed with; empty refuses every `callback_url` "
+        "(422 `callbacks_disabled`). Gateway and workers need the same value.",
+    )
+    callback_allowed_hosts: tuple[str, ...] = _setting(
+        (),
+        "Hosts a `callback_url` may name: exact names (or IP literals) and `*.domain` "
+        "for any subdomain of domain; empty allows none.",
+    )
+    callback_allow_private: tuple[str, ...] = _setting(
+        (),
+        "CIDRs a callback may reach although they are private, loopback, link-local or "
+        "otherwise not public (e.g. `10.1.0.0/16`); empty allows none.",
+    )
+    callback_max_attempts: int = _setting(6, "Deliveries tried per callback before giving up.")
+    callback_timeout: float = _setting(
+        5.0, "Connect and read timeout of one callback delivery, seconds."
+    )
+    callback_backoff_base: float = _setting(
+        2.0, "Wait before the first callback retry, seconds; it doubles on each (to 10 min)."
+    )
 
     @classmethod
     def from_env(
@@ -119,8 +148,9 @@ class Settings:
     def __post_init__(self) -> None:
         if self.env not in ("development", "production"):
             raise ValueError(f"VX11_ENV must be development or production, not {self.env!r}")
-        if isinstance(self.window_targets, str):
-            object.__setattr__(self, "window_targets", _split(self.window_targets))
+        for name in ("window_targets", "callback_allowed_hosts", "callback_allow_private"):
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, _split(getattr(self, name)))
         if self.sandbox not in ("auto", "bwrap", "basic"):
             raise ValueError(f"VX11_SANDBOX must be auto, bwrap or basic, not {self.sandbox!r}")
         if self.sandbox_require not in ("", "bwrap"):
@@ -135,6 +165,17 @@ class Settings:
                 )
         if "spawner" not in self.window_targets:
             raise ValueError("VX11_WINDOW_TARGETS must include 'spawner'")
+        for cidr in self.callback_allow_private:
+            try:
+                ipaddress.ip_network(cidr)
+            except ValueError as exc:
+                raise ValueError(f"VX11_CALLBACK_ALLOW_PRIVATE: {exc}") from None
+        if self.callback_max_attempts < 1:
+            raise ValueError("VX11_CALLBACK_MAX_ATTEMPTS must be at least 1")
+        if self.callback_timeout <= 0 or self.callback_backoff_base < 0:
+            raise ValueError(
+                "VX11_CALLBACK_TIMEOUT must be positive, the backoff base not negative"
+            )
         object.__setattr__(self, "data_dir", str(Path(self.data_dir).resolve()))
 
     @property

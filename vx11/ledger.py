@@ -75,6 +75,8 @@ spawns = Table(
     Column("cpu_time_ms", Integer),
     Column("peak_memory_kb", Integer),
     Column("sandbox", String(16)),  # the sandbox level it ran at: bwrap or basic
+    Column("callback_url", String(2048)),  # vetted by vx11.callbacks when accepted
+    Column("callbacks", JSON),  # list of delivery attempts to callback_url, oldest first
     # History pages walk one of these backwards, newest first, from a keyset position
     # (created_at, spawn_uuid): each filter that pins one column has its own index.
     Index("ix_spawns_created_at_uuid", "created_at", "spawn_uuid"),

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from vx11.callbacks import CALLBACK_QUEUE
 from vx11.config import Settings
 
 DEFAULT_REDIS_URL = Settings().redis_url
@@ -35,7 +36,9 @@ class StackOptions:
     port: int = 8000
     flower_port: int = 5555
     gunicorn_workers: int = 2
-    gunicorn_threads: int = 8
+    gunicorn_threads: int = 32
+    """Threads per gunicorn worker. A ``?wait=`` or an event stream holds one thread while
+    it waits on Redis (blocked on a socket: no CPU), so the pool is sized for those."""
     worker_concurrency: int = 2
     flower: bool = True
 
@@ -43,8 +46,10 @@ class StackOptions:
 def gunicorn_argv(host: str, port: int, workers: int, threads: int) -> list[str]:
     """The gateway's command line, shared with compose.yaml.
 
-    gthread workers: a request waiting on Redis, the broker or the database blocks a
-    thread, not the whole process.
+    gthread workers: a request waiting on Redis, the broker or the database — including a
+    ``?wait=`` or an event stream, which wait by design — blocks one thread, not the
+    process. Threads, not gevent: redis-py, kombu and the database drivers block, and
+    nothing here has to be monkey-patched.
     """
     return [
         sys.executable, "-m", "gunicorn",
@@ -60,7 +65,7 @@ def gunicorn_argv(host: str, port: int, workers: int, threads: int) -> list[str]
 def worker_argv(concurrency: int, queue: str) -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "workers", "worker",
-        "--queues", queue,
+        "--queues", f"{queue},{CALLBACK_QUEUE}",
         "--concurrency", str(concurrency),
         "--hostname", "vx11@%h",
         "--loglevel", "INFO",

@@ -1,12 +1,13 @@
 """The VX11 Celery application: ``celery -A workers worker``.
 
-Settings come from ``celeryconfig``; the spawner task, the remote-control command and
-the worker's start-up steps (:mod:`workers.steps`) are registered from their modules.
+Settings come from ``celeryconfig``; the spawner and callback tasks, the remote-control
+command and the worker's start-up steps (:mod:`workers.steps`) are registered from their
+modules.
 """
 
 from celery import Celery
 
-app = Celery("vx11", include=["workers.spawner"])
+app = Celery("vx11", include=["workers.spawner", "workers.callbacks"])
 app.config_from_object("celeryconfig")
 
 from workers import control  # noqa: E402,F401  registers the vx11_worker_info command

@@ -14,8 +14,10 @@ from typing import Any
 import redis.exceptions
 from celery import Task
 from celery.signals import worker_process_init
+from kombu.exceptions import OperationalError
 from redis import Redis
 
+from vx11.callbacks import CALLBACK_TASK
 from vx11.config import Settings
 from vx11.connections import make_redis
 from vx11.dispatch import SPAWN_TASK
@@ -133,7 +135,17 @@ def finished(record: dict[str, Any]) -> dict[str, Any]:
     light = {k: v for k, v in result.items() if k not in ("stdout", "stderr")}
     with _quietly("announce the end of", record["spawn_uuid"]):
         events().finish(record["spawn_uuid"], light)
+    if record.get("callback_url"):
+        _queue_callback(record["spawn_uuid"])
     return result
+
+
+def _queue_callback(spawn_uuid: str) -> None:
+    """Queue the delivery of the spawn's record to its callback (workers.callbacks)."""
+    try:
+        app.send_task(CALLBACK_TASK, args=(spawn_uuid,))  # routed by celeryconfig
+    except OperationalError as exc:  # the spawn's own outcome is recorded already
+        log.error("spawn %s: could not queue its callback: %s", spawn_uuid, exc)
 
 
 def sandbox_config() -> SandboxConfig:

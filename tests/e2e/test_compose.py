@@ -316,6 +316,7 @@ def test_celery_commands_load_the_real_celery_app(services):
 
 def test_worker_consumes_the_queue_the_gateway_publishes_to(services, deployed):
     import celeryconfig
+    from vx11.callbacks import CALLBACK_QUEUE
     from vx11.config import Settings
 
     params = worker_params(command_of(services["worker"]))
@@ -323,7 +324,7 @@ def test_worker_consumes_the_queue_the_gateway_publishes_to(services, deployed):
     assert params["queues"], "the worker must name its queue"
     assert set(params["queues"]) <= declared
     gateway_settings = Settings.from_env(environment_of(deployed["gateway"]))
-    assert params["queues"] == [gateway_settings.spawn_queue]
+    assert params["queues"] == [gateway_settings.spawn_queue, CALLBACK_QUEUE]
 
 
 def test_worker_command_is_the_stack_worker_command(services):

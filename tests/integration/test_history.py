@@ -11,7 +11,7 @@ from vx11.ledger import Ledger
 from vx11.states import SpawnStatus
 
 SPAWN = {"task_type": "python", "code": "print(1)", "ttl_seconds": 30}
-HEAVY = {"code", "stdin", "stdout", "stderr"}
+HEAVY = {"code", "stdin", "stdout", "stderr", "processes"}  # live processes: one spawn only
 
 
 @pytest.fixture

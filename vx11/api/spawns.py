@@ -14,6 +14,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 from vx11.api.auth import require_token
 from vx11.api.body import load, load_query
 from vx11.api.fields import UTCDateTime
+from vx11.callbacks import callback_url_validator
 from vx11.config import Settings
 from vx11.errors import ValidationFailed
 from vx11.idempotency import HEADER as IDEMPOTENCY_KEY
@@ -106,6 +107,9 @@ def request_schema(settings: Settings) -> Schema:
             "max_processes": _limit(1, settings.max_processes_max),
             "max_output_bytes": _limit(0, settings.max_output_bytes_max),
             "max_file_size_mb": _limit(1, settings.max_file_size_mb_max),
+            "callback_url": fields.String(
+                allow_none=True, validate=callback_url_validator(settings)
+            ),
             "args": fields.List(
                 fields.String(validate=_valid_arg),
                 load_default=list,
@@ -158,6 +162,15 @@ class SpawnRecord(Schema):
     cpu_time_ms = fields.Integer(allow_none=True)
     peak_memory_kb = fields.Integer(allow_none=True)
     sandbox = fields.String(allow_none=True)
+    callbacks = fields.List(
+        fields.Dict(),
+        allow_none=True,
+        metadata={
+            "description": "Deliveries to the spawn's callback_url, oldest first: at, "
+            "attempt, status_code or error, duration_ms, outcome (delivered, retrying, "
+            "failed). Null until the first attempt, and without a callback_url."
+        },
+    )
 
 
 ACCEPTED = SpawnAccepted()
@@ -303,7 +316,7 @@ class HistoryQuery(Schema):
 
 
 HISTORY_QUERY = HistoryQuery()
-SUMMARY = SpawnRecord(exclude=("stdout", "stderr"))
+SUMMARY = SpawnRecord(exclude=("stdout", "stderr", "processes"))
 
 
 @bp.get("/spawns")
@@ -311,7 +324,8 @@ def list_spawns():
     """The spawn history, newest first: ``{"spawns": [...], "next_cursor": str|null}``.
 
     Each item is the spawn's record as ``GET /vx11/spawn/<id>`` gives it, *without*
-    the heavy fields (code, stdin, stdout, stderr): read one spawn for those.
+    the heavy fields (code, stdin, stdout, stderr) and the live `processes`: read one
+    spawn for those.
 
     Query: ``status`` (a spawn state; repeat it or separate with commas for several),
     ``task_type``, ``correlation_id``, ``since`` (created at or after) and ``until``
