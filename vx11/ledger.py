@@ -75,6 +75,8 @@ spawns = Table(
     Column("cpu_time_ms", Integer),
     Column("peak_memory_kb", Integer),
     Column("sandbox", String(16)),  # the sandbox level it ran at: bwrap or basic
+    Column("max_retries", Integer),  # re-runs allowed after a lost worker (0..10)
+    Column("attempts", Integer),  # times a worker has started it
     Column("callback_url", String(2048)),  # vetted by vx11.callbacks when accepted
     Column("callbacks", JSON),  # list of delivery attempts to callback_url, oldest first
     # History pages walk one of these backwards, newest first, from a keyset position

@@ -3,6 +3,8 @@
 ::
 
     QUEUED ──► RUNNING ──► DONE | FAILED | TIMEOUT | CANCELLED | ERROR
+       ▲          │
+       └──────────┘ a retry, after its worker was lost (``max_retries``)
        └──────────────────────────────────► CANCELLED | ERROR
 
 A terminal state never changes. :func:`check_transition` is the one rule book; the
@@ -49,7 +51,7 @@ TERMINAL_STATES = frozenset(
 
 #: For each state, the states it may be entered from.
 ALLOWED_SOURCES: dict[SpawnStatus, frozenset[SpawnStatus]] = {
-    SpawnStatus.QUEUED: frozenset(),
+    SpawnStatus.QUEUED: frozenset({SpawnStatus.RUNNING}),  # only to retry a lost run
     SpawnStatus.RUNNING: frozenset({SpawnStatus.QUEUED}),
     SpawnStatus.DONE: frozenset({SpawnStatus.RUNNING}),
     SpawnStatus.FAILED: frozenset({SpawnStatus.RUNNING}),

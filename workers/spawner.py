@@ -16,6 +16,7 @@ from celery import Task
 from celery.signals import worker_process_init
 from kombu.exceptions import OperationalError
 from redis import Redis
+from sqlalchemy import func
 
 from vx11.callbacks import CALLBACK_TASK
 from vx11.config import Settings
@@ -23,7 +24,7 @@ from vx11.connections import make_redis
 from vx11.dispatch import SPAWN_TASK
 from vx11.errors import IllegalTransition
 from vx11.events import SpawnEvents
-from vx11.ledger import Ledger, utcnow
+from vx11.ledger import Ledger, spawns, utcnow
 from vx11.policy import SPAWN_TARGET, WindowStore
 from vx11.states import SpawnStatus
 from workers import app
@@ -215,11 +216,24 @@ def spawn(
     if refusal is not None:
         return _end_unstarted(store, spawn_uuid, *refusal)
     try:
-        store.transition(
-            spawn_uuid, SpawnStatus.RUNNING, started_at=utcnow(), worker=self.request.hostname
+        claimed = store.transition(
+            spawn_uuid,
+            SpawnStatus.RUNNING,
+            started_at=utcnow(),
+            worker=self.request.hostname,
+            attempts=func.coalesce(spawns.c.attempts, 0) + 1,
         )
     except IllegalTransition as exc:
-        return _not_run(store, spawn_uuid, exc)
+        if not _retry_lost_run(store, spawn_uuid, exc):
+            return _not_run(store, spawn_uuid, exc)
+        claimed = store.transition(
+            spawn_uuid,
+            SpawnStatus.RUNNING,
+            started_at=utcnow(),
+            worker=self.request.hostname,
+            attempts=func.coalesce(spawns.c.attempts, 0) + 1,
+        )
+    log.debug("spawn %s attempt %s", spawn_uuid, claimed["attempts"])
     log.debug("spawn %s running (correlation_id=%s)", spawn_uuid, correlation_id)
     with _quietly("announce the start of", spawn_uuid):
         events().append(spawn_uuid, "state", {"status": SpawnStatus.RUNNING.value})
@@ -286,6 +300,23 @@ def _end_unstarted(
         return summary(store.get(spawn_uuid))
     log.info("spawn %s not run: %s", spawn_uuid, reason)
     return finished(record)
+
+
+def _retry_lost_run(store: Ledger, spawn_uuid: str, exc: IllegalTransition) -> bool:
+    """A job delivered again while its record says RUNNING lost its worker. With retries
+    left (``max_retries``, only for such system failures, never for code that failed),
+    put the spawn back to QUEUED so this delivery runs it again; True if it did."""
+    if exc.current is not SpawnStatus.RUNNING:
+        return False
+    record = store.get(spawn_uuid)
+    if (record["attempts"] or 0) > (record["max_retries"] or 0):
+        return False
+    try:
+        store.transition(spawn_uuid, SpawnStatus.QUEUED, reason="retry: worker_lost")
+    except IllegalTransition:
+        return False
+    log.warning("spawn %s lost its worker; running it again", spawn_uuid)
+    return True
 
 
 def _not_run(store: Ledger, spawn_uuid: str, exc: IllegalTransition) -> dict[str, Any]:

@@ -3,8 +3,10 @@ time (ERROR ``worker_lost``) and is never run a second time."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +37,34 @@ def test_a_spawn_whose_whole_worker_is_killed_ends_worker_lost(stack):
     assert wait_terminal(stack.base, after["spawn_id"])["stdout"] == "still-serving\n"
     time.sleep(2)
     assert record_of(stack, accepted["spawn_id"])["status"] == "ERROR"  # never re-run
+
+
+def pool_process_running(stack, spawn_id: str) -> int:
+    """The pid of the worker's pool process that runs the spawn: the parent of the first
+    process of its sandbox (from the spawn's live snapshot)."""
+
+    def found():
+        processes = record_of(stack, spawn_id).get("processes") or {}
+        pids = processes.get("pids") or []
+        return pids and int(
+            Path(f"/proc/{min(pids)}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        )
+
+    return wait_for(found, timeout=30)
+
+
+@pytest.mark.parametrize(("max_retries", "expected"), [(1, ("DONE", None, 2)), (0, None)])
+def test_a_spawn_whose_pool_process_dies_is_retried_only_if_it_asked(stack, max_retries, expected):
+    stack.open_window()
+    accepted = stack.spawn("shell", "sleep 2; echo ran", max_retries=max_retries)
+    os.kill(pool_process_running(stack, accepted["spawn_id"]), signal.SIGKILL)
+    record = wait_terminal(stack.base, accepted["spawn_id"], timeout=BOUND + 30)
+    if expected is None:
+        assert (record["status"], record["reason"], record["attempts"]) == (
+            "ERROR", "worker_lost", 1,
+        )  # fmt: skip
+        assert record["stdout"] is None
+    else:
+        assert (record["status"], record["reason"], record["attempts"]) == expected
+        assert record["stdout"] == "ran\n"
+    assert stack.worker.alive()  # Celery replaced its pool process

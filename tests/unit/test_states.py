@@ -19,6 +19,7 @@ S = SpawnStatus
         (S.RUNNING, S.ERROR),
         (S.QUEUED, S.CANCELLED),
         (S.QUEUED, S.ERROR),
+        (S.RUNNING, S.QUEUED),  # a retry after the worker was lost
     ],
 )
 def test_the_lifecycle_moves_are_allowed(current, target):

@@ -29,6 +29,8 @@ bp = Blueprint("spawns", __name__, url_prefix="/vx11")
 bp.before_request(require_token)
 
 TASK_TYPES = ("python", "shell")
+MAX_RETRIES = 10
+"""Most re-runs a spawn may ask for after losing its worker (the MVP's ``max_retries``)."""
 CORRELATION_ID = validate.Regexp(
     r"^[A-Za-z0-9._:@/+=-]{1,128}$",
     error="1 to 128 characters of letters, digits and ._:@/+=-",
@@ -110,6 +112,11 @@ def request_schema(settings: Settings) -> Schema:
             "callback_url": fields.String(
                 allow_none=True, validate=callback_url_validator(settings)
             ),
+            "max_retries": fields.Integer(
+                strict=True,
+                load_default=0,
+                validate=validate.Range(0, MAX_RETRIES, error="must be between {min} and {max}"),
+            ),
             "args": fields.List(
                 fields.String(validate=_valid_arg),
                 load_default=list,
@@ -134,6 +141,8 @@ class SpawnAccepted(Schema):
 
 
 class SpawnRecord(Schema):
+    max_retries = fields.Integer(allow_none=True)
+    attempts = fields.Integer(allow_none=True)
     processes = fields.Dict(
         allow_none=True,
         metadata={"description": "While RUNNING: count, pids, rss_kb, cpu_time_ms."},
