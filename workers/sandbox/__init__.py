@@ -22,6 +22,7 @@ from workers.sandbox.process import (
     become_subreaper,
     decode_status,
     end_adopted,
+    reap_adopted,
     rlimits,
     run_process,
 )
@@ -118,7 +119,9 @@ def run_sandboxed(
         if cgroup is not None:
             cgroup.kill()
             cgroup.remove()
-        if adopting:
+        if adopting and cgroup is not None:
+            reap_adopted(identity.uid)  # the cgroup kill left nothing alive
+        elif adopting:
             end_adopted(identity.uid)
     exit_code, term_signal = decode_status(done.status)
     if config.level == "bwrap":

@@ -289,22 +289,39 @@ def end_adopted(uid: int) -> None:
 def _end_adopted(uid: int) -> None:
     me = os.getpid()
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) in _running_leaders:
             continue
         try:
             with open(f"/proc/{entry.name}/status") as f:
                 status = dict(line.split(":", 1) for line in f if ":" in line)
         except OSError:
             continue
-        pid = int(entry.name)
         if int(status["PPid"]) != me or int(status["Uid"].split()[0]) != uid:
             continue
-        if pid in _running_leaders:
-            continue
+        pid = int(entry.name)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
+
+
+def reap_adopted(uid: int) -> None:
+    """Reap the dead orphans of runs, running as ``uid``, without scanning the host:
+    enough once a run's cgroup has been killed, as nothing of it is left alive."""
+    seen: set[int] = set()
+    with _leaders_lock:
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid in seen:
+                return  # none, or the first is a child of the worker's own: leave it
+            seen.add(info.si_pid)
+            if info.si_uid != uid or info.si_pid in _running_leaders:
+                return
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(info.si_pid, 0)
 
 
 def kill_group(pgid: int) -> None:
