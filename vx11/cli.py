@@ -1,15 +1,21 @@
-"""The ``vx11`` command: run the stack and manage API tokens."""
+"""The ``vx11`` command: run the stack, manage API tokens, purge old records."""
 
 from __future__ import annotations
 
 import json
 import sys
+from datetime import timedelta
 
 import click
 import redis.exceptions
+import sqlalchemy.exc
 
+from vx11.api.fields import iso_z
+from vx11.audit import AuditLog
 from vx11.config import Settings
 from vx11.connections import make_redis
+from vx11.ledger import Ledger, utcnow
+from vx11.retention import purge_spawns
 from vx11.stack import StackError, StackOptions, run_stack
 from vx11.tokens import TokenStore
 
@@ -95,6 +101,45 @@ def token_revoke(token_id: str) -> None:
     if not _store().revoke(token_id):
         raise click.ClickException(f"no single token has id {token_id}")
     click.echo(f"revoked {token_id}")
+
+
+@main.command()
+@click.option(
+    "--older-than",
+    "days",
+    type=click.IntRange(min=0),
+    help="Age in days beyond which records go  [default: VX11_RETENTION_DAYS]",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def purge(days: int | None, dry_run: bool, as_json: bool) -> None:
+    """Delete terminal spawn records and audit entries older than the retention.
+
+    A queued or running spawn is kept whatever its age. Run it from cron: nothing
+    else deletes them."""
+    settings = Settings.from_env()
+    days = settings.retention_days if days is None else days
+    if days < 0:
+        raise click.ClickException(f"VX11_RETENTION_DAYS must not be negative, not {days}")
+    before = utcnow() - timedelta(days=days)
+    ledger = Ledger.from_url(settings.effective_database_url)
+    try:
+        ledger.create_schema()  # as the gateway does: an older database gains the audit table
+        spawn_count = purge_spawns(ledger.engine, before, dry_run=dry_run)
+        audit_count = AuditLog(ledger.engine).purge(before, dry_run=dry_run)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise click.ClickException(f"cannot purge the database: {exc}") from None
+    finally:
+        ledger.engine.dispose()
+    if as_json:
+        summary = {"older_than_days": days, "before": iso_z(before), "dry_run": dry_run}
+        click.echo(json.dumps({**summary, "spawns": spawn_count, "audit_entries": audit_count}))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(
+        f"{verb} {spawn_count} spawn records and {audit_count} audit entries "
+        f"from before {iso_z(before)} (older than {days} days)"
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from vx11.audit import AuditEvent, record_spawn_decision
 from vx11.errors import AlreadyFinished, IllegalTransition
 from vx11.events import END
 from vx11.services import Services
@@ -45,9 +46,14 @@ def wait_for_end(svc: Services, spawn_uuid: str, timeout: float) -> dict[str, An
 def cancel(svc: Services, ident: str) -> dict[str, Any]:
     """Cancel a spawn: a queued one ends CANCELLED at once and never starts; a running one
     is killed by its worker within a second (the answer waits for that, briefly).
-    Cancelling a cancelled spawn again is harmless; a finished one is 409."""
+    Cancelling a cancelled spawn again is harmless; a finished one is 409.
+
+    The decision is audited (``spawn_cancelled``) before it takes effect, so an entry
+    that cannot be written is a 503 and cancels nothing."""
     record = svc.ledger.get(ident)
     spawn_uuid = record["spawn_uuid"]
+    if not is_terminal(record):
+        record_spawn_decision(svc, AuditEvent.SPAWN_CANCELLED, record, reason="cancel_requested")
     if record["status"] == SpawnStatus.QUEUED:
         try:
             record = svc.ledger.transition(spawn_uuid, SpawnStatus.CANCELLED, reason="cancelled")

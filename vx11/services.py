@@ -9,6 +9,7 @@ from celery import Celery
 from flask import current_app
 from redis import Redis
 
+from vx11.audit import AuditLog, OpenWindows
 from vx11.config import Settings
 from vx11.connections import make_redis
 from vx11.dispatch import make_celery
@@ -28,6 +29,10 @@ class Services:
     tokens: TokenStore
     ledger: Ledger
     idempotency: IdempotencyKeys
+    audit: AuditLog
+    """The audit log, in the ledger's database."""
+    open_windows: OpenWindows
+    """The windows whose expiry the workers' sweeper will record."""
     celery: Celery
     """Publishes spawn jobs (no result backend)."""
     results: Celery
@@ -36,14 +41,17 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         redis = make_redis(settings)
+        ledger = Ledger.from_url(settings.effective_database_url)
         return cls(
             settings=settings,
             redis=redis,
             windows=WindowStore(redis),
             events=SpawnEvents(redis),
             tokens=TokenStore(redis, dev_token=None if settings.production else settings.dev_token),
-            ledger=Ledger.from_url(settings.effective_database_url),
+            ledger=ledger,
             idempotency=IdempotencyKeys(redis),
+            audit=AuditLog(ledger.engine),
+            open_windows=OpenWindows(redis),
             celery=make_celery(settings),
             results=make_celery(settings, results=True),
         )

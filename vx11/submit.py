@@ -2,7 +2,8 @@
 
 The record is written before the job is published, so a worker never meets a job
 without its record; if the publish fails, the record is ended ERROR at once, so none
-is ever left claiming QUEUED.
+is ever left claiming QUEUED. The decision is audited (:mod:`vx11.audit`) before the
+publish too, so no spawn runs without its ``spawn_accepted`` entry.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from vx11.audit import AuditEvent, record_spawn_decision
 from vx11.config import Settings
 from vx11.dispatch import publish_spawn
 from vx11.errors import ServiceUnavailable
@@ -49,24 +51,32 @@ def resolve_limits(request: dict[str, Any], settings: Settings) -> dict[str, int
 def submit_spawn(svc: Services, request: dict[str, Any]) -> dict[str, Any]:
     """Queue ``request`` (already validated) if the spawner window is open.
 
-    Returns the new record, or a :func:`refusal` when policy says no.
+    Returns the new record, or a :func:`refusal` when policy says no. Either decision
+    is audited; an audit entry that cannot be written is a 503 and queues nothing.
     """
     window = svc.windows.get(SPAWN_TARGET)
     if window is None:
-        return refusal(f"no open policy window for target {SPAWN_TARGET} (policy SOLO_MADRE)")
+        reason = f"no open policy window for target {SPAWN_TARGET} (policy SOLO_MADRE)"
+        record_spawn_decision(svc, AuditEvent.SPAWN_REFUSED, request, reason=reason)
+        return refusal(reason)
     limits = resolve_limits(request, svc.settings)
     fields = {name: value for name, value in request.items() if name not in limits}
     record = svc.ledger.add({**fields, "limits": limits, "window_id": window.window_id})
     try:
+        record_spawn_decision(svc, AuditEvent.SPAWN_ACCEPTED, record)
+    except Exception:
+        _end_unpublished(svc, record["spawn_uuid"], "audit_unavailable")
+        raise
+    try:
         publish_spawn(svc.celery, record, svc.settings)
     except ServiceUnavailable:
-        _end_unpublished(svc, record["spawn_uuid"])
+        _end_unpublished(svc, record["spawn_uuid"], "broker_unavailable")
         raise
     return record
 
 
-def _end_unpublished(svc: Services, spawn_uuid: str) -> None:
+def _end_unpublished(svc: Services, spawn_uuid: str, reason: str) -> None:
     try:
-        svc.ledger.transition(spawn_uuid, SpawnStatus.ERROR, reason="broker_unavailable")
+        svc.ledger.transition(spawn_uuid, SpawnStatus.ERROR, reason=reason)
     except Exception:  # the 503 is what the client must see; this is bookkeeping
         log.exception("could not mark unpublished spawn %s as ERROR", spawn_uuid)

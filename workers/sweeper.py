@@ -6,6 +6,9 @@ than ``LOST_AFTER`` seconds ago whose snapshot is gone, twice a few seconds apar
 lost its worker (killed, its host cut off) and is ended ERROR ``worker_lost``. The
 end is a compare-and-set in the ledger, so a spawn that finished meanwhile is left
 as it is, and the job is never run a second time.
+
+The same thread records the policy windows that ran out without a close
+(``window_expired``, :class:`vx11.audit.OpenWindows`), within a sweep of their end.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
+from vx11.audit import AuditLog, OpenWindows
 from vx11.errors import IllegalTransition
 from vx11.events import LIVE_TTL, SpawnEvents
 from vx11.ledger import Ledger, spawns, utcnow
@@ -59,8 +63,13 @@ def sweep(store: Ledger, events: SpawnEvents, stop: threading.Event) -> list[str
 
 
 def run_forever(store: Ledger, events: SpawnEvents, stop: threading.Event) -> None:
+    audit_log, open_windows = AuditLog(store.engine), OpenWindows(events.redis)
     while not stop.wait(SWEEP_EVERY):
         try:
             sweep(store, events, stop)
         except Exception:  # a down database or Redis: try again next round
             log.exception("sweeping lost spawns failed")
+        try:
+            open_windows.record_expired(audit_log)
+        except Exception:  # the same: an entry not written is kept for the next round
+            log.exception("recording expired windows failed")

@@ -12,6 +12,7 @@ from marshmallow import Schema, fields, validate
 from vx11.api.auth import require_token
 from vx11.api.body import load
 from vx11.api.fields import iso_z
+from vx11.audit import record_window_closed, record_window_opened
 from vx11.config import Settings
 from vx11.errors import NotFound
 from vx11.policy import Window
@@ -70,9 +71,14 @@ def window_view(target: str, window: Window | None) -> dict[str, Any]:
 
 @bp.post("/open")
 def open_window():
-    """Open (or replace) the window of a target for ``ttl_seconds``."""
-    args = load(request_schemas(services().settings)[0])
-    window = services().windows.open(args["target"], args["ttl_seconds"], args["reason"])
+    """Open (or replace) the window of a target for ``ttl_seconds``.
+
+    Audited (``window_opened``); if the audit entry cannot be written the answer is 503
+    ``database_unavailable`` although the window is open: opening again is harmless."""
+    svc = services()
+    args = load(request_schemas(svc.settings)[0])
+    window = svc.windows.open(args["target"], args["ttl_seconds"], args["reason"])
+    record_window_opened(svc, window)
     return window_view(window.target, window)
 
 
@@ -80,15 +86,21 @@ def open_window():
 def close_window():
     """Close a target's window; ``was_open`` says whether one was open. Spawns accepted
     under it and not yet started never start; with ``cancel_running: true`` the ones
-    running under it are cancelled too (``cancelled`` lists them)."""
+    running under it are cancelled too (``cancelled`` lists them).
+
+    Audited (``window_closed``, and ``spawn_cancelled`` for each cancel, written before
+    the cancels are asked for); if that cannot be written the answer is 503
+    ``database_unavailable``, the window closed and nothing cancelled: closing again
+    is harmless."""
     svc = services()
     args = load(request_schemas(svc.settings)[1])
     closed = svc.windows.close(args["target"])
     cancelled = []
     if closed is not None and args["cancel_running"]:
         cancelled = svc.ledger.running_under(closed.window_id)
-        for spawn_uuid in cancelled:
-            svc.events.request_cancel(spawn_uuid)
+    record_window_closed(svc, args["target"], closed, args["reason"], cancelled)
+    for spawn_uuid in cancelled:
+        svc.events.request_cancel(spawn_uuid)
     return {
         "target": args["target"],
         "closed": True,

@@ -1,0 +1,116 @@
+"""The audit log: ``GET /vx11/audit``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+
+from vx11.api.auth import require_token
+from vx11.api.body import load_query
+from vx11.api.fields import UTCDateTime
+from vx11.audit import AuditEvent, AuditFilter
+from vx11.services import services
+
+bp = Blueprint("audit", __name__, url_prefix="/vx11")
+bp.before_request(require_token)
+
+AUDIT_LIMIT = 200
+"""Most entries one audit page holds."""
+EVENTS = tuple(event.value for event in AuditEvent)
+SPAWN_IDENT = validate.Regexp(
+    r"^(spawn-[0-9a-f]{8}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$",
+    error="a spawn_id (spawn-xxxxxxxx) or a spawn_uuid",
+)
+
+
+def _in_utc_range(value: datetime) -> None:
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError("out of range once in UTC") from None
+
+
+def _timestamp() -> fields.AwareDateTime:
+    return fields.AwareDateTime(
+        format="iso",
+        default_timezone=UTC,
+        validate=_in_utc_range,
+        error_messages={
+            "invalid": "not an ISO 8601 timestamp (naive means UTC; write + as %2B)",
+        },
+    )
+
+
+class AuditQuery(Schema):
+    """The query string of ``GET /vx11/audit``; loads as the audit log's page arguments."""
+
+    event = fields.List(fields.String(validate=validate.OneOf(EVENTS)), load_default=list)
+    target = fields.String(validate=validate.Length(1, 255))
+    token_label = fields.String(validate=validate.Length(1, 1000))
+    spawn_id = fields.String(validate=SPAWN_IDENT)
+    since = _timestamp()
+    until = _timestamp()
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, AUDIT_LIMIT))
+    cursor = fields.String()
+
+    @validates_schema
+    def _since_before_until(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "since" in data and "until" in data and data["since"] >= data["until"]:
+            raise ValidationError("must be later than since", "until")
+
+    @post_load
+    def _page_arguments(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        spawn = data.get("spawn_id")
+        by_id = spawn is not None and spawn.startswith("spawn-")
+        audit_filter = AuditFilter(
+            events=tuple(dict.fromkeys(AuditEvent(value) for value in data["event"])),
+            target=data.get("target"),
+            token_label=data.get("token_label"),
+            spawn_id=spawn if by_id else None,
+            spawn_uuid=None if by_id else spawn,
+            since=data.get("since"),
+            until=data.get("until"),
+        )
+        return {"filters": audit_filter, "limit": data["limit"], "cursor": data.get("cursor")}
+
+
+class AuditEntrySchema(Schema):
+    id = fields.Integer()
+    at = UTCDateTime()
+    event = fields.String()
+    target = fields.String(allow_none=True)
+    window_id = fields.String(allow_none=True)
+    spawn_id = fields.String(allow_none=True)
+    spawn_uuid = fields.String(allow_none=True)
+    token_label = fields.String(allow_none=True)
+    remote_addr = fields.String(allow_none=True)
+    reason = fields.String(allow_none=True)
+    detail = fields.Dict(allow_none=True)
+
+
+AUDIT_QUERY = AuditQuery()
+ENTRY = AuditEntrySchema()
+
+
+@bp.get("/audit")
+def list_audit():
+    """The audit log, newest first: ``{"entries": [...], "next_cursor": str|null}``.
+
+    Each entry is one policy decision: ``event`` (``window_opened``, ``window_closed``,
+    ``window_expired``, ``spawn_accepted``, ``spawn_refused``, ``spawn_cancelled``),
+    ``at`` (ISO 8601 UTC), who (``token_label``) from where (``remote_addr``), what
+    (``target``, ``window_id``, ``spawn_id``, ``spawn_uuid``), ``reason`` and ``detail``.
+
+    Query: ``event`` (repeat it or separate with commas for several), ``target``,
+    ``token_label``, ``spawn_id`` (a spawn_id or a spawn_uuid), ``since`` (written at
+    or after) and ``until`` (written before), ISO 8601 with naive meaning UTC; ``limit``
+    1 to 200 (50); and ``cursor``, a page's ``next_cursor``, for the page after it.
+    Following cursors repeats and skips nothing while entries are written. A malformed
+    query is 422 naming the field; a cursor this server did not hand out is 400
+    ``bad_cursor``.
+    """
+    page = services().audit.page(**load_query(AUDIT_QUERY))
+    return {"entries": ENTRY.dump(page.entries, many=True), "next_cursor": page.next_cursor}
