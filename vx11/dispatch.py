@@ -3,13 +3,17 @@ worker code. Celery settings come from ``celeryconfig``, URLs from :class:`Setti
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from vx11.callbacks import CALLBACK_TASK
 from vx11.config import Settings
 from vx11.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
 
 SPAWN_TASK = "vx11.spawn"
 """The spawner task's name, as Flower and ``celery inspect`` show it."""
@@ -38,8 +42,11 @@ def make_celery(settings: Settings, *, results: bool = False) -> Celery:
     return celery
 
 
-def publish_spawn(celery: Celery, record: dict[str, Any], settings: Settings) -> None:
-    """Queue ``record`` for a worker. The Celery task id is the spawn's uuid."""
+def publish_spawn(
+    celery: Celery, record: dict[str, Any], settings: Settings, attempt: int = 1
+) -> None:
+    """Queue ``record`` for a worker, as its ``attempt``-th start (more than 1: a retry
+    after a lost worker). The Celery task id is the spawn's uuid."""
     ttl = record["ttl_seconds"]
     try:
         celery.send_task(
@@ -54,6 +61,7 @@ def publish_spawn(celery: Celery, record: dict[str, Any], settings: Settings) ->
                 "correlation_id": record["correlation_id"],
                 "limits": record["limits"],
                 "args": record["args"],
+                "attempt": attempt,
             },
             task_id=record["spawn_uuid"],
             queue=settings.spawn_queue,
@@ -62,3 +70,11 @@ def publish_spawn(celery: Celery, record: dict[str, Any], settings: Settings) ->
         )
     except OperationalError as exc:
         raise ServiceUnavailable("spawner_unavailable", f"cannot reach the broker: {exc}") from exc
+
+
+def publish_callback(celery: Celery, spawn_uuid: str) -> None:
+    """Queue the delivery of a finished spawn's record to its callback_url."""
+    try:
+        celery.send_task(CALLBACK_TASK, args=(spawn_uuid,))  # routed by celeryconfig
+    except OperationalError as exc:  # the spawn's own outcome is recorded already
+        log.error("spawn %s: could not queue its callback: %s", spawn_uuid, exc)

@@ -31,6 +31,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     insert,
     inspect,
     select,
@@ -205,8 +206,11 @@ class Ledger:
             raise NotFound(f"no spawn {ident}")
         return _complete(row)
 
-    def transition(self, spawn_uuid: str, target: SpawnStatus, **fields: Any) -> dict[str, Any]:
-        """Move a spawn to ``target``, setting ``fields``, if its current state allows it.
+    def transition(
+        self, spawn_uuid: str, target: SpawnStatus, *, attempt: int | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Move a spawn to ``target``, setting ``fields``, if its current state allows it
+        (and, with ``attempt``, if that is how many times it has started).
 
         A compare-and-set on the current state, so two processes racing on one spawn
         cannot both win; the loser gets :class:`~vx11.errors.IllegalTransition`.
@@ -215,12 +219,10 @@ class Ledger:
         values = {**fields, "status": target.value}
         if target.is_terminal:
             values.setdefault("finished_at", utcnow())
-        stmt = (
-            update(spawns)
-            .where(spawns.c.spawn_uuid == spawn_uuid, spawns.c.status.in_(sources))
-            .values(values)
-            .returning(*spawns.c)
-        )
+        conditions = [spawns.c.spawn_uuid == spawn_uuid, spawns.c.status.in_(sources)]
+        if attempt is not None:
+            conditions.append(func.coalesce(spawns.c.attempts, 0) == attempt)
+        stmt = update(spawns).where(*conditions).values(values).returning(*spawns.c)
         with self.engine.begin() as conn:
             row = conn.execute(stmt).mappings().first()
         if row is None:

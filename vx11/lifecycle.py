@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from vx11.audit import AuditEvent, record_spawn_decision
+from vx11.dispatch import publish_callback
 from vx11.errors import AlreadyFinished, IllegalTransition
 from vx11.events import END
 from vx11.services import Services
@@ -61,6 +62,8 @@ def cancel(svc: Services, ident: str) -> dict[str, Any]:
             record = svc.ledger.get(spawn_uuid)
         else:
             svc.events.finish(spawn_uuid, {"spawn_uuid": spawn_uuid, "status": "CANCELLED"})
+            if record.get("callback_url"):
+                publish_callback(svc.celery, spawn_uuid)
             return record
     if record["status"] == SpawnStatus.RUNNING:
         svc.events.request_cancel(spawn_uuid)

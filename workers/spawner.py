@@ -14,17 +14,14 @@ from typing import Any
 import redis.exceptions
 from celery import Task
 from celery.signals import worker_process_init
-from kombu.exceptions import OperationalError
 from redis import Redis
-from sqlalchemy import func
 
-from vx11.callbacks import CALLBACK_TASK
 from vx11.config import Settings
 from vx11.connections import make_redis
-from vx11.dispatch import SPAWN_TASK
+from vx11.dispatch import SPAWN_TASK, publish_callback
 from vx11.errors import IllegalTransition
 from vx11.events import SpawnEvents
-from vx11.ledger import Ledger, spawns, utcnow
+from vx11.ledger import Ledger, utcnow
 from vx11.policy import SPAWN_TARGET, WindowStore
 from vx11.states import SpawnStatus
 from workers import app
@@ -137,16 +134,8 @@ def finished(record: dict[str, Any]) -> dict[str, Any]:
     with _quietly("announce the end of", record["spawn_uuid"]):
         events().finish(record["spawn_uuid"], light)
     if record.get("callback_url"):
-        _queue_callback(record["spawn_uuid"])
+        publish_callback(app, record["spawn_uuid"])
     return result
-
-
-def _queue_callback(spawn_uuid: str) -> None:
-    """Queue the delivery of the spawn's record to its callback (workers.callbacks)."""
-    try:
-        app.send_task(CALLBACK_TASK, args=(spawn_uuid,))  # routed by celeryconfig
-    except OperationalError as exc:  # the spawn's own outcome is recorded already
-        log.error("spawn %s: could not queue its callback: %s", spawn_uuid, exc)
 
 
 def sandbox_config() -> SandboxConfig:
@@ -207,33 +196,23 @@ def spawn(
     correlation_id: str | None = None,
     limits: dict[str, int] | None = None,
     args: list[str] | None = None,
+    attempt: int = 1,
 ) -> dict[str, Any]:
-    """Run one spawn. A job whose record has already left QUEUED (a redelivery after a
-    lost worker, or a spawn ended meanwhile) is never run a second time, and one whose
-    policy window has closed since it was accepted never starts (SOLO_MADRE)."""
+    """Run one spawn, as its ``attempt``-th start. A job whose record has already left
+    QUEUED (a redelivery after a lost worker, or a spawn ended meanwhile) is never run a
+    second time, unless its worker was lost and it asked for retries; one whose policy
+    window has closed since it was accepted never starts (SOLO_MADRE)."""
     store, cfg = ledger(), settings()
     refusal = _policy_refusal(self, window_id)
     if refusal is not None:
         return _end_unstarted(store, spawn_uuid, *refusal)
     try:
-        claimed = store.transition(
-            spawn_uuid,
-            SpawnStatus.RUNNING,
-            started_at=utcnow(),
-            worker=self.request.hostname,
-            attempts=func.coalesce(spawns.c.attempts, 0) + 1,
-        )
-    except IllegalTransition as exc:
-        if not _retry_lost_run(store, spawn_uuid, exc):
-            return _not_run(store, spawn_uuid, exc)
-        claimed = store.transition(
-            spawn_uuid,
-            SpawnStatus.RUNNING,
-            started_at=utcnow(),
-            worker=self.request.hostname,
-            attempts=func.coalesce(spawns.c.attempts, 0) + 1,
-        )
-    log.debug("spawn %s attempt %s", spawn_uuid, claimed["attempts"])
+        _claim(store, spawn_uuid, attempt, self.request.hostname)
+    except IllegalTransition:
+        attempt = _after_lost_worker(store, spawn_uuid, attempt)
+        if attempt is None:
+            return summary(store.get(spawn_uuid))
+        _claim(store, spawn_uuid, attempt, self.request.hostname)
     log.debug("spawn %s running (correlation_id=%s)", spawn_uuid, correlation_id)
     with _quietly("announce the start of", spawn_uuid):
         events().append(spawn_uuid, "state", {"status": SpawnStatus.RUNNING.value})
@@ -302,27 +281,40 @@ def _end_unstarted(
     return finished(record)
 
 
-def _retry_lost_run(store: Ledger, spawn_uuid: str, exc: IllegalTransition) -> bool:
-    """A job delivered again while its record says RUNNING lost its worker. With retries
-    left (``max_retries``, only for such system failures, never for code that failed),
-    put the spawn back to QUEUED so this delivery runs it again; True if it did."""
-    if exc.current is not SpawnStatus.RUNNING:
-        return False
+def _claim(store: Ledger, spawn_uuid: str, attempt: int, worker: str) -> dict[str, Any]:
+    """QUEUED -> RUNNING as the ``attempt``-th start: a stale delivery of an earlier
+    attempt cannot claim it (IllegalTransition)."""
+    return store.transition(
+        spawn_uuid,
+        SpawnStatus.RUNNING,
+        attempt=attempt - 1,
+        attempts=attempt,
+        started_at=utcnow(),
+        worker=worker,
+    )
+
+
+def _after_lost_worker(store: Ledger, spawn_uuid: str, attempt: int) -> int | None:
+    """Called when this delivery could not claim the spawn. If its record is RUNNING as
+    this very attempt, the worker that ran it was lost (Celery handed the job back):
+    with retries left (``max_retries``: only for such system failures, never for code
+    that failed) the spawn goes back to QUEUED and the next attempt's number is
+    returned, to run now; without, it ends ERROR ``worker_lost``. Anything else (a
+    finished spawn, a stale delivery of an earlier attempt) is left as it is: None."""
     record = store.get(spawn_uuid)
-    if (record["attempts"] or 0) > (record["max_retries"] or 0):
-        return False
+    if record["status"] != SpawnStatus.RUNNING or (record["attempts"] or 0) != attempt:
+        log.warning("spawn %s not run: record is %s", spawn_uuid, record["status"])
+        return None
     try:
-        store.transition(spawn_uuid, SpawnStatus.QUEUED, reason="retry: worker_lost")
+        if attempt <= (record["max_retries"] or 0):
+            store.transition(
+                spawn_uuid, SpawnStatus.QUEUED, attempt=attempt, reason="retry: worker_lost"
+            )
+            log.warning("spawn %s lost its worker; starting attempt %s", spawn_uuid, attempt + 1)
+            return attempt + 1
+        finished(
+            store.transition(spawn_uuid, SpawnStatus.ERROR, attempt=attempt, reason="worker_lost")
+        )
     except IllegalTransition:
-        return False
-    log.warning("spawn %s lost its worker; running it again", spawn_uuid)
-    return True
-
-
-def _not_run(store: Ledger, spawn_uuid: str, exc: IllegalTransition) -> dict[str, Any]:
-    log.warning("spawn %s not run: record is %s", spawn_uuid, exc.current)
-    if exc.current is SpawnStatus.RUNNING:
-        # Delivered again while its record says RUNNING: the worker that ran it was
-        # lost. Running it again could execute the code twice; end it instead.
-        return finished(store.transition(spawn_uuid, SpawnStatus.ERROR, reason="worker_lost"))
-    return summary(store.get(spawn_uuid))
+        pass  # the sweeper got there first
+    return None

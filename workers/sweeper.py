@@ -20,10 +20,13 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from vx11.audit import AuditLog, OpenWindows
-from vx11.errors import IllegalTransition
+from vx11.dispatch import publish_callback, publish_spawn
+from vx11.errors import IllegalTransition, ServiceUnavailable
 from vx11.events import LIVE_TTL, SpawnEvents
 from vx11.ledger import Ledger, spawns, utcnow
 from vx11.states import SpawnStatus
+from workers import app
+from workers.spawner import settings
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +55,41 @@ def sweep(store: Ledger, events: SpawnEvents, stop: threading.Event) -> list[str
     still_lost = set(lost_candidates(store, events)) & set(candidates)
     ended = []
     for spawn_uuid in sorted(still_lost):
-        try:
-            store.transition(spawn_uuid, SpawnStatus.ERROR, reason="worker_lost")
-        except IllegalTransition:
-            continue
-        events.finish(spawn_uuid, {"spawn_uuid": spawn_uuid, "status": "ERROR"})
-        log.warning("spawn %s: its worker was lost; ended ERROR worker_lost", spawn_uuid)
-        ended.append(spawn_uuid)
+        if _retry_or_end(store, events, spawn_uuid):
+            ended.append(spawn_uuid)
     return ended
+
+
+def _retry_or_end(store: Ledger, events: SpawnEvents, spawn_uuid: str) -> bool:
+    """A lost spawn with retries left goes back to QUEUED with a new job for its next
+    attempt; otherwise it ends ERROR worker_lost. Both are compare-and-sets on the
+    attempt that was lost, so a redelivered job racing this changes nothing twice."""
+    record = store.get(spawn_uuid)
+    attempt = record["attempts"] or 0
+    try:
+        if attempt <= (record["max_retries"] or 0):
+            queued = store.transition(
+                spawn_uuid, SpawnStatus.QUEUED, attempt=attempt, reason="retry: worker_lost"
+            )
+            try:
+                publish_spawn(app, queued, settings(), attempt=attempt + 1)
+            except ServiceUnavailable:  # never leave it QUEUED without a job
+                store.transition(spawn_uuid, SpawnStatus.ERROR, reason="broker_unavailable")
+                events.finish(spawn_uuid, {"spawn_uuid": spawn_uuid, "status": "ERROR"})
+                return True
+            log.warning("spawn %s: its worker was lost; queued attempt %s", spawn_uuid,
+                        attempt + 1)  # fmt: skip
+            return True
+        ended = store.transition(
+            spawn_uuid, SpawnStatus.ERROR, attempt=attempt, reason="worker_lost"
+        )
+    except IllegalTransition:
+        return False
+    events.finish(spawn_uuid, {"spawn_uuid": spawn_uuid, "status": "ERROR"})
+    if ended.get("callback_url"):
+        publish_callback(app, spawn_uuid)
+    log.warning("spawn %s: its worker was lost; ended ERROR worker_lost", spawn_uuid)
+    return True
 
 
 def run_forever(store: Ledger, events: SpawnEvents, stop: threading.Event) -> None:

@@ -337,6 +337,7 @@ def test_a_spawn_without_limits_gets_the_servers_defaults_on_its_record_and_its_
             "correlation_id": None,
             "limits": defaults,
             "args": [],
+            "attempt": 1,
         }
     ]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint
@@ -10,7 +9,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 
 from vx11.api.auth import require_token
 from vx11.api.body import load_query
-from vx11.api.fields import UTCDateTime
+from vx11.api.fields import UTCDateTime, query_timestamp
 from vx11.audit import AuditEvent, AuditFilter
 from vx11.services import services
 
@@ -26,24 +25,6 @@ SPAWN_IDENT = validate.Regexp(
 )
 
 
-def _in_utc_range(value: datetime) -> None:
-    try:
-        value.astimezone(UTC)
-    except OverflowError:
-        raise ValidationError("out of range once in UTC") from None
-
-
-def _timestamp() -> fields.AwareDateTime:
-    return fields.AwareDateTime(
-        format="iso",
-        default_timezone=UTC,
-        validate=_in_utc_range,
-        error_messages={
-            "invalid": "not an ISO 8601 timestamp (naive means UTC; write + as %2B)",
-        },
-    )
-
-
 class AuditQuery(Schema):
     """The query string of ``GET /vx11/audit``; loads as the audit log's page arguments."""
 
@@ -51,8 +32,8 @@ class AuditQuery(Schema):
     target = fields.String(validate=validate.Length(1, 255))
     token_label = fields.String(validate=validate.Length(1, 1000))
     spawn_id = fields.String(validate=SPAWN_IDENT)
-    since = _timestamp()
-    until = _timestamp()
+    since = query_timestamp()
+    until = query_timestamp()
     limit = fields.Integer(load_default=50, validate=validate.Range(1, AUDIT_LIMIT))
     cursor = fields.String()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from marshmallow import fields
+from marshmallow import ValidationError, fields
 
 
 def iso_z(value: datetime | None) -> str | None:
@@ -21,3 +21,22 @@ class UTCDateTime(fields.Field):
 
     def _serialize(self, value, attr, obj, **kwargs):
         return iso_z(value)
+
+
+def _in_utc_range(value: datetime) -> None:
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError("out of range once in UTC") from None
+
+
+def query_timestamp() -> fields.AwareDateTime:
+    """A timestamp in a query string: ISO 8601, naive meaning UTC."""
+    return fields.AwareDateTime(
+        format="iso",
+        default_timezone=UTC,
+        validate=_in_utc_range,
+        error_messages={
+            "invalid": "not an ISO 8601 timestamp (naive means UTC; write + as %2B)",
+        },
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, g, request
@@ -13,7 +12,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 
 from vx11.api.auth import require_token
 from vx11.api.body import load, load_query
-from vx11.api.fields import UTCDateTime
+from vx11.api.fields import UTCDateTime, query_timestamp
 from vx11.callbacks import callback_url_validator
 from vx11.config import Settings
 from vx11.errors import ValidationFailed
@@ -278,32 +277,14 @@ HISTORY_LIMIT = 200
 STATUSES = tuple(status.value for status in SpawnStatus)
 
 
-def _in_utc_range(value: datetime) -> None:
-    try:
-        value.astimezone(UTC)
-    except OverflowError:
-        raise ValidationError("out of range once in UTC") from None
-
-
-def _timestamp() -> fields.AwareDateTime:
-    return fields.AwareDateTime(
-        format="iso",
-        default_timezone=UTC,
-        validate=_in_utc_range,
-        error_messages={
-            "invalid": "not an ISO 8601 timestamp (naive means UTC; write + as %2B)",
-        },
-    )
-
-
 class HistoryQuery(Schema):
     """The query string of ``GET /vx11/spawns``; loads as the ledger's page arguments."""
 
     status = fields.List(fields.String(validate=validate.OneOf(STATUSES)), load_default=list)
     task_type = fields.String(validate=validate.OneOf(TASK_TYPES))
     correlation_id = fields.String(validate=CORRELATION_ID)
-    since = _timestamp()
-    until = _timestamp()
+    since = query_timestamp()
+    until = query_timestamp()
     limit = fields.Integer(load_default=50, validate=validate.Range(1, HISTORY_LIMIT))
     cursor = fields.String()
 
