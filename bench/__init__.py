@@ -1,5 +1,7 @@
 """The VX11 benchmark (``scripts/bench``): accept throughput, end-to-end throughput and
-end-to-end latency of a private VX11, each against a baseline measured in the same run.
+end-to-end latency of a private VX11, and the bare sandbox's cost per run, each against
+a baseline measured in the same run.
 
-The figures and goals come from issue 2; docs/benchmarks.md says what each one means.
+The figures and goals come from issues 2 and 3; docs/benchmarks.md says what each one
+means.
 """

@@ -9,6 +9,7 @@ import os
 import statistics
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -153,15 +154,18 @@ def end_to_end_throughput(
     rate = spawns / elapsed
 
     records = [r for r in stack.records() if r["created_at"] >= wall_start]
-    done = sum(r["status"] == "DONE" for r in records)
-    held = statistics.mean((r["finished_at"] - r["started_at"]).total_seconds() for r in records)
-    sandbox = statistics.mean(r["duration_ms"] for r in records) / 1000
-    sandbox_cpu = statistics.mean(r["cpu_time_ms"] for r in records) / 1000
+    statuses = Counter(r["status"] for r in records)
+    # A spawn that ended without running (rejected, say) has no start or run time.
+    ran = [r for r in records if r["started_at"] and r["duration_ms"] is not None]
+    held = statistics.mean((r["finished_at"] - r["started_at"]).total_seconds() for r in ran)
+    sandbox = statistics.mean(r["duration_ms"] for r in ran) / 1000
+    sandbox_cpu = statistics.mean(r["cpu_time_ms"] or 0 for r in ran) / 1000
     slot = concurrency * elapsed / spawns
     total_cpu = sum(cpu.values()) + sandbox_cpu
     notes = [
         f"throughput: {spawns} spawns from {clients} client threads, all submitted after "
-        f"{submitted:.1f} s, all terminal after {elapsed:.1f} s ({done} DONE)",
+        f"{submitted:.1f} s, all terminal after {elapsed:.1f} s "
+        f"({', '.join(f'{n} {status}' for status, n in statuses.most_common())})",
         f"throughput: per spawn and worker slot: {_ms(slot)} of wall time; record RUNNING"
         f"->terminal {_ms(held)} (sandbox run {_ms(sandbox)}); outside that window "
         f"(delivery, result, events, ack, waiting for a core) {_ms(slot - held)}",

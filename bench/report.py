@@ -9,8 +9,9 @@ from dataclasses import dataclass
 class Figure:
     """One row: VX11's value, the baseline's, and how they compare.
 
-    ``kind`` is ``ratio`` (VX11 / baseline, goal is a minimum) or ``difference``
-    (VX11 - baseline, goal is a maximum). A figure without a goal is informative.
+    ``kind`` is ``ratio`` (VX11 / baseline, goal is a minimum), ``slowdown`` (VX11 /
+    baseline, goal is a maximum) or ``difference`` (VX11 - baseline, goal is a maximum).
+    A figure without a goal is informative.
     """
 
     name: str
@@ -22,7 +23,7 @@ class Figure:
 
     @property
     def compared(self) -> float:
-        if self.kind == "ratio":
+        if self.kind in ("ratio", "slowdown"):
             return self.vx11 / self.baseline if self.baseline else float("nan")
         return self.vx11 - self.baseline
 
@@ -32,12 +33,13 @@ class Figure:
             return None
         if self.kind == "ratio":
             return self.compared >= self.goal
-        return self.compared <= self.goal
+        return self.compared <= self.goal  # slowdown or difference: at most
 
     def cells(self) -> list[str]:
-        if self.kind == "ratio":
+        if self.kind in ("ratio", "slowdown"):
             compared = f"{self.compared:.2f}"
-            goal = f">= {self.goal:.2f}" if self.goal is not None else "-"
+            sign = ">=" if self.kind == "ratio" else "<="
+            goal = f"{sign} {self.goal:.2f}" if self.goal is not None else "-"
         else:
             compared = f"{self.compared:+.1f} {self.unit}"
             goal = f"<= {self.goal:g} {self.unit}" if self.goal is not None else "-"

@@ -13,13 +13,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.baseline import BareSandbox
+from bench.history import MIN_RECORDS, history_figures
 from bench.load import load_generator
 from bench.measure import accept_throughput, end_to_end_latency, end_to_end_throughput
 from bench.report import Figure, markdown_table, text_table
+from bench.sandbox_cost import sandbox_cost
 from bench.stack import BenchStack
 from vx11.stack import StackOptions
 
-FIGURES = ("accept", "throughput", "latency")
+FIGURES = ("accept", "throughput", "latency", "sandbox", "history")
+STACK_FIGURES = {"accept", "throughput", "latency"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,6 +48,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--clients", type=int, default=4, help="submitting threads for throughput (4)"
     )
     parser.add_argument(
+        "--sandbox-runs",
+        type=int,
+        default=200,
+        help="runs of each variant in the sandbox cost figure (200)",
+    )
+    parser.add_argument(
         "--load-generator",
         choices=("auto", "wrk", "python"),
         default="auto",
@@ -54,7 +63,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         action="append",
         choices=FIGURES,
-        help="measure only this figure (repeatable); all three by default",
+        help="measure only this figure (repeatable); all of them by default",
+    )
+    parser.add_argument(
+        "--history-records",
+        type=int,
+        default=100_000,
+        help=f"ledger records in the history figure (100000; at least {MIN_RECORDS})",
+    )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        default=os.environ.get("VX11_TEST_DATABASE_URL"),
+        help="also measure the history figure on this PostgreSQL, in a schema of its own "
+        "(default: $VX11_TEST_DATABASE_URL; SQLite only when unset)",
     )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument(
@@ -63,6 +85,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.spawns < 1 or args.samples < 2 or args.connections < 1 or args.clients < 1:
         parser.error("--spawns, --connections and --clients must be >= 1, --samples >= 2")
+    if args.sandbox_runs < 2:
+        parser.error("--sandbox-runs must be >= 2")
+    if args.history_records < MIN_RECORDS:
+        parser.error(f"--history-records must be >= {MIN_RECORDS}")
     return args
 
 
@@ -86,10 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        progress(f"starting redis-server and gunicorn in {root}")
-        stack.start_gateway()
-        stack.open_window()
-        bare = BareSandbox(stack.settings, ttl_seconds=30)
+        if "sandbox" in wanted:  # first, while no service of the stack runs
+            progress(f"sandbox cost: {args.sandbox_runs} runs of each variant, round-robin")
+            sandbox = sandbox_cost(stack.settings, args.sandbox_runs)
+        if wanted & STACK_FIGURES:
+            progress(f"starting redis-server and gunicorn in {root}")
+            stack.start_gateway()
+            stack.open_window()
+            bare = BareSandbox(stack.settings, ttl_seconds=30)
         if "accept" in wanted:
             generator = load_generator(args.load_generator, root)
             progress(f"accept throughput with {generator.name} (no worker consuming)")
@@ -109,6 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         if "latency" in wanted:
             progress(f"end-to-end latency: {args.samples} python spawns, interleaved with bare")
             measured = end_to_end_latency(stack, bare, args.samples)
+            figures += measured[0]
+            notes += measured[1]
+        if "sandbox" in wanted:  # measured first, shown last
+            figures += sandbox[0]
+            notes += sandbox[1]
+        if "history" in wanted:
+            where = "SQLite" + (" and PostgreSQL" if args.postgres else "")
+            progress(f"history: a filtered page at {args.history_records} records, {where}")
+            measured = history_figures(root, args.history_records, args.postgres)
             figures += measured[0]
             notes += measured[1]
     except KeyboardInterrupt:

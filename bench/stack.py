@@ -36,7 +36,11 @@ class BenchStack:
         self.redis_url = ""
         self.host = "127.0.0.1"
         self.port = 0
-        self.config: dict[str, str] = {}
+        self.config: dict[str, str] = {  # and redis_url, once redis-server runs
+            "data_dir": str(root / "data"),
+            "sandbox_root": str(root / "sandbox"),
+            "database_url": f"sqlite:///{self.ledger_path}",
+        }
 
     @property
     def base(self) -> str:
@@ -48,12 +52,7 @@ class BenchStack:
         self.processes["redis"] = redis_server
         redis_server.start()
         self.redis_url = redis_server.url
-        self.config = {
-            "redis_url": self.redis_url,
-            "data_dir": str(self.root / "data"),
-            "sandbox_root": str(self.root / "sandbox"),
-            "database_url": f"sqlite:///{self.ledger_path}",
-        }
+        self.config["redis_url"] = self.redis_url
         self.port = free_port()
         argv = gunicorn_argv(
             self.host, self.port, self.options.gunicorn_workers, self.options.gunicorn_threads
@@ -85,7 +84,8 @@ class BenchStack:
 
     @property
     def settings(self) -> Settings:
-        """The settings the gateway and the worker run with."""
+        """The settings the gateway and the worker run with (all but the Redis URL
+        before :meth:`start_gateway`)."""
         return Settings.from_env(environ={}, overrides=self.config)
 
     def open_window(self, ttl_seconds: int = 3600) -> None:

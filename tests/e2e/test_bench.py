@@ -15,7 +15,8 @@ pytestmark = pytest.mark.e2e
 def test_a_small_benchmark_run_prints_every_figure():
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--spawns", "20", "--samples", "5", "--duration", "2",
-         "--load-generator", "python", "--markdown"],
+         "--sandbox-runs", "5", "--history-records", "1000", "--load-generator", "python",
+         "--markdown"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -27,3 +28,15 @@ def test_a_small_benchmark_run_prints_every_figure():
         "end-to-end latency p50: python `print(1)`",
     ]
     assert "throughput: 20 spawns" in done.stdout and "(20 DONE)" in done.stdout
+    sandbox = [name for name in figures if name.startswith("sandbox cost: ")]
+    basic, bwrap = (
+        [f"sandbox cost: {level} shell `true` vs plain",
+         f"sandbox cost: {level} python print(1) vs plain"]
+        for level in ("basic", "bwrap")
+    )  # fmt: skip
+    if "the bwrap level is unusable here" in done.stdout:
+        assert sandbox == basic
+    else:
+        assert sandbox == bwrap + basic
+    assert "sandbox cost: 5 runs of each" in done.stdout
+    assert "history page 1 p50: status=DONE&task_type=shell, limit 50 (SQLite)" in figures
