@@ -22,10 +22,11 @@ result_accept_content = ["json"]
 # loses no queued job. Its danger is double execution on redelivery; the spawner
 # refuses to run a spawn whose record has already left QUEUED (see workers/spawner.py).
 task_acks_late = True
-# A pool process that dies mid-spawn (killed, out of memory) gives its job back instead
-# of acknowledging it; redelivered, the spawner sees the record RUNNING and ends it
-# ERROR worker_lost rather than running the code twice.
-task_reject_on_worker_lost = True
+# A pool process that dies mid-spawn (killed, out of memory) has its job acknowledged
+# as failed, not handed back: the workers' sweeper, which sees the run's heartbeat stop,
+# ends the spawn ERROR worker_lost or retries it (max_retries) - one judge, so a job
+# delivered twice can never be mistaken for a lost run.
+task_reject_on_worker_lost = False
 worker_prefetch_multiplier = 1
 task_track_started = True
 # Workers send task events (received, started, succeeded...) for Flower. The gateway

@@ -81,6 +81,15 @@ class Process:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def shut_down(self, timeout: float = 60.0) -> None:
+        """SIGTERM to the main process alone, as ``vx11 up`` and a container's init send it:
+        Celery's warm shutdown lets running tasks finish. (:meth:`stop` signals the whole
+        group, and a Celery pool process SIGTERMed itself dies mid-task.)"""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout)
+        self.stop()
+
 
 class RedisServer(Process):
     def __init__(self, port: int, data_dir: Path) -> None:
@@ -155,3 +164,39 @@ def wait_terminal(base: str, spawn_id: str, timeout: float = 60.0) -> dict[str, 
         return record if record["status"] not in ("QUEUED", "RUNNING") else None
 
     return wait_for(terminal, timeout=timeout, interval=0.1)
+
+
+def child_pids(pid: int) -> set[int]:
+    """The pids of ``pid``'s children (a gunicorn master's workers, say), from /proc."""
+    children: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            children.update(int(p) for p in (task / "children").read_text().split())
+    return children
+
+
+def connected_ports(pid: int) -> list[int]:
+    """The remote ports of ``pid``'s established IPv4 TCP connections: whom it talks to."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = []
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
+            ports.append(int(fields[2].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def broker_task_ids(broker_url: str, queue: str) -> list[str]:
+    """The Celery task ids of the jobs the Redis broker holds for ``queue``: waiting in its
+    lists (one per priority) or delivered and not yet acknowledged (kombu's ``unacked``)."""
+    with redis.Redis.from_url(broker_url) as client:
+        ids = []
+        for key in client.scan_iter(match=f"{queue}*", _type="list"):
+            ids += [json.loads(raw)["headers"]["id"] for raw in client.lrange(key, 0, -1)]
+        ids += [json.loads(raw)[0]["headers"]["id"] for raw in client.hvals("unacked")]
+    return ids

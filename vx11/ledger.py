@@ -76,6 +76,7 @@ spawns = Table(
     Column("cpu_time_ms", Integer),
     Column("peak_memory_kb", Integer),
     Column("sandbox", String(16)),  # the sandbox level it ran at: bwrap or basic
+    Column("published", Boolean),  # its job reached the broker (NULL: before VX11 knew)
     Column("max_retries", Integer),  # re-runs allowed after a lost worker (0..10)
     Column("attempts", Integer),  # times a worker has started it
     Column("callback_url", String(2048)),  # vetted by vx11.callbacks when accepted
@@ -173,6 +174,7 @@ class Ledger:
         for _ in range(_ID_ATTEMPTS):
             spawn_uuid = str(uuid.uuid4())
             row = {
+                "published": False,
                 "stdout_truncated": False,
                 "stderr_truncated": False,
                 **fields,
@@ -188,6 +190,13 @@ class Ledger:
                 continue
             return _complete(row)
         raise RuntimeError("could not draw a unique spawn_id")  # pragma: no cover
+
+    def mark_published(self, spawn_uuid: str) -> None:
+        """Its job has reached the broker: the sweeper need not publish it again."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(spawns).where(spawns.c.spawn_uuid == spawn_uuid).values(published=True)
+            )
 
     def running_under(self, window_id: str) -> list[str]:
         """The uuids of the spawns running under the policy window ``window_id``."""

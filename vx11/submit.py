@@ -1,9 +1,12 @@
 """Accepting a spawn: the policy check, the ledger record and the publish, in that order.
 
 The record is written before the job is published, so a worker never meets a job
-without its record; if the publish fails, the record is ended ERROR at once, so none
-is ever left claiming QUEUED. The decision is audited (:mod:`vx11.audit`) before the
-publish too, so no spawn runs without its ``spawn_accepted`` entry.
+without its record; if the publish fails, the record is ended ERROR at once. If the
+gateway dies between the two (its client got no answer), the record stays unpublished
+and the workers' sweeper ends it ERROR ``gateway_lost`` (:mod:`workers.sweeper`): none
+is left QUEUED without a job, and none runs that its client did not see accepted. The
+decision is audited (:mod:`vx11.audit`) before the publish too, so no spawn runs
+without its ``spawn_accepted`` entry.
 """
 
 from __future__ import annotations
@@ -71,6 +74,11 @@ def submit_spawn(svc: Services, request: dict[str, Any]) -> dict[str, Any]:
         publish_spawn(svc.celery, record, svc.settings)
     except ServiceUnavailable:
         _end_unpublished(svc, record["spawn_uuid"], "broker_unavailable")
+        raise
+    try:
+        svc.ledger.mark_published(record["spawn_uuid"])
+    except Exception:  # unrecorded, the sweeper would end it: say so, as a 503
+        _end_unpublished(svc, record["spawn_uuid"], "database_unavailable")
         raise
     return record
 

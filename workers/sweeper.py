@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 SWEEP_EVERY = 10.0
 LOST_AFTER = LIVE_TTL + 5
 RECHECK_AFTER = 3.0
+UNPUBLISHED_AFTER = 30.0
+"""Seconds after which a QUEUED spawn whose job was never recorded as published (its
+gateway died between the two writes) is ended by the sweeper."""
 
 
 def lost_candidates(store: Ledger, events: SpawnEvents) -> list[str]:
@@ -45,6 +48,32 @@ def lost_candidates(store: Ledger, events: SpawnEvents) -> list[str]:
         running = [row.spawn_uuid for row in conn.execute(query)]
     live = events.live(running)
     return [spawn_uuid for spawn_uuid in running if spawn_uuid not in live]
+
+
+def end_unpublished(store: Ledger, events: SpawnEvents) -> list[str]:
+    """End ERROR ``gateway_lost`` the QUEUED spawns whose gateway died before it could
+    record their job as published; their uuids. Their client never got an answer (the
+    gateway records the publish before it answers), so the spawn must not run: a job
+    that did reach the broker finds it ended and never starts, and the client's retry
+    (the same Idempotency-Key, once its pending mark lapses) makes a fresh spawn."""
+    created_before = utcnow() - timedelta(seconds=UNPUBLISHED_AFTER)
+    query = select(spawns.c.spawn_uuid).where(
+        spawns.c.status == SpawnStatus.QUEUED.value,
+        spawns.c.published.is_(False),
+        spawns.c.created_at < created_before,
+    )
+    with store.engine.connect() as conn:
+        stranded = [row.spawn_uuid for row in conn.execute(query)]
+    ended = []
+    for spawn_uuid in stranded:
+        try:
+            store.transition(spawn_uuid, SpawnStatus.ERROR, reason="gateway_lost")
+        except IllegalTransition:
+            continue  # a worker claimed it meanwhile: it was published after all
+        events.finish(spawn_uuid, {"spawn_uuid": spawn_uuid, "status": "ERROR"})
+        log.warning("spawn %s: its gateway died before publishing it; ended", spawn_uuid)
+        ended.append(spawn_uuid)
+    return ended
 
 
 def sweep(store: Ledger, events: SpawnEvents, stop: threading.Event) -> list[str]:
@@ -97,7 +126,8 @@ def run_forever(store: Ledger, events: SpawnEvents, stop: threading.Event) -> No
     while not stop.wait(SWEEP_EVERY):
         try:
             sweep(store, events, stop)
-        except Exception:  # a down database or Redis: try again next round
+            end_unpublished(store, events)
+        except Exception:  # a down database, Redis or broker: try again next round
             log.exception("sweeping lost spawns failed")
         try:
             open_windows.record_expired(audit_log)
