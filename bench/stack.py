@@ -79,8 +79,11 @@ class BenchStack:
 
     def cpu(self) -> dict[str, Cpu]:
         """CPU used so far by each service's process group, and by this process."""
-        groups = {name: p.proc.pid for name, p in self.processes.items() if p.alive()}
-        return snapshot(groups)
+        dead = [name for name, p in self.processes.items() if not p.alive()]
+        if dead:
+            logs = ", ".join(str(self.processes[name].log_path) for name in dead)
+            raise RuntimeError(f"{', '.join(dead)} exited during the benchmark; see {logs}")
+        return snapshot({name: p.proc.pid for name, p in self.processes.items()})
 
     @property
     def settings(self) -> Settings:
