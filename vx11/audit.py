@@ -17,8 +17,6 @@ again, closing again: both harmless) writes it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 from collections.abc import Mapping
@@ -47,7 +45,7 @@ from sqlalchemy import (
     union_all,
 )
 
-from vx11.errors import BadCursor
+from vx11 import cursor
 from vx11.ledger import metadata, spawns, utcnow
 from vx11.policy import SPAWN_TARGET, Window, key_for
 from vx11.retention import delete_in_batches
@@ -100,8 +98,6 @@ audit = Table(
     Index("ix_audit_spawn_uuid_at_id", "spawn_uuid", "at", "id"),
     Index("ix_audit_spawn_id_at_id", "spawn_id", "at", "id"),
 )
-
-_CURSOR_MAX = 120  # an encoded position is about 60 characters
 
 
 @dataclass(frozen=True)
@@ -170,25 +166,14 @@ class AuditPosition:
     id: int
 
     def encode(self) -> str:
-        stamp = self.at.astimezone(UTC).isoformat(timespec="microseconds")
-        raw = json.dumps([stamp, self.id], separators=(",", ":")).encode()
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        return cursor.encode(self.at, self.id)
 
     @classmethod
-    def decode(cls, cursor: str) -> AuditPosition:
-        """The position ``cursor`` encodes; :class:`~vx11.errors.BadCursor` if it is not
+    def decode(cls, text: str) -> AuditPosition:
+        """The position ``text`` encodes; :class:`~vx11.errors.BadCursor` if it is not
         one :meth:`encode` could have made."""
-        if len(cursor) > _CURSOR_MAX:
-            raise BadCursor()
-        try:
-            padded = cursor + "=" * (-len(cursor) % 4)
-            stamp, entry_id = json.loads(base64.b64decode(padded, b"-_", validate=True))
-            at = datetime.fromisoformat(stamp)
-            if at.tzinfo is None or type(entry_id) is not int or not 0 < entry_id < 2**63:
-                raise ValueError("not a position encode() makes")
-            return cls(at.astimezone(UTC), entry_id)
-        except (binascii.Error, ValueError, TypeError, AttributeError, OverflowError):
-            raise BadCursor() from None
+        at, entry_id = cursor.decode(text, lambda key: type(key) is int and 0 < key < 2**63)
+        return cls(at, entry_id)
 
 
 @dataclass(frozen=True)

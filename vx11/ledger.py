@@ -7,9 +7,6 @@ outlive Celery's result expiry and any restart.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -42,7 +39,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.schema import DDL, CreateColumn
 
-from vx11.errors import BadCursor, IllegalTransition, NotFound
+from vx11 import cursor
+from vx11.errors import IllegalTransition, NotFound
 from vx11.states import ALLOWED_SOURCES, SpawnStatus
 
 metadata = MetaData()
@@ -98,7 +96,6 @@ only cost writes."""
 HEAVY_FIELDS = ("code", "stdin", "stdout", "stderr")
 """Columns a history page leaves out: they can be large; ``get`` has them."""
 _SUMMARY_COLUMNS = [c for c in spawns.c if c.name not in HEAVY_FIELDS]
-_CURSOR_MAX = 200  # an encoded position is about 120 characters
 
 _ID_ATTEMPTS = 8
 _INSERT = insert(spawns)
@@ -326,26 +323,21 @@ class Position:
         return cls(_utc(record["created_at"]), record["spawn_uuid"])
 
     def encode(self) -> str:
-        stamp = self.created_at.astimezone(UTC).isoformat(timespec="microseconds")
-        raw = json.dumps([stamp, self.spawn_uuid], separators=(",", ":")).encode()
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        return cursor.encode(self.created_at, self.spawn_uuid)
 
     @classmethod
-    def decode(cls, cursor: str) -> Position:
-        """The position ``cursor`` encodes; :class:`~vx11.errors.BadCursor` if it is not
+    def decode(cls, text: str) -> Position:
+        """The position ``text`` encodes; :class:`~vx11.errors.BadCursor` if it is not
         one :meth:`encode` could have made."""
-        if len(cursor) > _CURSOR_MAX:
-            raise BadCursor()
-        try:
-            padded = cursor + "=" * (-len(cursor) % 4)
-            stamp, spawn_uuid = json.loads(base64.b64decode(padded, b"-_", validate=True))
-            created_at = datetime.fromisoformat(stamp)
-            canonical = str(uuid.UUID(spawn_uuid))
-            if created_at.tzinfo is None or canonical != spawn_uuid:
-                raise ValueError("not a position encode() makes")
-            return cls(created_at.astimezone(UTC), spawn_uuid)
-        except (binascii.Error, ValueError, TypeError, AttributeError, OverflowError):
-            raise BadCursor() from None
+        created_at, spawn_uuid = cursor.decode(text, _is_canonical_uuid)
+        return cls(created_at, spawn_uuid)
+
+
+def _is_canonical_uuid(value: Any) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except (ValueError, TypeError, AttributeError):
+        return False
 
 
 @dataclass(frozen=True)

@@ -5,18 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import Schema, fields, post_load, validate
 
 from vx11.api.auth import require_token
 from vx11.api.body import load_query
-from vx11.api.fields import UTCDateTime, query_timestamp
+from vx11.api.fields import PageQuery, UTCDateTime
 from vx11.audit import AuditEvent, AuditFilter
 from vx11.services import services
 
 bp = Blueprint("audit", __name__, url_prefix="/vx11")
 bp.before_request(require_token)
 
-AUDIT_LIMIT = 200
 """Most entries one audit page holds."""
 EVENTS = tuple(event.value for event in AuditEvent)
 SPAWN_IDENT = validate.Regexp(
@@ -25,22 +24,13 @@ SPAWN_IDENT = validate.Regexp(
 )
 
 
-class AuditQuery(Schema):
+class AuditQuery(PageQuery):
     """The query string of ``GET /vx11/audit``; loads as the audit log's page arguments."""
 
     event = fields.List(fields.String(validate=validate.OneOf(EVENTS)), load_default=list)
     target = fields.String(validate=validate.Length(1, 255))
     token_label = fields.String(validate=validate.Length(1, 1000))
     spawn_id = fields.String(validate=SPAWN_IDENT)
-    since = query_timestamp()
-    until = query_timestamp()
-    limit = fields.Integer(load_default=50, validate=validate.Range(1, AUDIT_LIMIT))
-    cursor = fields.String()
-
-    @validates_schema
-    def _since_before_until(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if "since" in data and "until" in data and data["since"] >= data["until"]:
-            raise ValidationError("must be later than since", "until")
 
     @post_load
     def _page_arguments(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from marshmallow import ValidationError, fields
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 
 def iso_z(value: datetime | None) -> str | None:
@@ -40,3 +41,22 @@ def query_timestamp() -> fields.AwareDateTime:
             "invalid": "not an ISO 8601 timestamp (naive means UTC; write + as %2B)",
         },
     )
+
+
+PAGE_LIMIT = 200
+"""Most rows one history or audit page returns."""
+
+
+class PageQuery(Schema):
+    """What every paged listing's query string shares: a time range, a page size and
+    the cursor of the previous page."""
+
+    since = query_timestamp()
+    until = query_timestamp()
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, PAGE_LIMIT))
+    cursor = fields.String()
+
+    @validates_schema
+    def _since_before_until(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "since" in data and "until" in data and data["since"] >= data["until"]:
+            raise ValidationError("must be later than since", "until")

@@ -8,11 +8,11 @@ import json
 from typing import Any
 
 from flask import Blueprint, g, request
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from vx11.api.auth import require_token
 from vx11.api.body import load, load_query
-from vx11.api.fields import UTCDateTime, query_timestamp
+from vx11.api.fields import PageQuery, UTCDateTime
 from vx11.callbacks import callback_url_validator
 from vx11.config import Settings
 from vx11.errors import ValidationFailed
@@ -272,26 +272,16 @@ def accept_once(svc: Services, spawn_request: dict[str, Any], key: str):
 
 # --- history -----------------------------------------------------------------------------
 
-HISTORY_LIMIT = 200
 """Most records one history page holds."""
 STATUSES = tuple(status.value for status in SpawnStatus)
 
 
-class HistoryQuery(Schema):
+class HistoryQuery(PageQuery):
     """The query string of ``GET /vx11/spawns``; loads as the ledger's page arguments."""
 
     status = fields.List(fields.String(validate=validate.OneOf(STATUSES)), load_default=list)
     task_type = fields.String(validate=validate.OneOf(TASK_TYPES))
     correlation_id = fields.String(validate=CORRELATION_ID)
-    since = query_timestamp()
-    until = query_timestamp()
-    limit = fields.Integer(load_default=50, validate=validate.Range(1, HISTORY_LIMIT))
-    cursor = fields.String()
-
-    @validates_schema
-    def _since_before_until(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if "since" in data and "until" in data and data["since"] >= data["until"]:
-            raise ValidationError("must be later than since", "until")
 
     @post_load
     def _page_arguments(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
