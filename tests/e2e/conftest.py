@@ -58,7 +58,9 @@ def stack(tmp_path_factory) -> Stack:
     }
     worker = start_worker(config, root)
     gateway, base = start_gateway(config, root)
-    yield Stack(base, config, redis, broker, gateway, worker, root)
-    for process in (gateway, worker, broker, redis):
+    stack = Stack(base, config, redis, broker, gateway, worker, root)
+    yield stack
+    # Tests replace the worker (restarts, kills): stop whichever runs now, too.
+    for process in (stack.gateway, stack.worker, gateway, worker, broker, redis):
         process.stop()
     shutil.rmtree(sandbox_root, ignore_errors=True)
