@@ -31,6 +31,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
+    Connection,
     DateTime,
     Engine,
     Index,
@@ -190,15 +191,18 @@ class AuditLog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def record(self, *entries: AuditEntry) -> list[dict[str, Any]]:
-        """Write ``entries`` in one transaction, all stamped with the same ``at``."""
+    def record(self, *entries: AuditEntry, conn: Connection | None = None) -> list[dict[str, Any]]:
+        """Write ``entries`` in one transaction, all stamped with the same ``at``: their
+        own, or ``conn``'s (to stand or fall with another write)."""
+        if conn is None:
+            with self.engine.begin() as own:
+                return self.record(*entries, conn=own)
         at = utcnow()
-        rows = [{**asdict(entry), "event": AuditEvent(entry.event).value} for entry in entries]
         written = []
-        with self.engine.begin() as conn:
-            for row in rows:
-                result = conn.execute(insert(audit), {**row, "at": at})
-                written.append({"id": result.inserted_primary_key[0], "at": at, **row})
+        for entry in entries:
+            row = {**asdict(entry), "event": AuditEvent(entry.event).value}
+            result = conn.execute(insert(audit), {**row, "at": at})
+            written.append({"id": result.inserted_primary_key[0], "at": at, **row})
         return written
 
     def page(
@@ -321,7 +325,12 @@ def record_window_closed(
 
 
 def record_spawn_decision(
-    svc: Services, event: AuditEvent, spawn: Mapping[str, Any], *, reason: str | None = None
+    svc: Services,
+    event: AuditEvent,
+    spawn: Mapping[str, Any],
+    *,
+    reason: str | None = None,
+    conn: Connection | None = None,
 ) -> None:
     """Record ``event`` about ``spawn``: its record, or for a refusal the request. A
     refusal's detail has the refusal's ``error``; a cancel's, the state it was in."""
@@ -340,7 +349,8 @@ def record_spawn_decision(
             reason=reason,
             detail={name: value for name, value in detail.items() if value is not None},
             **request_origin(),
-        )
+        ),
+        conn=conn,
     )
 
 

@@ -8,7 +8,7 @@ outlive Celery's result expiry and any restart.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +17,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Connection,
     DateTime,
     Engine,
     Index,
@@ -165,9 +166,15 @@ class Ledger:
         with self.engine.connect() as conn:
             conn.execute(select(1))
 
-    def add(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+    def add(
+        self,
+        fields: Mapping[str, Any],
+        also: Callable[[Connection, dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         """Record a new QUEUED spawn. Its uuid is fresh and its short ``spawn_id`` (the
-        uuid's first 8 hex digits) unique: a rare clash draws a new uuid."""
+        uuid's first 8 hex digits) unique: a rare clash draws a new uuid. ``also(conn,
+        record)`` writes what must stand or fall with it (its audit entry) in the same
+        transaction."""
         for _ in range(_ID_ATTEMPTS):
             spawn_uuid = str(uuid.uuid4())
             row = {
@@ -183,6 +190,8 @@ class Ledger:
             try:
                 with self.engine.begin() as conn:
                     conn.execute(_INSERT, row)  # parameters, not .values(): cached compile
+                    if also is not None:
+                        also(conn, _complete(row))
             except IntegrityError:
                 continue
             return _complete(row)

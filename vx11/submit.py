@@ -64,12 +64,12 @@ def submit_spawn(svc: Services, request: dict[str, Any]) -> dict[str, Any]:
         return refusal(reason)
     limits = resolve_limits(request, svc.settings)
     fields = {name: value for name, value in request.items() if name not in limits}
-    record = svc.ledger.add({**fields, "limits": limits, "window_id": window.window_id})
-    try:
-        record_spawn_decision(svc, AuditEvent.SPAWN_ACCEPTED, record)
-    except Exception:
-        _end_unpublished(svc, record["spawn_uuid"], "audit_unavailable")
-        raise
+    record = svc.ledger.add(
+        {**fields, "limits": limits, "window_id": window.window_id},
+        also=lambda conn, new: record_spawn_decision(
+            svc, AuditEvent.SPAWN_ACCEPTED, new, conn=conn
+        ),
+    )
     try:
         publish_spawn(svc.celery, record, svc.settings)
     except ServiceUnavailable:
