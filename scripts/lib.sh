@@ -5,26 +5,22 @@ VENV=.venv
 
 # ensure_system_packages PROGRAM[:PACKAGE]...: install the Debian package of each
 # missing program (as root with apt-get), or say how and stop.
-ensure_system_packages() {
-  local missing
-  missing=$(missing_packages "$@")
-  [ -z "$missing" ] && return 0
-  if can_apt; then
-    apt_install $missing
-  else
-    echo "error: install the Debian package(s) $missing (apt-get install $missing)" >&2
-    exit 1
-  fi
-}
+ensure_system_packages() { install_packages error "$@"; }
 
 # want_system_packages PROGRAM[:PACKAGE]...: the same where it can install them, else a
 # notice (VX11 works without them, at a weaker level).
-want_system_packages() {
-  local missing
+want_system_packages() { install_packages notice "$@"; }
+
+install_packages() {
+  local level=$1 missing
+  shift
   missing=$(missing_packages "$@")
   [ -z "$missing" ] && return 0
   if can_apt; then
     apt_install $missing
+  elif [ "$level" = error ]; then
+    echo "error: install the Debian package(s) $missing (apt-get install $missing)" >&2
+    exit 1
   else
     echo "notice: $missing not installed; without it the sandbox runs at its basic level" >&2
   fi
