@@ -16,11 +16,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from vx11.stack import gunicorn_argv, redis_server_argv, worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("VX11_TEST_DATABASE_URL")
+DATABASES = [
+    "sqlite",
+    pytest.param(
+        "postgresql",
+        marks=pytest.mark.skipif(
+            not PG_URL, reason="PostgreSQL not configured: set VX11_TEST_DATABASE_URL"
+        ),
+    ),
+]
+"""Parameters of a fixture that runs its tests on SQLite, and on PostgreSQL when it is
+configured (``.ci/run`` configures it)."""
 TOKEN = {"X-VX11-Token": "vx11-test-token"}
 
 

@@ -21,7 +21,7 @@ import sqlalchemy.exc
 from click.testing import CliRunner
 from sqlalchemy import create_engine, func, insert, inspect, select, text, update
 
-from tests.support import free_port, wait_for
+from tests.support import DATABASES, PG_URL, free_port, wait_for
 from vx11.audit import (
     OPEN_WINDOWS_KEY,
     AuditEntry,
@@ -38,22 +38,11 @@ from vx11.states import SpawnStatus
 from vx11.tokens import TokenStore
 from workers import sweeper
 
-PG_URL = os.environ.get("VX11_TEST_DATABASE_URL")
 SPAWN = {"task_type": "python", "code": "print(1)", "ttl_seconds": 30}
 CLIENT_ADDR = "203.0.113.7"
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgresql",
-            marks=pytest.mark.skipif(
-                not PG_URL, reason="PostgreSQL not configured: set VX11_TEST_DATABASE_URL"
-            ),
-        ),
-    ]
-)
+@pytest.fixture(params=DATABASES)
 def database_url(request, tmp_path):
     """An empty database: a SQLite file, or a PostgreSQL schema of its own (its URL
     puts the schema first on the search path)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
 import re
 import threading
 import uuid
@@ -12,24 +11,13 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import Column, Index, MetaData, Table, inspect, text
 
+from tests.support import DATABASES, PG_URL
 from vx11.errors import BadCursor, IllegalTransition, NotFound
 from vx11.ledger import SUPERSEDED_INDEXES, Ledger, Position, SpawnFilter, page_query, spawns
 from vx11.states import SpawnStatus
 
-PG_URL = os.environ.get("VX11_TEST_DATABASE_URL")
 
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgresql",
-            marks=pytest.mark.skipif(
-                not PG_URL, reason="PostgreSQL not configured: set VX11_TEST_DATABASE_URL"
-            ),
-        ),
-    ]
-)
+@pytest.fixture(params=DATABASES)
 def empty_ledger(request, tmp_path):
     """A ledger on an empty database, its schema not yet created."""
     if request.param == "sqlite":
