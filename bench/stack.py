@@ -81,8 +81,12 @@ class BenchStack:
         """CPU used so far by each service's process group, and by this process."""
         dead = [name for name, p in self.processes.items() if not p.alive()]
         if dead:
-            logs = ", ".join(str(self.processes[name].log_path) for name in dead)
-            raise RuntimeError(f"{', '.join(dead)} exited during the benchmark; see {logs}")
+            tails = "\n".join(
+                f"--- {name} log, last lines:\n"
+                + "\n".join(self.processes[name].log().splitlines()[-30:])
+                for name in dead
+            )
+            raise RuntimeError(f"{', '.join(dead)} exited during the benchmark\n{tails}")
         return snapshot({name: p.proc.pid for name, p in self.processes.items()})
 
     @property

@@ -7,6 +7,8 @@ outlive Celery's result expiry and any restart.
 
 from __future__ import annotations
 
+import random
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -99,6 +101,7 @@ HEAVY_FIELDS = ("code", "stdin", "stdout", "stderr")
 _SUMMARY_COLUMNS = [c for c in spawns.c if c.name not in HEAVY_FIELDS]
 
 _ID_ATTEMPTS = 8
+_SCHEMA_ATTEMPTS = 10
 _INSERT = insert(spawns)
 
 
@@ -136,12 +139,17 @@ class Ledger:
 
     def create_schema(self) -> None:
         """Create the tables if missing, and add the columns a ledger made by an older
-        VX11 lacks. Several processes may race here at start-up: the loser of a race
-        sees the work done on its second look."""
-        try:
-            self._create_or_upgrade()
-        except (OperationalError, ProgrammingError, IntegrityError):
-            self._create_or_upgrade()
+        VX11 lacks. Several processes (gunicorn's and Celery's) race here at start-up,
+        and each table or index is a separate check-then-create: a loser tries again,
+        after a short random pause, and finds the work done."""
+        for attempt in range(_SCHEMA_ATTEMPTS):
+            try:
+                self._create_or_upgrade()
+                return
+            except (OperationalError, ProgrammingError, IntegrityError):
+                if attempt == _SCHEMA_ATTEMPTS - 1:
+                    raise
+                time.sleep(random.uniform(0.05, 0.3))
 
     def _create_or_upgrade(self) -> None:
         metadata.create_all(self.engine)

@@ -500,8 +500,10 @@ def test_a_gateway_worker_killed_mid_request_costs_clients_a_connection_never_a_
 
     replacements = gateway_workers(stack, without=[victim]) - workers
     assert len(replacements) == 1, "gunicorn's master did not replace the killed worker"
+    # Whether a request was in flight in the killed worker is chance (the next test
+    # places the kill on purpose and asserts the client sees the failure); what must
+    # hold either way is checked below: every answer and every record is sound.
     cut = Counter(answer.error for answer in answers.values() if answer.error)
-    assert cut, "no request was cut: the kill did not land mid-batch"
     rows = check_killed_batch(stack, cid, answers)
     queued = sum(answer.queued for answer in answers.values())
     show(
