@@ -73,6 +73,10 @@ class AuditEvent(StrEnum):
     SPAWN_CANCELLED = "spawn_cancelled"
     """A cancel of a queued or running spawn was decided (by request, or by a window
     closed with ``cancel_running``)."""
+    TOKEN_CREATED = "token_created"
+    """An API token was created; ``detail`` has its id, label, scopes and expiry."""
+    TOKEN_REVOKED = "token_revoked"
+    """An API token was revoked; ``detail.token_id`` says which."""
 
 
 audit = Table(
@@ -124,7 +128,8 @@ def request_origin() -> dict[str, str | None]:
     :class:`AuditEntry` fields; both None outside a request (CLI, worker)."""
     if not has_request_context():
         return {"token_label": None, "remote_addr": None}
-    return {"token_label": g.get("token_label"), "remote_addr": request.remote_addr}
+    token = g.get("token")
+    return {"token_label": token and token.label, "remote_addr": request.remote_addr}
 
 
 @dataclass(frozen=True)
@@ -281,6 +286,12 @@ def record_window_opened(svc: Services, window: Window) -> None:
             **origin,
         )
     )
+
+
+def record_token_event(svc: Services, event: AuditEvent, detail: Mapping[str, Any]) -> None:
+    """Record a token's creation or revocation over the API (``detail`` never holds
+    the token itself)."""
+    svc.audit.record(AuditEntry(event, detail=dict(detail), **request_origin()))
 
 
 def record_window_closed(

@@ -38,10 +38,16 @@ class AuthRequired(VX11Error):
     status, code, message = 401, "auth_required", "X-VX11-Token header required"
 
 
-class Forbidden(VX11Error):
-    """Raised when the token is unknown, revoked or not allowed here."""
+class InvalidToken(VX11Error):
+    """Raised when the token is unknown, revoked or expired."""
 
-    status, code, message = 403, "forbidden", "token not accepted"
+    status, code, message = 401, "invalid_token", "token unknown, revoked or expired"
+
+
+class InsufficientScope(VX11Error):
+    """Raised when a valid token lacks the scope an endpoint requires (``required``)."""
+
+    status, code, message = 403, "insufficient_scope", "this token lacks the scope required"
 
 
 class NotFound(VX11Error):

@@ -82,12 +82,16 @@ spawns = Table(
     Column("attempts", Integer),  # times a worker has started it
     Column("callback_url", String(2048)),  # vetted by vx11.callbacks when accepted
     Column("callbacks", JSON),  # list of delivery attempts to callback_url, oldest first
+    Column("owner", String(64)),  # token_id of the token that submitted it (NULL: before)
     # History pages walk one of these backwards, newest first, from a keyset position
     # (created_at, spawn_uuid): each filter that pins one column has its own index.
     Index("ix_spawns_created_at_uuid", "created_at", "spawn_uuid"),
     Index("ix_spawns_status_created_at_uuid", "status", "created_at", "spawn_uuid"),
     Index("ix_spawns_task_type_created_at_uuid", "task_type", "created_at", "spawn_uuid"),
     Index("ix_spawns_correlation_id_created_at_uuid", "correlation_id", "created_at", "spawn_uuid"),
+    # A token's own history, and its count of active spawns (its quota).
+    Index("ix_spawns_owner_created_at_uuid", "owner", "created_at", "spawn_uuid"),
+    Index("ix_spawns_owner_status_created_at_uuid", "owner", "status", "created_at", "spawn_uuid"),
 )
 
 SUPERSEDED_INDEXES = frozenset(
@@ -220,14 +224,26 @@ class Ledger:
         with self.engine.connect() as conn:
             return [row.spawn_uuid for row in conn.execute(query)]
 
-    def get(self, ident: str) -> dict[str, Any]:
-        """The record whose ``spawn_id`` or ``spawn_uuid`` is ``ident``."""
+    def get(self, ident: str, *, owner: str | None = None) -> dict[str, Any]:
+        """The record whose ``spawn_id`` or ``spawn_uuid`` is ``ident``; with ``owner``,
+        only if that token submitted it (another's is "not found", so ids cannot be
+        probed)."""
         column = spawns.c.spawn_id if ident.startswith("spawn-") else spawns.c.spawn_uuid
+        query = select(spawns).where(column == ident)
+        if owner is not None:
+            query = query.where(spawns.c.owner == owner)
         with self.engine.connect() as conn:
-            row = conn.execute(select(spawns).where(column == ident)).mappings().first()
+            row = conn.execute(query).mappings().first()
         if row is None:
             raise NotFound(f"no spawn {ident}")
         return _complete(row)
+
+    def count_active(self, owner: str) -> int:
+        """How many of ``owner``'s spawns are QUEUED or RUNNING."""
+        active = [SpawnStatus.QUEUED.value, SpawnStatus.RUNNING.value]
+        query = select(func.count()).where(spawns.c.owner == owner, spawns.c.status.in_(active))
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar_one()
 
     def transition(
         self, spawn_uuid: str, target: SpawnStatus, *, attempt: int | None = None, **fields: Any
@@ -300,6 +316,8 @@ class SpawnFilter:
     """What a history page selects; every criterion left empty selects all."""
 
     statuses: tuple[SpawnStatus, ...] = ()
+    owner: str | None = None
+    """Only the spawns this token (its ``token_id``) submitted."""
     task_type: str | None = None
     correlation_id: str | None = None
     since: datetime | None = None
@@ -313,6 +331,8 @@ class SpawnFilter:
             stmt = stmt.where(spawns.c.status == self.statuses[0].value)
         elif self.statuses:  # page_query merges one walk per status instead
             stmt = stmt.where(spawns.c.status.in_([s.value for s in self.statuses]))
+        if self.owner is not None:
+            stmt = stmt.where(spawns.c.owner == self.owner)
         if self.task_type is not None:
             stmt = stmt.where(spawns.c.task_type == self.task_type)
         if self.correlation_id is not None:

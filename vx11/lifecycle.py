@@ -44,14 +44,15 @@ def wait_for_end(svc: Services, spawn_uuid: str, timeout: float) -> dict[str, An
                 return svc.ledger.get(spawn_uuid)
 
 
-def cancel(svc: Services, ident: str) -> dict[str, Any]:
+def cancel(svc: Services, ident: str, *, owner: str | None = None) -> dict[str, Any]:
     """Cancel a spawn: a queued one ends CANCELLED at once and never starts; a running one
     is killed by its worker within a second (the answer waits for that, briefly).
     Cancelling a cancelled spawn again is harmless; a finished one is 409.
 
     The decision is audited (``spawn_cancelled``) before it takes effect, so an entry
-    that cannot be written is a 503 and cancels nothing."""
-    record = svc.ledger.get(ident)
+    that cannot be written is a 503 and cancels nothing. With ``owner``, only that
+    token's spawn (another's is 404)."""
+    record = svc.ledger.get(ident, owner=owner)
     spawn_uuid = record["spawn_uuid"]
     if not is_terminal(record):
         record_spawn_decision(svc, AuditEvent.SPAWN_CANCELLED, record, reason="cancel_requested")

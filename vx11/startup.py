@@ -35,5 +35,5 @@ def check_production_tokens(svc: Services) -> None:
     if count == 0:
         raise StartupRefused(
             "production mode: no API token exists and the development token is refused; "
-            "create one with `vx11 token create --label <who>`"
+            "create one with `vx11 token create --local --label <who> --scope admin`"
         )

@@ -21,6 +21,7 @@ from vx11.errors import ServiceUnavailable
 from vx11.policy import SPAWN_TARGET
 from vx11.services import Services
 from vx11.states import SpawnStatus
+from vx11.tokens import TokenInfo
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,9 @@ def resolve_limits(request: dict[str, Any], settings: Settings) -> dict[str, int
     return {name: request.get(name, default) for name, default in defaults.items()}
 
 
-def submit_spawn(svc: Services, request: dict[str, Any]) -> dict[str, Any]:
-    """Queue ``request`` (already validated) if the spawner window is open.
+def submit_spawn(svc: Services, request: dict[str, Any], token: TokenInfo) -> dict[str, Any]:
+    """Queue ``request`` (already validated), as ``token``'s, if the spawner window is
+    open.
 
     Returns the new record, or a :func:`refusal` when policy says no. Either decision
     is audited; an audit entry that cannot be written is a 503 and queues nothing.
@@ -65,7 +67,7 @@ def submit_spawn(svc: Services, request: dict[str, Any]) -> dict[str, Any]:
     limits = resolve_limits(request, svc.settings)
     fields = {name: value for name, value in request.items() if name not in limits}
     record = svc.ledger.add(
-        {**fields, "limits": limits, "window_id": window.window_id},
+        {**fields, "limits": limits, "window_id": window.window_id, "owner": token.token_id},
         also=lambda conn, new: record_spawn_decision(
             svc, AuditEvent.SPAWN_ACCEPTED, new, conn=conn
         ),

@@ -698,7 +698,7 @@ def test_compose_commands_run_a_working_vx11_and_pass_their_healthchecks(
     from vx11.tokens import TokenStore
 
     gateway_port, flower_port = free_port(), free_port()
-    token, _ = TokenStore(redis.Redis.from_url(redis_url)).create("compose-test")
+    token, _ = TokenStore(redis.Redis.from_url(redis_url)).create("compose-test", ["admin", "window", "spawn"])
     ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
     envs = {
         name: local_env(
@@ -746,7 +746,7 @@ def test_compose_commands_run_a_working_vx11_and_pass_their_healthchecks(
 
         base = f"http://127.0.0.1:{gateway_port}"
         dev = {"X-VX11-Token": "vx11-test-token"}
-        assert http(f"{base}/vx11/status", dev)[0] == 403, "production refuses the test token"
+        assert http(f"{base}/vx11/status", dev)[0] == 401, "production refuses the test token"
         auth = {"X-VX11-Token": token}
         body = b'{"target":"spawner","ttl_seconds":60}'
         assert http(f"{base}/vx11/window/open", auth, body)[0] == 200

@@ -69,13 +69,13 @@ def test_every_endpoint_but_health_requires_a_token(client, method, path):
     assert missing.status_code == 401
     assert missing.json["error"] == "auth_required"
     wrong = getattr(client, method)(path, headers={"X-VX11-Token": "not-a-token"})
-    assert wrong.status_code == 403
-    assert wrong.json["error"] == "forbidden"
+    assert wrong.status_code == 401
+    assert wrong.json["error"] == "invalid_token"
 
 
 def test_a_created_token_works_and_stops_working_once_revoked(app, client, redis_url):
     store = TokenStore(redis.Redis.from_url(redis_url))
-    token, info = store.create("ops")
+    token, info = store.create("ops", ["read"])
     assert token.startswith("vx11_")
     assert (
         client.get("/vx11/window/status/spawner", headers={"X-VX11-Token": token}).status_code
@@ -84,13 +84,13 @@ def test_a_created_token_works_and_stops_working_once_revoked(app, client, redis
     assert store.revoke(info.token_id)
     assert (
         client.get("/vx11/window/status/spawner", headers={"X-VX11-Token": token}).status_code
-        == 403
+        == 401
     )
 
 
 def test_only_a_hash_of_a_token_is_stored(redis_url):
     client = redis.Redis.from_url(redis_url)
-    token, _ = TokenStore(client).create("ops")
+    token, _ = TokenStore(client).create("ops", ["window", "spawn", "read"])
     dump = b"".join(
         key + b"".join(client.hgetall(key).values()) for key in client.keys("vx11:token:*")
     )
@@ -104,9 +104,9 @@ def test_production_refuses_to_start_without_a_real_token(test_config):
 
 
 def test_production_rejects_the_development_token(test_config, redis_url, auth):
-    token, _ = TokenStore(redis.Redis.from_url(redis_url)).create("ops")
+    token, _ = TokenStore(redis.Redis.from_url(redis_url)).create("ops", ["window", "spawn", "read"])
     client = create_app({**test_config, "env": "production"}).test_client()
-    assert client.get("/vx11/window/status/spawner", headers=auth).status_code == 403
+    assert client.get("/vx11/window/status/spawner", headers=auth).status_code == 401
     ok = client.get("/vx11/window/status/spawner", headers={"X-VX11-Token": token})
     assert ok.status_code == 200
 

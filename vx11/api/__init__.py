@@ -6,7 +6,7 @@ from flask import Flask
 
 
 def init_app(app: Flask) -> None:
-    from vx11.api import audit, errors, health, spawn_actions, spawns, status, windows
+    from vx11.api import audit, errors, health, spawn_actions, spawns, status, tokens, windows
 
     errors.init_app(app)
     app.register_blueprint(health.bp)
@@ -15,3 +15,4 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(spawns.bp)
     app.register_blueprint(spawn_actions.bp)
     app.register_blueprint(audit.bp)
+    app.register_blueprint(tokens.bp)

@@ -7,14 +7,15 @@ from typing import Any
 from flask import Blueprint
 from marshmallow import Schema, fields, post_load, validate
 
-from vx11.api.auth import require_token
+from vx11.api.auth import authenticate, requires
 from vx11.api.body import load_query
 from vx11.api.fields import PageQuery, UTCDateTime
 from vx11.audit import AuditEvent, AuditFilter
 from vx11.services import services
+from vx11.tokens import Scope
 
 bp = Blueprint("audit", __name__, url_prefix="/vx11")
-bp.before_request(require_token)
+bp.before_request(authenticate)
 
 """Most entries one audit page holds."""
 EVENTS = tuple(event.value for event in AuditEvent)
@@ -67,6 +68,7 @@ ENTRY = AuditEntrySchema()
 
 
 @bp.get("/audit")
+@requires(Scope.ADMIN)
 def list_audit():
     """The audit log, newest first: ``{"entries": [...], "next_cursor": str|null}``.
 

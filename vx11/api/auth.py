@@ -1,21 +1,59 @@
-"""The X-VX11-Token check every endpoint but /health runs before its view."""
+"""Who is calling, and may they: the X-VX11-Token check every endpoint but /health and
+the API's own documentation runs before its view.
+
+Each view declares the scope it needs with :func:`requires`; a view that declares
+none needs ``admin`` (fail closed). No token is 401 ``auth_required``; an unknown,
+revoked or expired one is 401 ``invalid_token``; a valid one without the scope is 403
+``insufficient_scope`` naming the scope required.
+"""
 
 from __future__ import annotations
 
-from flask import g, request
+from collections.abc import Callable
+from typing import Any
 
-from vx11.errors import AuthRequired, Forbidden
+from flask import current_app, g, request
+
+from vx11.errors import AuthRequired, InsufficientScope, InvalidToken
 from vx11.services import services
+from vx11.tokens import Scope, TokenInfo
 
 HEADER = "X-VX11-Token"
+SCOPE_ATTRIBUTE = "vx11_required_scope"
 
 
-def require_token() -> None:
-    """A ``before_request`` hook: 401 without a token, 403 with one that is not valid."""
+def requires(scope: Scope) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare the scope a view needs (read by :func:`authenticate`)."""
+
+    def mark(view: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(view, SCOPE_ATTRIBUTE, scope)
+        return view
+
+    return mark
+
+
+def authenticate() -> None:
+    """A ``before_request`` hook: the caller's token, checked against the view's scope,
+    is kept as ``g.token`` for the view."""
     token = request.headers.get(HEADER)
     if not token:
         raise AuthRequired()
-    label = services().tokens.verify(token)
-    if label is None:
-        raise Forbidden()
-    g.token_label = label
+    info = services().tokens.verify(token)
+    if info is None:
+        raise InvalidToken()
+    view = current_app.view_functions.get(request.endpoint or "")
+    required = getattr(view, SCOPE_ATTRIBUTE, Scope.ADMIN)
+    if not info.allows(required):
+        raise InsufficientScope(f"this token lacks the {required} scope", required=str(required))
+    g.token = info
+
+
+def caller() -> TokenInfo:
+    """The token of the request being served (after :func:`authenticate`)."""
+    return g.token
+
+
+def owner_filter() -> str | None:
+    """The owner whose spawns the caller may see: its own, or None (all) for admin."""
+    info = caller()
+    return None if info.is_admin else info.token_id

@@ -11,33 +11,36 @@ from typing import Any
 import redis.exceptions
 from flask import Blueprint, Response, stream_with_context
 
-from vx11.api.auth import require_token
+from vx11.api.auth import authenticate, owner_filter, requires
 from vx11.api.spawns import RECORD
 from vx11.events import END
 from vx11.lifecycle import BLOCK_SLICE, cancel, is_terminal
 from vx11.services import Services, services
+from vx11.tokens import Scope
 
 bp = Blueprint("spawn_actions", __name__, url_prefix="/vx11/spawn")
-bp.before_request(require_token)
+bp.before_request(authenticate)
 
 KEEPALIVE_EVERY = 15.0
 """Seconds between SSE comments on a quiet stream, so proxies keep it open."""
 
 
 @bp.post("/<ident>/cancel")
+@requires(Scope.SPAWN)
 def cancel_spawn(ident: str):
     """Cancel a queued or running spawn; the record as it stands after (a running one
     normally CANCELLED already). A finished spawn: 409 ``already_finished``."""
-    return RECORD.dump(cancel(services(), ident))
+    return RECORD.dump(cancel(services(), ident, owner=owner_filter()))
 
 
 @bp.get("/<ident>/events")
+@requires(Scope.READ)
 def spawn_events(ident: str):
     """Server-Sent Events: ``state`` changes, ``stdout``/``stderr`` text as the code
     produces it, then ``end`` with the terminal record. A late client replays what the
     spawn has streamed so far."""
     svc = services()
-    record = svc.ledger.get(ident)  # 404 before the stream starts
+    record = svc.ledger.get(ident, owner=owner_filter())  # 404 before the stream starts
     stream = stream_with_context(_events(svc, record))
     return Response(
         stream,

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import replace
 from typing import Any
 
-from flask import Blueprint, g, request
+from flask import Blueprint, request
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
-from vx11.api.auth import require_token
+from vx11.api.auth import authenticate, caller, owner_filter, requires
 from vx11.api.body import load, load_query
 from vx11.api.fields import PageQuery, UTCDateTime
 from vx11.callbacks import callback_url_validator
@@ -23,9 +24,10 @@ from vx11.lifecycle import is_terminal, wait_for_end
 from vx11.services import Services, services
 from vx11.states import SpawnStatus
 from vx11.submit import submit_spawn
+from vx11.tokens import Scope
 
 bp = Blueprint("spawns", __name__, url_prefix="/vx11")
-bp.before_request(require_token)
+bp.before_request(authenticate)
 
 TASK_TYPES = ("python", "shell")
 MAX_RETRIES = 10
@@ -186,6 +188,7 @@ RECORD = SpawnRecord()
 
 
 @bp.post("/spawn")
+@requires(Scope.SPAWN)
 def create_spawn():
     """Queue python or shell code while the spawner window is open.
 
@@ -222,13 +225,14 @@ RECORD_QUERY = RecordQuery()
 
 @bp.get("/spawn/<ident>")
 @bp.get("/result/<ident>")
+@requires(Scope.READ)
 def get_spawn(ident: str):
     """The spawn's record, by ``spawn_id`` or ``spawn_uuid``. ``?wait=<seconds>`` (up to
     60) answers as soon as the spawn is terminal, or when the wait runs out. While it
     runs, ``processes`` shows its live processes."""
     svc = services()
     wait = load_query(RECORD_QUERY)["wait"]
-    record = svc.ledger.get(ident)
+    record = svc.ledger.get(ident, owner=owner_filter())
     if wait and not is_terminal(record):
         record = wait_for_end(svc, record["spawn_uuid"], wait)
     record["processes"] = (
@@ -254,14 +258,14 @@ def idempotency_key() -> str | None:
 
 def accept(svc: Services, spawn_request: dict[str, Any]) -> dict[str, Any]:
     """The answer to a valid spawn request: the accepted spawn, or the refusal."""
-    result = submit_spawn(svc, spawn_request)
+    result = submit_spawn(svc, spawn_request, caller())
     return result if result.get("error") else ACCEPTED.dump(result)
 
 
 def accept_once(svc: Services, spawn_request: dict[str, Any], key: str):
     """:func:`accept`, once per idempotency ``key`` of the caller's token; only an
     accepted spawn is kept as the key's answer."""
-    with svc.idempotency.attempt(g.token_label, key, spawn_request) as attempt:
+    with svc.idempotency.attempt(caller().token_id, key, spawn_request) as attempt:
         if attempt.replay is not None:
             return attempt.replay, {REPLAYED: "true"}
         answer = accept(svc, spawn_request)
@@ -300,6 +304,7 @@ SUMMARY = SpawnRecord(exclude=("stdout", "stderr", "processes"))
 
 
 @bp.get("/spawns")
+@requires(Scope.READ)
 def list_spawns():
     """The spawn history, newest first: ``{"spawns": [...], "next_cursor": str|null}``.
 
@@ -315,5 +320,7 @@ def list_spawns():
     on the last page. A malformed query is 422 naming the field; a cursor this server
     did not hand out is 400 ``bad_cursor``.
     """
-    page = services().ledger.page(**load_query(HISTORY_QUERY))
+    query = load_query(HISTORY_QUERY)
+    query["filters"] = replace(query["filters"], owner=owner_filter())
+    page = services().ledger.page(**query)
     return {"spawns": SUMMARY.dump(page.records, many=True), "next_cursor": page.next_cursor}

@@ -5,17 +5,19 @@ from __future__ import annotations
 import redis.exceptions
 from flask import Blueprint
 
-from vx11.api.auth import require_token
+from vx11.api.auth import authenticate, requires
 from vx11.api.windows import window_view
 from vx11.policy import POLICY
 from vx11.probes import probe_all
 from vx11.services import services
+from vx11.tokens import Scope
 
 bp = Blueprint("status", __name__, url_prefix="/vx11")
-bp.before_request(require_token)
+bp.before_request(authenticate)
 
 
 @bp.get("/status")
+@requires(Scope.READ)
 def status():
     """Never hangs: each probe has a short timeout and a down dependency shows ``ok: false``."""
     svc = services()

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint
 from marshmallow import Schema, fields, validate
 
-from vx11.api.auth import require_token
+from vx11.api.auth import authenticate, requires
 from vx11.api.body import load
 from vx11.api.fields import iso_z
 from vx11.audit import record_window_closed, record_window_opened
@@ -17,9 +17,10 @@ from vx11.config import Settings
 from vx11.errors import NotFound
 from vx11.policy import Window
 from vx11.services import services
+from vx11.tokens import Scope
 
 bp = Blueprint("windows", __name__, url_prefix="/vx11/window")
-bp.before_request(require_token)
+bp.before_request(authenticate)
 
 REASON = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
 
@@ -70,6 +71,7 @@ def window_view(target: str, window: Window | None) -> dict[str, Any]:
 
 
 @bp.post("/open")
+@requires(Scope.WINDOW)
 def open_window():
     """Open (or replace) the window of a target for ``ttl_seconds``.
 
@@ -83,6 +85,7 @@ def open_window():
 
 
 @bp.post("/close")
+@requires(Scope.WINDOW)
 def close_window():
     """Close a target's window; ``was_open`` says whether one was open. Spawns accepted
     under it and not yet started never start; with ``cancel_running: true`` the ones
@@ -111,6 +114,7 @@ def close_window():
 
 
 @bp.get("/status/<target>")
+@requires(Scope.READ)
 def window_status(target: str):
     """The target's window, or ``is_open: false`` with nulls."""
     svc = services()

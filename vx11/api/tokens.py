@@ -1,0 +1,91 @@
+"""API tokens: ``POST|GET /vx11/tokens``, ``DELETE /vx11/tokens/<token_id>`` (admin), and
+``GET /vx11/token``, the caller's own.
+
+Rotation is create-new, then revoke-old: both are valid in between, so clients can
+switch without a gap."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from flask import Blueprint
+from marshmallow import Schema, fields, validate
+
+from vx11.api.auth import authenticate, caller, requires
+from vx11.api.body import load
+from vx11.audit import AuditEvent, record_token_event
+from vx11.errors import NotFound
+from vx11.services import services
+from vx11.tokens import SCOPES, Scope
+
+bp = Blueprint("tokens", __name__, url_prefix="/vx11")
+bp.before_request(authenticate)
+
+MAX_TOKEN_LIFETIME = 10 * 365 * 86400
+"""Longest ``expires_in_seconds``: ten years."""
+
+
+class TokenRequest(Schema):
+    label = fields.String(required=True, validate=validate.Length(1, 100))
+    scopes = fields.List(
+        fields.String(validate=validate.OneOf(SCOPES)),
+        required=True,
+        validate=validate.Length(min=1, max=len(SCOPES)),
+    )
+    expires_in_seconds = fields.Integer(
+        strict=True, allow_none=True, validate=validate.Range(1, MAX_TOKEN_LIFETIME)
+    )
+    rate_limit_per_second = fields.Float(
+        allow_none=True, allow_nan=False, validate=validate.Range(0.01, 10_000)
+    )
+    max_active_spawns = fields.Integer(
+        strict=True, allow_none=True, validate=validate.Range(1, 100_000)
+    )
+
+
+TOKEN_REQUEST = TokenRequest()
+
+
+@bp.post("/tokens")
+@requires(Scope.ADMIN)
+def create_token():
+    """Create a token. The answer holds it (``token``) once; only its hash is kept."""
+    args = load(TOKEN_REQUEST)
+    expires_in = args.pop("expires_in_seconds", None)
+    expires_at = datetime.now(UTC) + timedelta(seconds=expires_in) if expires_in else None
+    svc = services()
+    plain, info = svc.tokens.create(
+        args["label"],
+        args["scopes"],
+        expires_at=expires_at,
+        rate_limit_per_second=args.get("rate_limit_per_second"),
+        max_active_spawns=args.get("max_active_spawns"),
+    )
+    record_token_event(svc, AuditEvent.TOKEN_CREATED, info.to_dict())
+    return {"token": plain, **info.to_dict()}, 201
+
+
+@bp.get("/tokens")
+@requires(Scope.ADMIN)
+def list_tokens():
+    """Every token's id, label, scopes, limits and times; never a token itself."""
+    return {"tokens": [info.to_dict() for info in services().tokens.list()]}
+
+
+@bp.delete("/tokens/<token_id>")
+@requires(Scope.ADMIN)
+def revoke_token(token_id: str):
+    """Revoke a token by its id (8 or more leading hex digits of it): its next request
+    is refused, on every gateway process."""
+    svc = services()
+    if not svc.tokens.revoke(token_id):
+        raise NotFound(f"no single token has id {token_id}")
+    record_token_event(svc, AuditEvent.TOKEN_REVOKED, {"token_id": token_id})
+    return {"token_id": token_id, "revoked": True}
+
+
+@bp.get("/token")
+@requires(Scope.READ)
+def whoami():
+    """The caller's own token: id, label, scopes, limits and times."""
+    return caller().to_dict()
