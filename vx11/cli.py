@@ -1,4 +1,6 @@
-"""The ``vx11`` command: run the stack, manage API tokens, purge old records."""
+"""The ``vx11`` command: run the stack (``up``), purge old records (``purge``), and the
+client of a running gateway (``status``, ``window``, ``spawn``, ``spawns``, ``token``,
+in :mod:`vx11.commands`)."""
 
 from __future__ import annotations
 
@@ -7,22 +9,47 @@ import sys
 from datetime import timedelta
 
 import click
-import redis.exceptions
-import sqlalchemy.exc
 
-from vx11.api.fields import iso_z
-from vx11.audit import AuditLog
-from vx11.config import Settings
-from vx11.connections import make_redis
-from vx11.ledger import Ledger, utcnow
-from vx11.retention import purge_spawns
-from vx11.stack import StackError, StackOptions, run_stack
-from vx11.tokens import TokenStore
+from vx11.client import DEFAULT_URL, READ_TIMEOUT
+from vx11.commands import register
+from vx11.commands.common import Connection, Vx11Group
+
+# `up` and `purge` import the stack, the ledger and SQLAlchemy when they run: a client
+# command starts in a fraction of the time without them.
 
 
-@click.group()
-def main() -> None:
-    """VX11: a policy-gated remote-execution gateway."""
+@click.group(cls=Vx11Group)
+@click.option(
+    "--url",
+    envvar="VX11_URL",
+    default=DEFAULT_URL,
+    show_default=True,
+    show_envvar=True,
+    help="The gateway's base URL.",
+)
+@click.option(
+    "--token",
+    envvar="VX11_TOKEN",
+    show_envvar=True,
+    help="API token  [default: in development, the development token]",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=READ_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for an answer.",
+)
+@click.version_option(package_name="vx11", prog_name="vx11")
+@click.pass_context
+def main(ctx: click.Context, url: str, token: str | None, timeout: float) -> None:
+    """VX11: a policy-gated remote-execution gateway.
+
+    The client commands (status, window, spawn, spawns, token) talk to the gateway at
+    --url with --token; exit codes and examples: docs/cli.md."""
+    connection = ctx.ensure_object(Connection)
+    connection.url, connection.token, connection.timeout = url, token or None, timeout
+    ctx.call_on_close(connection.close)
 
 
 @main.command()
@@ -33,6 +60,8 @@ def main() -> None:
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
 def up(host: str, port: int, flower_port: int, concurrency: int, no_flower: bool) -> None:
     """Start Redis, the gateway, a worker and Flower in the foreground (Ctrl-C stops)."""
+    from vx11.stack import StackError, StackOptions, run_stack
+
     options = StackOptions(
         host=host,
         port=port,
@@ -44,63 +73,6 @@ def up(host: str, port: int, flower_port: int, concurrency: int, no_flower: bool
         sys.exit(run_stack(options))
     except StackError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-@main.group()
-def token() -> None:
-    """Create, list and revoke API tokens (kept as hashes in Redis)."""
-
-
-def _store() -> TokenStore:
-    return TokenStore(make_redis(Settings.from_env()))
-
-
-def _redis_errors(fn):
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except redis.exceptions.RedisError as exc:
-            raise click.ClickException(f"cannot reach Redis: {exc}") from None
-
-    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
-    return wrapper
-
-
-@token.command("create")
-@click.option("--label", required=True, help="Who or what the token is for.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@_redis_errors
-def token_create(label: str, as_json: bool) -> None:
-    """Create a token; it is printed once and never stored in plain."""
-    plain, info = _store().create(label)
-    if as_json:
-        click.echo(json.dumps({"token": plain, **info.__dict__}))
-    else:
-        click.echo(plain)
-        click.echo(f"id {info.token_id}  label {info.label}  (shown once: keep it now)", err=True)
-
-
-@token.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@_redis_errors
-def token_list(as_json: bool) -> None:
-    """List tokens (ids and labels; never the tokens)."""
-    infos = _store().list()
-    if as_json:
-        click.echo(json.dumps([info.__dict__ for info in infos]))
-        return
-    for info in infos:
-        click.echo(f"{info.token_id}  {info.created_at}  {info.label}")
-
-
-@token.command("revoke")
-@click.argument("token_id")
-@_redis_errors
-def token_revoke(token_id: str) -> None:
-    """Revoke the token with this id (as `vx11 token list` shows it)."""
-    if not _store().revoke(token_id):
-        raise click.ClickException(f"no single token has id {token_id}")
-    click.echo(f"revoked {token_id}")
 
 
 @main.command()
@@ -117,6 +89,14 @@ def purge(days: int | None, dry_run: bool, as_json: bool) -> None:
 
     A queued or running spawn is kept whatever its age. Run it from cron: nothing
     else deletes them."""
+    import sqlalchemy.exc
+
+    from vx11.api.fields import iso_z
+    from vx11.audit import AuditLog
+    from vx11.config import Settings
+    from vx11.ledger import Ledger, utcnow
+    from vx11.retention import purge_spawns
+
     settings = Settings.from_env()
     days = settings.retention_days if days is None else days
     if days < 0:
@@ -141,6 +121,8 @@ def purge(days: int | None, dry_run: bool, as_json: bool) -> None:
         f"from before {iso_z(before)} (older than {days} days)"
     )
 
+
+register(main)
 
 if __name__ == "__main__":
     main()

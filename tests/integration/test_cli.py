@@ -1,4 +1,6 @@
-"""The ``vx11 token`` commands against a real Redis, through click's runner."""
+"""The ``vx11`` command's parts that need no running gateway: ``token --local`` against a
+real Redis (how the first admin token is made), and the client's event parsing, exit
+codes and error lines. tests/e2e/test_cli.py drives the rest against a real gateway."""
 
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ from click.testing import CliRunner
 from tests.support import free_port
 from vx11 import create_app
 from vx11.cli import main
+from vx11.client import ApiError, ServerEvent, parse_sse
+from vx11.commands.common import ExitCode, describe, exit_code_for
+from vx11.commands.follow import exit_code_of
 
 
 @pytest.fixture
@@ -18,38 +23,148 @@ def runner(redis_url, monkeypatch) -> CliRunner:
     return CliRunner()
 
 
-def test_a_created_token_is_shown_once_and_opens_the_api(runner, test_config):
-    created = runner.invoke(main, ["token", "create", "--label", "ci-bot", "--json"])
-    assert created.exit_code == 0, created.output
-    token = json.loads(created.output)["token"]
-    assert token.startswith("vx11_")
+def create_local(runner: CliRunner, *args: str) -> dict:
+    result = runner.invoke(main, ["token", "create", "--local", "--json", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_a_local_token_is_shown_once_with_its_scopes_and_opens_the_api(runner, test_config):
+    created = create_local(runner, "--label", "ci-bot", "--scope", "read", "--max-active", "3")
+    assert created["token"].startswith("vx11_")
+    assert (created["label"], created["scopes"], created["max_active_spawns"]) == (
+        "ci-bot",
+        ["read"],
+        3,
+    )
     client = create_app(test_config).test_client()
-    response = client.get("/vx11/window/status/spawner", headers={"X-VX11-Token": token})
+    headers = {"X-VX11-Token": created["token"]}
+    assert client.get("/vx11/window/status/spawner", headers=headers).status_code == 200
+    listed = runner.invoke(main, ["token", "list", "--local"])
+    assert listed.exit_code == 0
+    assert "ci-bot" in listed.output and created["token_id"] in listed.output
+    assert created["token"] not in listed.output
+
+
+def test_a_local_admin_token_bootstraps_token_management_over_the_api(runner, test_config):
+    admin = create_local(runner, "--label", "ops", "--scope", "admin")
+    client = create_app(test_config).test_client()
+    response = client.get("/vx11/tokens", headers={"X-VX11-Token": admin["token"]})
     assert response.status_code == 200
-    listed = runner.invoke(main, ["token", "list"])
-    assert "ci-bot" in listed.output
-    assert token not in listed.output
+    assert [t["label"] for t in response.get_json()["tokens"]] == ["ops"]
 
 
-def test_a_revoked_token_is_refused(runner, test_config):
-    info = json.loads(runner.invoke(main, ["token", "create", "--label", "x", "--json"]).output)
-    revoked = runner.invoke(main, ["token", "revoke", info["token_id"]])
+def test_a_local_token_with_an_expiry_lists_it(runner):
+    created = create_local(runner, "--label", "short", "--scope", "spawn", "--expires-in", "2h")
+    assert created["expires_at"] is not None
+    listed = json.loads(runner.invoke(main, ["token", "list", "--local", "--json"]).stdout)
+    assert [t["expires_at"] for t in listed["tokens"]] == [created["expires_at"]]
+
+
+def test_a_token_needs_a_scope(runner):
+    result = runner.invoke(main, ["token", "create", "--local", "--label", "x"])
+    assert result.exit_code == ExitCode.USAGE
+    assert "--scope" in result.output
+
+
+def test_a_locally_revoked_token_is_refused(runner, test_config):
+    info = create_local(runner, "--label", "x", "--scope", "read")
+    revoked = runner.invoke(main, ["token", "revoke", "--local", info["token_id"]])
     assert revoked.exit_code == 0 and "revoked" in revoked.output
     client = create_app(test_config).test_client()
     response = client.get("/vx11/window/status/spawner", headers={"X-VX11-Token": info["token"]})
-    assert response.status_code == 403
-    assert json.loads(runner.invoke(main, ["token", "list", "--json"]).output) == []
+    assert response.status_code == 401
+    listed = runner.invoke(main, ["token", "list", "--local", "--json"])
+    assert json.loads(listed.stdout) == {"tokens": []}
 
 
-def test_revoking_an_unknown_id_fails_clearly(runner):
-    result = runner.invoke(main, ["token", "revoke", "deadbeefdead"])
-    assert result.exit_code == 1
-    assert "no single token has id deadbeefdead" in result.output
+def test_revoking_an_unknown_id_locally_fails_in_one_line(runner):
+    result = runner.invoke(main, ["token", "revoke", "--local", "deadbeefdead"])
+    assert result.exit_code == ExitCode.API_ERROR
+    assert result.output == "vx11: error: not_found: no single token has id deadbeefdead\n"
 
 
 def test_an_unreachable_redis_is_one_clear_line(monkeypatch):
     monkeypatch.setenv("VX11_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
-    result = CliRunner().invoke(main, ["token", "list"])
-    assert result.exit_code == 1
-    assert result.output.startswith("Error: cannot reach Redis")
+    result = CliRunner().invoke(main, ["token", "list", "--local"])
+    assert result.exit_code == ExitCode.UNAVAILABLE
+    assert result.output.startswith("vx11: error: redis_unavailable: cannot reach Redis")
+    assert len(result.output.splitlines()) == 1
     assert "Traceback" not in result.output
+
+
+# --- the client's pieces ------------------------------------------------------------------
+
+
+def test_server_sent_events_parse_with_comments_multi_line_data_and_ids():
+    stream = [
+        "event: state",
+        'data: {"status": "RUNNING"}',
+        "",
+        ": keepalive",
+        "",
+        "id: 1-0",
+        "event: stdout",
+        'data: {"text":',
+        'data: "hi\\n"}',
+        "",
+        "event: end",
+        'data: {"status": "DONE"}',
+        "",
+    ]
+    assert list(parse_sse(stream)) == [
+        ServerEvent("state", {"status": "RUNNING"}),
+        ServerEvent("stdout", {"text": "hi\n"}, "1-0"),
+        ServerEvent("end", {"status": "DONE"}),
+    ]
+
+
+def test_an_event_whose_data_is_not_json_is_a_bad_response():
+    with pytest.raises(ApiError) as caught:
+        list(parse_sse(["event: stdout", "data: {nope", ""]))
+    assert caught.value.code == "bad_response"
+
+
+@pytest.mark.parametrize(
+    ("record", "code"),
+    [
+        ({"status": "DONE", "exit_code": 0}, 0),
+        ({"status": "FAILED", "exit_code": 3}, 3),
+        ({"status": "FAILED", "exit_code": -9}, 137),  # killed by SIGKILL, as a shell says
+        ({"status": "FAILED", "exit_code": None}, 1),
+        ({"status": "TIMEOUT", "exit_code": -9}, 124),
+        ({"status": "CANCELLED", "exit_code": None}, 130),
+        ({"status": "ERROR", "exit_code": None}, 70),
+    ],
+)
+def test_a_waited_spawn_exits_with_its_own_code_or_its_states(record, code):
+    assert exit_code_of(record) == code
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (ApiError(None, "unreachable", "down"), ExitCode.UNAVAILABLE),
+        (ApiError(None, "timeout", "slow"), ExitCode.UNAVAILABLE),
+        (ApiError(503, "redis_unavailable", "down"), ExitCode.UNAVAILABLE),
+        (ApiError(401, "invalid_token", "no"), ExitCode.REFUSED),
+        (ApiError(403, "insufficient_scope", "no"), ExitCode.REFUSED),
+        (ApiError(429, "rate_limited", "slow down"), ExitCode.TRY_LATER),
+        (ApiError(404, "not_found", "no"), ExitCode.API_ERROR),
+        (ApiError(422, "validation_error", "no"), ExitCode.API_ERROR),
+    ],
+)
+def test_api_errors_map_to_documented_exit_codes(error, code):
+    assert exit_code_for(error) == code
+
+
+def test_an_error_line_carries_the_details_that_help():
+    fields = {"ttl_seconds": ["too long"], "args": {"0": ["has a NUL"]}}
+    invalid = ApiError(
+        422, "validation_error", "request failed validation", body={"fields": fields}
+    )
+    assert describe(invalid) == (
+        "validation_error: request failed validation (ttl_seconds: too long; args.0: has a NUL)"
+    )
+    limited = ApiError(429, "rate_limited", "too many requests", retry_after=2)
+    assert describe(limited) == "rate_limited: too many requests (retry after 2 s)"
