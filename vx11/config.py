@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -99,6 +100,19 @@ class Settings:
         "it the spawn is killed (reason `output_limit`).",
     )
     max_args: int = _setting(64, "Most `args` a spawn may pass.")
+    # Per-token limits: a token's own value (set when it is made) replaces the default.
+    rate_limit_per_second: float = _setting(
+        20.0,
+        "Spawn and window requests (submit, cancel, open, close) a token may make per "
+        "second, counted in Redis across every gateway: at most this many in any second, "
+        "a fractional rate over up to 10 s (0.5: 1 in any 2 s); over it, 429 "
+        "`rate_limited`. 0 means no limit.",
+    )
+    max_active_spawns: int = _setting(
+        100,
+        "Spawns a token may have QUEUED or RUNNING at once; one more is 429 "
+        "`quota_exceeded`. 0 means no limit.",
+    )
     probe_timeout: float = _setting(0.5, "Timeout of each dependency probe in /vx11/status, s.")
     redis_timeout: float = _setting(2.0, "Socket timeout of gateway Redis calls, seconds.")
     result_expires: int = _setting(86400, "How long Celery keeps task results, seconds.")
@@ -176,6 +190,10 @@ class Settings:
             raise ValueError(
                 "VX11_CALLBACK_TIMEOUT must be positive, the backoff base not negative"
             )
+        if not math.isfinite(self.rate_limit_per_second) or self.rate_limit_per_second < 0:
+            raise ValueError("VX11_RATE_LIMIT_PER_SECOND must be a number, 0 or more")
+        if self.max_active_spawns < 0:
+            raise ValueError("VX11_MAX_ACTIVE_SPAWNS must be 0 or more")
         object.__setattr__(self, "data_dir", str(Path(self.data_dir).resolve()))
 
     @property

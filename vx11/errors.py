@@ -89,6 +89,32 @@ class IdempotencyKeyInProgress(VX11Error):
         return {"Retry-After": str(self.retry_after)}
 
 
+class RateLimited(VX11Error):
+    """Raised when a token sends spawn or window requests faster than its rate limit."""
+
+    status, code, message = 429, "rate_limited", "too many requests; retry later"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class QuotaExceeded(VX11Error):
+    """Raised when a token already has as many spawns QUEUED or RUNNING as it may."""
+
+    status, code, message = 429, "quota_exceeded", "too many spawns queued or running"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class ServiceUnavailable(VX11Error):
     """Raised when a dependency (Redis, broker, database) cannot be reached."""
 

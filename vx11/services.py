@@ -17,6 +17,7 @@ from vx11.events import SpawnEvents
 from vx11.idempotency import IdempotencyKeys
 from vx11.ledger import Ledger
 from vx11.policy import WindowStore
+from vx11.ratelimit import RateLimits
 from vx11.tokens import TokenStore
 
 
@@ -37,6 +38,8 @@ class Services:
     """Publishes spawn jobs (no result backend)."""
     results: Celery
     """Reads Celery's result backend (status probe)."""
+    rate_limits: RateLimits
+    """Each token's request rate on the spawn and window endpoints, counted in Redis."""
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -54,6 +57,7 @@ class Services:
             open_windows=OpenWindows(redis),
             celery=make_celery(settings),
             results=make_celery(settings, results=True),
+            rate_limits=RateLimits(redis, settings),
         )
 
 

@@ -7,6 +7,12 @@ and the workers' sweeper ends it ERROR ``gateway_lost`` (:mod:`workers.sweeper`)
 is left QUEUED without a job, and none runs that its client did not see accepted. The
 decision is audited (:mod:`vx11.audit`) before the publish too, so no spawn runs
 without its ``spawn_accepted`` entry.
+
+A token's quota of active (QUEUED or RUNNING) spawns is checked by counting them in the
+ledger just before the record is written. The count and the write are not one
+transaction, so requests from one token that arrive together may each see room for the
+last place: the quota can be overshot by the number of that token's spawn requests served
+at the same moment, which its rate limit (:mod:`vx11.ratelimit`) keeps few.
 """
 
 from __future__ import annotations
@@ -17,13 +23,16 @@ from typing import Any
 from vx11.audit import AuditEvent, record_spawn_decision
 from vx11.config import Settings
 from vx11.dispatch import publish_spawn
-from vx11.errors import ServiceUnavailable
+from vx11.errors import QuotaExceeded, ServiceUnavailable
 from vx11.policy import SPAWN_TARGET
 from vx11.services import Services
 from vx11.states import SpawnStatus
 from vx11.tokens import TokenInfo
 
 log = logging.getLogger(__name__)
+
+QUOTA_RETRY_AFTER = 1
+"""Retry-After of a spawn refused for the quota, seconds: a spawn may end at any time."""
 
 
 def refusal(reason: str) -> dict[str, Any]:
@@ -64,6 +73,7 @@ def submit_spawn(svc: Services, request: dict[str, Any], token: TokenInfo) -> di
         reason = f"no open policy window for target {SPAWN_TARGET} (policy SOLO_MADRE)"
         record_spawn_decision(svc, AuditEvent.SPAWN_REFUSED, request, reason=reason)
         return refusal(reason)
+    check_quota(svc, token)
     limits = resolve_limits(request, svc.settings)
     fields = {name: value for name, value in request.items() if name not in limits}
     record = svc.ledger.add(
@@ -83,6 +93,21 @@ def submit_spawn(svc: Services, request: dict[str, Any], token: TokenInfo) -> di
         _end_unpublished(svc, record["spawn_uuid"], "database_unavailable")
         raise
     return record
+
+
+def check_quota(svc: Services, token: TokenInfo) -> None:
+    """Raise :class:`~vx11.errors.QuotaExceeded` if ``token`` already has as many spawns
+    QUEUED or RUNNING as it may (its own limit, else ``VX11_MAX_ACTIVE_SPAWNS``; 0 is
+    none)."""
+    limit = token.max_active_spawns
+    if limit is None:
+        limit = svc.settings.max_active_spawns
+    if limit and svc.ledger.count_active(token.token_id) >= limit:
+        raise QuotaExceeded(
+            f"this token already has {limit} spawn{'s' if limit != 1 else ''} queued or "
+            "running, its limit; retry when one has finished",
+            retry_after=QUOTA_RETRY_AFTER,
+        )
 
 
 def _end_unpublished(svc: Services, spawn_uuid: str, reason: str) -> None:
