@@ -36,10 +36,13 @@ class BenchStack:
         self.redis_url = ""
         self.host = "127.0.0.1"
         self.port = 0
-        self.config: dict[str, str] = {  # and redis_url, once redis-server runs
+        self.config: dict[str, Any] = {  # and redis_url, once redis-server runs
             "data_dir": str(root / "data"),
             "sandbox_root": str(root / "sandbox"),
             "database_url": f"sqlite:///{self.ledger_path}",
+            # the benchmark measures the spawn path, not the per-token limits
+            "rate_limit_per_second": 0,
+            "max_active_spawns": 0,
         }
 
     @property

@@ -66,3 +66,12 @@ def auth() -> dict[str, str]:
 def pytest_report_header(config) -> list[str]:
     pg = os.environ.get("VX11_TEST_DATABASE_URL")
     return [f"ledger on PostgreSQL: {'yes, ' + pg if pg else 'no (VX11_TEST_DATABASE_URL unset)'}"]
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    import sys
+
+    contract = sys.modules.get("tests.integration.test_contract")
+    if contract is not None and any(contract.CASES.values()):
+        cases = ", ".join(f"{n} {kind}" for kind, n in contract.CASES.items())
+        terminalreporter.write_line(f"schemathesis fuzz: {cases} cases run")

@@ -33,5 +33,5 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     prepare_storage(svc)
     check_production_tokens(svc)
     app.extensions["vx11"] = svc
-    api.init_app(app)
+    api.init_app(app, settings)
     return app

@@ -286,6 +286,7 @@ def test_gateway_healthcheck_asks_its_own_health_endpoint(services):
     from flask import Flask
 
     from vx11 import api
+    from vx11.config import Settings
 
     gateway = services["gateway"]
     argv = healthcheck_argv(gateway)
@@ -294,7 +295,7 @@ def test_gateway_healthcheck_asks_its_own_health_endpoint(services):
     port = option(command_of(gateway), "--bind").rsplit(":", 1)[1]
     assert url == f"http://127.0.0.1:{port}/health"
     app = Flask("routes")
-    api.init_app(app)
+    api.init_app(app, Settings.from_env(environ={}))
     endpoint, _ = app.url_map.bind("localhost").match("/health", method="GET")
     assert endpoint == "health.health"
 
@@ -698,7 +699,8 @@ def test_compose_commands_run_a_working_vx11_and_pass_their_healthchecks(
     from vx11.tokens import TokenStore
 
     gateway_port, flower_port = free_port(), free_port()
-    token, _ = TokenStore(redis.Redis.from_url(redis_url)).create("compose-test", ["admin", "window", "spawn"])
+    store = TokenStore(redis.Redis.from_url(redis_url))
+    token, _ = store.create("compose-test", ["admin", "window", "spawn"])
     ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
     envs = {
         name: local_env(

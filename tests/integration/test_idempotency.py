@@ -78,7 +78,8 @@ def test_the_same_key_with_a_different_request_is_409_and_queues_nothing(client,
 
 
 def test_keys_belong_to_the_token_that_used_them(client, auth, redis_url):
-    token, _ = TokenStore(redis.Redis.from_url(redis_url)).create("ops", ["window", "spawn", "read"])
+    store = TokenStore(redis.Redis.from_url(redis_url))
+    token, _ = store.create("ops", ["window", "spawn", "read"])
     ops = {"X-VX11-Token": token}
     open_window(client, auth)
     mine = post(client, auth, "shared-key")

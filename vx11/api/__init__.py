@@ -1,18 +1,33 @@
-"""The HTTP API: one module per resource, schemas beside the views that use them."""
+"""The HTTP API: one module per resource, schemas beside the views that use them.
+
+Each resource module has ``blueprint(settings)``: its views, with the schemas this
+deployment's limits shape. They are registered on flask-smorest's ``Api``, which
+makes the OpenAPI document from them (:mod:`vx11.api.openapi`).
+"""
 
 from __future__ import annotations
 
 from flask import Flask
 
+from vx11.api.body import check_request_size
+from vx11.config import Settings
 
-def init_app(app: Flask) -> None:
-    from vx11.api import audit, errors, health, spawn_actions, spawns, status, tokens, windows
 
-    errors.init_app(app)
-    app.register_blueprint(health.bp)
-    app.register_blueprint(status.bp)
-    app.register_blueprint(windows.bp)
-    app.register_blueprint(spawns.bp)
-    app.register_blueprint(spawn_actions.bp)
-    app.register_blueprint(audit.bp)
-    app.register_blueprint(tokens.bp)
+def init_app(app: Flask, settings: Settings) -> None:
+    from vx11.api import (
+        audit,
+        errors,
+        health,
+        openapi,
+        spawn_actions,
+        spawns,
+        status,
+        tokens,
+        windows,
+    )
+
+    app.before_request(check_request_size)  # before any blueprint's authentication
+    api = openapi.init_app(app)
+    errors.init_app(app)  # after flask-smorest's, so that one error shape answers
+    for resource in (health, status, windows, spawns, spawn_actions, audit, tokens):
+        api.register_blueprint(resource.blueprint(settings))

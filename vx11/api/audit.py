@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint
 from marshmallow import Schema, fields, post_load, validate
 
 from vx11.api.auth import authenticate, requires
-from vx11.api.body import load_query
+from vx11.api.blueprint import Blueprint
 from vx11.api.fields import PageQuery, UTCDateTime
 from vx11.audit import AuditEvent, AuditFilter
+from vx11.config import Settings
 from vx11.services import services
 from vx11.tokens import Scope
-
-bp = Blueprint("audit", __name__, url_prefix="/vx11")
-bp.before_request(authenticate)
 
 """Most entries one audit page holds."""
 EVENTS = tuple(event.value for event in AuditEvent)
@@ -63,27 +60,40 @@ class AuditEntrySchema(Schema):
     detail = fields.Dict(allow_none=True)
 
 
-AUDIT_QUERY = AuditQuery()
-ENTRY = AuditEntrySchema()
+class AuditPage(Schema):
+    entries = fields.List(fields.Nested(AuditEntrySchema), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
 
 
-@bp.get("/audit")
-@requires(Scope.ADMIN)
-def list_audit():
-    """The audit log, newest first: ``{"entries": [...], "next_cursor": str|null}``.
+def blueprint(settings: Settings) -> Blueprint:
+    blp = Blueprint("audit", __name__, url_prefix="/vx11", description=__doc__)
+    blp.before_request(authenticate)
 
-    Each entry is one policy decision: ``event`` (``window_opened``, ``window_closed``,
-    ``window_expired``, ``spawn_accepted``, ``spawn_refused``, ``spawn_cancelled``),
-    ``at`` (ISO 8601 UTC), who (``token_label``) from where (``remote_addr``), what
-    (``target``, ``window_id``, ``spawn_id``, ``spawn_uuid``), ``reason`` and ``detail``.
+    @blp.get("/audit")
+    @requires(Scope.ADMIN)
+    @blp.arguments(AuditQuery, location="query")
+    @blp.response(200, AuditPage)
+    @blp.alt_response(400, response="BAD_REQUEST")
+    def list_audit(query):
+        """The audit log
 
-    Query: ``event`` (repeat it or separate with commas for several), ``target``,
-    ``token_label``, ``spawn_id`` (a spawn_id or a spawn_uuid), ``since`` (written at
-    or after) and ``until`` (written before), ISO 8601 with naive meaning UTC; ``limit``
-    1 to 200 (50); and ``cursor``, a page's ``next_cursor``, for the page after it.
-    Following cursors repeats and skips nothing while entries are written. A malformed
-    query is 422 naming the field; a cursor this server did not hand out is 400
-    ``bad_cursor``.
-    """
-    page = services().audit.page(**load_query(AUDIT_QUERY))
-    return {"entries": ENTRY.dump(page.entries, many=True), "next_cursor": page.next_cursor}
+        Newest first: ``{"entries": [...], "next_cursor": str|null}``.
+
+        Each entry is one policy decision: ``event`` (``window_opened``, ``window_closed``,
+        ``window_expired``, ``spawn_accepted``, ``spawn_refused``, ``spawn_cancelled``,
+        ``token_created``, ``token_revoked``),
+        ``at`` (ISO 8601 UTC), who (``token_label``) from where (``remote_addr``), what
+        (``target``, ``window_id``, ``spawn_id``, ``spawn_uuid``), ``reason`` and ``detail``.
+
+        Query: ``event`` (repeat it or separate with commas for several), ``target``,
+        ``token_label``, ``spawn_id`` (a spawn_id or a spawn_uuid), ``since`` (written at
+        or after) and ``until`` (written before), ISO 8601 with naive meaning UTC; ``limit``
+        1 to 200 (50); and ``cursor``, a page's ``next_cursor``, for the page after it.
+        Following cursors repeats and skips nothing while entries are written. A malformed
+        query is 422 naming the field; a cursor this server did not hand out is 400
+        ``bad_cursor``.
+        """
+        page = services().audit.page(**query)
+        return {"entries": page.entries, "next_cursor": page.next_cursor}
+
+    return blp

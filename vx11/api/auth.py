@@ -14,7 +14,10 @@ from typing import Any
 
 from flask import current_app, g, request
 
+from vx11.api.blueprint import Blueprint
+from vx11.api.openapi import SECURITY_SCHEME
 from vx11.errors import AuthRequired, InsufficientScope, InvalidToken
+from vx11.ratelimit import LIMITED_SCOPES
 from vx11.services import services
 from vx11.tokens import Scope, TokenInfo
 
@@ -22,12 +25,24 @@ HEADER = "X-VX11-Token"
 SCOPE_ATTRIBUTE = "vx11_required_scope"
 
 
+AUTH_ERRORS = {401: "UNAUTHORIZED", 403: "FORBIDDEN", 503: "SERVICE_UNAVAILABLE"}
+
+
 def requires(scope: Scope) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Declare the scope a view needs (read by :func:`authenticate`)."""
+    """Declare the scope a view needs (read by :func:`authenticate`), and document it
+    in the OpenAPI operation with the errors authentication can answer."""
+    errors = dict(AUTH_ERRORS)
+    if scope in LIMITED_SCOPES:
+        errors[429] = "TOO_MANY_REQUESTS"
+    document = Blueprint.doc(
+        security=[{SECURITY_SCHEME: []}],
+        responses=errors,
+        **{"x-vx11-scope": str(scope)},
+    )
 
     def mark(view: Callable[..., Any]) -> Callable[..., Any]:
         setattr(view, SCOPE_ATTRIBUTE, scope)
-        return view
+        return document(view)
 
     return mark
 
@@ -46,6 +61,7 @@ def authenticate() -> None:
     if not info.allows(required):
         raise InsufficientScope(f"this token lacks the {required} scope", required=str(required))
     g.token = info
+    services().rate_limits.check(info, required)
 
 
 def caller() -> TokenInfo:

@@ -57,7 +57,11 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         status = exc.code or 500
-        return error_response(status, HTTP_CODES.get(status, "http_error"), exc.description)
+        response = error_response(status, HTTP_CODES.get(status, "http_error"), exc.description)
+        for name, value in exc.get_headers():  # e.g. 405's Allow
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

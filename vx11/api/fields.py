@@ -7,6 +7,8 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from vx11.cursor import CURSOR_MAX
+
 
 def iso_z(value: datetime | None) -> str | None:
     """ISO 8601 in UTC with a ``Z``, to the millisecond."""
@@ -15,6 +17,17 @@ def iso_z(value: datetime | None) -> str | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class FullMatch(validate.Regexp):
+    """A regular expression the whole value must match. ``$`` in Python also matches
+    before a final newline (``"abc\\n"``); the pattern is published as it is, and JSON
+    Schema's ``$`` means the end."""
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
 
 
 class UTCDateTime(fields.Field):
@@ -54,7 +67,15 @@ class PageQuery(Schema):
     since = query_timestamp()
     until = query_timestamp()
     limit = fields.Integer(load_default=50, validate=validate.Range(1, PAGE_LIMIT))
-    cursor = fields.String()
+    # Checked when decoded (400 bad_cursor, as for any cursor the server did not make);
+    # the pattern documents its shape.
+    cursor = fields.String(
+        metadata={
+            "description": "A page's next_cursor, for the page after it.",
+            "pattern": r"^[A-Za-z0-9_-]+$",
+            "maxLength": CURSOR_MAX,
+        },
+    )
 
     @validates_schema
     def _since_before_until(self, data: dict[str, Any], **kwargs: Any) -> None:

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from marshmallow import Schema, fields
 
+from vx11.api.blueprint import Blueprint
+from vx11.config import Settings
 from vx11.version import __version__
 
-bp = Blueprint("health", __name__)
+
+class Health(Schema):
+    status = fields.String(required=True, metadata={"example": "ok"})
+    service = fields.String(required=True)
+    version = fields.String(required=True)
 
 
-@bp.get("/health")
-def health():
-    """200 while the process serves requests; says nothing of its dependencies."""
-    return {"status": "ok", "service": "vx11-gateway", "version": __version__}
+def blueprint(settings: Settings) -> Blueprint:
+    blp = Blueprint("health", __name__, description="Liveness.")
+
+    @blp.get("/health")
+    @blp.response(200, Health)
+    def health():
+        """Liveness
+
+        200 while the process serves requests; says nothing of its dependencies."""
+        return {"status": "ok", "service": "vx11-gateway", "version": __version__}
+
+    return blp

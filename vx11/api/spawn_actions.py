@@ -9,44 +9,63 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis.exceptions
-from flask import Blueprint, Response, stream_with_context
+from flask import Response, stream_with_context
 
 from vx11.api.auth import authenticate, owner_filter, requires
-from vx11.api.spawns import RECORD
+from vx11.api.blueprint import Blueprint
+from vx11.api.spawns import RECORD, SpawnRecord
+from vx11.config import Settings
 from vx11.events import END
 from vx11.lifecycle import BLOCK_SLICE, cancel, is_terminal
 from vx11.services import Services, services
 from vx11.tokens import Scope
 
-bp = Blueprint("spawn_actions", __name__, url_prefix="/vx11/spawn")
-bp.before_request(authenticate)
-
 KEEPALIVE_EVERY = 15.0
 """Seconds between SSE comments on a quiet stream, so proxies keep it open."""
+EVENT_STREAM = {
+    "description": "Server-Sent Events: ``state``, ``stdout``, ``stderr``, then ``end`` "
+    "(its data: the terminal record); ``error`` if Redis is lost mid-stream.",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
 
 
-@bp.post("/<ident>/cancel")
-@requires(Scope.SPAWN)
-def cancel_spawn(ident: str):
-    """Cancel a queued or running spawn; the record as it stands after (a running one
-    normally CANCELLED already). A finished spawn: 409 ``already_finished``."""
-    return RECORD.dump(cancel(services(), ident, owner=owner_filter()))
+def blueprint(settings: Settings) -> Blueprint:
+    blp = Blueprint("spawn_actions", __name__, url_prefix="/vx11/spawn", description=__doc__)
+    blp.before_request(authenticate)
 
+    @blp.post("/<ident>/cancel")
+    @requires(Scope.SPAWN)
+    @blp.response(200, SpawnRecord)
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, response="CONFLICT")
+    def cancel_spawn(ident: str):
+        """Cancel a spawn
 
-@bp.get("/<ident>/events")
-@requires(Scope.READ)
-def spawn_events(ident: str):
-    """Server-Sent Events: ``state`` changes, ``stdout``/``stderr`` text as the code
-    produces it, then ``end`` with the terminal record. A late client replays what the
-    spawn has streamed so far."""
-    svc = services()
-    record = svc.ledger.get(ident, owner=owner_filter())  # 404 before the stream starts
-    stream = stream_with_context(_events(svc, record))
-    return Response(
-        stream,
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+        Cancel a queued or running spawn; the record as it stands after (a running one
+        normally CANCELLED already). A finished spawn: 409 ``already_finished``.
+        Another token's spawn is 404 (admin may cancel any)."""
+        return cancel(services(), ident, owner=owner_filter())
+
+    @blp.get("/<ident>/events")
+    @requires(Scope.READ)
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.doc(responses={200: EVENT_STREAM})
+    def spawn_events(ident: str):
+        """Follow a spawn
+
+        Server-Sent Events: ``state`` changes, ``stdout``/``stderr`` text as the code
+        produces it, then ``end`` with the terminal record. A late client replays what
+        the spawn has streamed so far."""
+        svc = services()
+        record = svc.ledger.get(ident, owner=owner_filter())  # 404 before the stream starts
+        stream = stream_with_context(_events(svc, record))
+        return Response(
+            stream,
+            mimetype="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    return blp
 
 
 def _sse(kind: str, data: Any, event_id: str | None = None) -> str:

@@ -8,12 +8,12 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from flask import Blueprint, request
+from flask import jsonify, request
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from vx11.api.auth import authenticate, caller, owner_filter, requires
-from vx11.api.body import load, load_query
-from vx11.api.fields import PageQuery, UTCDateTime
+from vx11.api.blueprint import Blueprint
+from vx11.api.fields import FullMatch, PageQuery, UTCDateTime
 from vx11.callbacks import callback_url_validator
 from vx11.config import Settings
 from vx11.errors import ValidationFailed
@@ -26,13 +26,10 @@ from vx11.states import SpawnStatus
 from vx11.submit import submit_spawn
 from vx11.tokens import Scope
 
-bp = Blueprint("spawns", __name__, url_prefix="/vx11")
-bp.before_request(authenticate)
-
 TASK_TYPES = ("python", "shell")
 MAX_RETRIES = 10
 """Most re-runs a spawn may ask for after losing its worker (the MVP's ``max_retries``)."""
-CORRELATION_ID = validate.Regexp(
+CORRELATION_ID = FullMatch(
     r"^[A-Za-z0-9._:@/+=-]{1,128}$",
     error="1 to 128 characters of letters, digits and ._:@/+=-",
 )
@@ -84,7 +81,13 @@ def request_schema(settings: Settings) -> Schema:
             "task_type": fields.String(required=True, validate=validate.OneOf(TASK_TYPES)),
             "code": fields.String(
                 required=True,
-                validate=[validate.Length(min=1), _utf8_max(settings.max_code_bytes, "code")],
+                # Length bounds characters (documented as maxLength); the byte bound is
+                # the real one, as a character is one to four bytes of UTF-8.
+                validate=[
+                    validate.Length(1, settings.max_code_bytes),
+                    _utf8_max(settings.max_code_bytes, "code"),
+                ],
+                metadata={"description": f"At most {settings.max_code_bytes} bytes of UTF-8."},
             ),
             "ttl_seconds": fields.Integer(
                 strict=True,
@@ -94,7 +97,11 @@ def request_schema(settings: Settings) -> Schema:
             "stdin": fields.String(
                 load_default=None,
                 allow_none=True,
-                validate=_utf8_max(settings.max_stdin_bytes, "stdin"),
+                validate=[
+                    validate.Length(max=settings.max_stdin_bytes),
+                    _utf8_max(settings.max_stdin_bytes, "stdin"),
+                ],
+                metadata={"description": f"At most {settings.max_stdin_bytes} bytes of UTF-8."},
             ),
             "correlation_id": fields.String(
                 load_default=None, allow_none=True, validate=CORRELATION_ID
@@ -104,6 +111,9 @@ def request_schema(settings: Settings) -> Schema:
                 load_default=None,
                 allow_none=True,
                 validate=_json_max(settings.max_metadata_bytes),
+                metadata={
+                    "description": f"At most {settings.max_metadata_bytes} bytes as compact JSON."
+                },
             ),
             "cpu_time_limit": _limit(1, settings.cpu_time_limit_max),
             "memory_limit_mb": _limit(16, settings.memory_limit_mb_max),
@@ -131,14 +141,24 @@ def request_schema(settings: Settings) -> Schema:
     )()
 
 
-class SpawnAccepted(Schema):
-    spawn_id = fields.String()
-    spawn_uuid = fields.String()
-    status = fields.String()
+class SpawnAnswer(Schema):
+    """The answer to a spawn request: the accepted spawn (``error`` null), or the
+    policy's refusal (``error: off_by_policy``, ids null, nothing queued)."""
+
+    spawn_id = fields.String(required=True, allow_none=True)
+    spawn_uuid = fields.String(required=True, allow_none=True)
+    status = fields.String(required=True, validate=validate.OneOf(("QUEUED", "ERROR")))
     task_type = fields.String()
     correlation_id = fields.String(allow_none=True)
     created_at = UTCDateTime()
-    error = fields.Constant(None)
+    error = fields.String(
+        required=True,
+        allow_none=True,
+        dump_default=None,
+        validate=validate.OneOf(("off_by_policy",)),
+    )
+    reason = fields.String(allow_none=True, metadata={"description": "Why it was refused."})
+    hint = fields.String(metadata={"description": "How to get it accepted."})
 
 
 class SpawnRecord(Schema):
@@ -160,8 +180,8 @@ class SpawnRecord(Schema):
     stdout_truncated = fields.Boolean()
     stderr_truncated = fields.Boolean()
     created_at = UTCDateTime()
-    started_at = UTCDateTime()
-    finished_at = UTCDateTime()
+    started_at = UTCDateTime(allow_none=True)
+    finished_at = UTCDateTime(allow_none=True)
     duration_ms = fields.Integer(allow_none=True)
     worker = fields.String(allow_none=True)
     window_id = fields.String(allow_none=True)
@@ -183,66 +203,29 @@ class SpawnRecord(Schema):
     )
 
 
-ACCEPTED = SpawnAccepted()
+ANSWER = SpawnAnswer()
 RECORD = SpawnRecord()
-
-
-@bp.post("/spawn")
-@requires(Scope.SPAWN)
-def create_spawn():
-    """Queue python or shell code while the spawner window is open.
-
-    A closed window is a semantic refusal: HTTP 200 with ``error: off_by_policy``.
-
-    An ``Idempotency-Key`` header (1 to 255 visible ASCII characters; else 422) makes
-    retries safe: the same request with the same key, from the same token, within 24 h
-    gets the first answer back (header ``Idempotent-Replayed: true``) and queues
-    nothing; a different request with that key is 409 ``idempotency_key_reused``. A
-    retry that arrives while the first is still being served waits up to 2 s for its
-    answer, else 409 ``idempotency_key_in_progress`` with ``Retry-After``. A refusal or
-    a failure does not use the key up.
-    """
-    svc = services()
-    key = idempotency_key()
-    spawn_request = load(request_schema(svc.settings))
-    if key is None:
-        return accept(svc, spawn_request)
-    return accept_once(svc, spawn_request, key)
 
 
 MAX_WAIT = 60
 
 
 class RecordQuery(Schema):
+    """The query string of ``GET /vx11/spawn/<id>``."""
+
     wait = fields.Float(
         load_default=0,
         validate=validate.Range(0, MAX_WAIT, error="must be between {min} and {max} seconds"),
     )
 
 
-RECORD_QUERY = RecordQuery()
-
-
-@bp.get("/spawn/<ident>")
-@bp.get("/result/<ident>")
-@requires(Scope.READ)
-def get_spawn(ident: str):
-    """The spawn's record, by ``spawn_id`` or ``spawn_uuid``. ``?wait=<seconds>`` (up to
-    60) answers as soon as the spawn is terminal, or when the wait runs out. While it
-    runs, ``processes`` shows its live processes."""
-    svc = services()
-    wait = load_query(RECORD_QUERY)["wait"]
-    record = svc.ledger.get(ident, owner=owner_filter())
-    if wait and not is_terminal(record):
-        record = wait_for_end(svc, record["spawn_uuid"], wait)
-    record["processes"] = (
-        svc.events.live([record["spawn_uuid"]]).get(record["spawn_uuid"])
-        if record["status"] == SpawnStatus.RUNNING
-        else None
-    )
-    return RECORD.dump(record)
-
-
+IDEMPOTENCY_PARAMETER = {
+    "in": "header",
+    "name": IDEMPOTENCY_KEY,
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    "description": "Makes retries safe: see the operation's description.",
+}
 REPLAYED = "Idempotent-Replayed"
 """The response header that marks an answer replayed for an idempotency key."""
 
@@ -258,8 +241,7 @@ def idempotency_key() -> str | None:
 
 def accept(svc: Services, spawn_request: dict[str, Any]) -> dict[str, Any]:
     """The answer to a valid spawn request: the accepted spawn, or the refusal."""
-    result = submit_spawn(svc, spawn_request, caller())
-    return result if result.get("error") else ACCEPTED.dump(result)
+    return submit_spawn(svc, spawn_request, caller())
 
 
 def accept_once(svc: Services, spawn_request: dict[str, Any], key: str):
@@ -267,10 +249,10 @@ def accept_once(svc: Services, spawn_request: dict[str, Any], key: str):
     accepted spawn is kept as the key's answer."""
     with svc.idempotency.attempt(caller().token_id, key, spawn_request) as attempt:
         if attempt.replay is not None:
-            return attempt.replay, {REPLAYED: "true"}
+            return jsonify(attempt.replay), {REPLAYED: "true"}
         answer = accept(svc, spawn_request)
         if not answer.get("error"):
-            svc.idempotency.answer(attempt, answer)
+            svc.idempotency.answer(attempt, ANSWER.dump(answer))
         return answer
 
 
@@ -299,28 +281,111 @@ class HistoryQuery(PageQuery):
         return {"filters": spawn_filter, "limit": data["limit"], "cursor": data.get("cursor")}
 
 
-HISTORY_QUERY = HistoryQuery()
-SUMMARY = SpawnRecord(exclude=("stdout", "stderr", "processes"))
+class SpawnSummary(SpawnRecord):
+    """A record in a history page: without its output and live processes."""
+
+    class Meta:
+        exclude = ("stdout", "stderr", "processes")
 
 
-@bp.get("/spawns")
-@requires(Scope.READ)
-def list_spawns():
-    """The spawn history, newest first: ``{"spawns": [...], "next_cursor": str|null}``.
+class SpawnPage(Schema):
+    spawns = fields.List(fields.Nested(SpawnSummary), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
 
-    Each item is the spawn's record as ``GET /vx11/spawn/<id>`` gives it, *without*
-    the heavy fields (code, stdin, stdout, stderr) and the live `processes`: read one
-    spawn for those.
 
-    Query: ``status`` (a spawn state; repeat it or separate with commas for several),
-    ``task_type``, ``correlation_id``, ``since`` (created at or after) and ``until``
-    (created before), ISO 8601 with naive meaning UTC; ``limit`` 1 to 200 (50); and
-    ``cursor``, a page's ``next_cursor``, for the page after it. Pages stay stable while
-    spawns arrive: following cursors repeats and skips nothing. ``next_cursor`` is null
-    on the last page. A malformed query is 422 naming the field; a cursor this server
-    did not hand out is 400 ``bad_cursor``.
-    """
-    query = load_query(HISTORY_QUERY)
-    query["filters"] = replace(query["filters"], owner=owner_filter())
-    page = services().ledger.page(**query)
-    return {"spawns": SUMMARY.dump(page.records, many=True), "next_cursor": page.next_cursor}
+def blueprint(settings: Settings) -> Blueprint:
+    blp = Blueprint("spawns", __name__, url_prefix="/vx11", description=__doc__)
+    blp.before_request(authenticate)
+
+    @blp.post("/spawn")
+    @requires(Scope.SPAWN)
+    @blp.arguments(request_schema(settings))
+    @blp.response(200, SpawnAnswer)
+    @blp.alt_response(409, response="CONFLICT")
+    @blp.doc(parameters=[IDEMPOTENCY_PARAMETER])
+    def create_spawn(spawn_request):
+        """Submit a spawn
+
+        Queue python or shell code while the spawner window is open.
+
+        A closed window is a semantic refusal: HTTP 200 with ``error: off_by_policy``.
+
+        An ``Idempotency-Key`` header (1 to 255 visible ASCII characters; else 422) makes
+        retries safe: the same request with the same key, from the same token, within 24 h
+        gets the first answer back (header ``Idempotent-Replayed: true``) and queues
+        nothing; a different request with that key is 409 ``idempotency_key_reused``. A
+        retry that arrives while the first is still being served waits up to 2 s for its
+        answer, else 409 ``idempotency_key_in_progress`` with ``Retry-After``. A refusal or
+        a failure does not use the key up.
+        """
+        svc = services()
+        key = idempotency_key()
+        if key is None:
+            return accept(svc, spawn_request)
+        return accept_once(svc, spawn_request, key)
+
+    def read_spawn(query: dict[str, Any], ident: str):
+        svc = services()
+        record = svc.ledger.get(ident, owner=owner_filter())
+        if query["wait"] and not is_terminal(record):
+            record = wait_for_end(svc, record["spawn_uuid"], query["wait"])
+        record["processes"] = (
+            svc.events.live([record["spawn_uuid"]]).get(record["spawn_uuid"])
+            if record["status"] == SpawnStatus.RUNNING
+            else None
+        )
+        return record
+
+    @blp.get("/spawn/<ident>")
+    @requires(Scope.READ)
+    @blp.arguments(RecordQuery, location="query")
+    @blp.response(200, SpawnRecord)
+    @blp.alt_response(404, response="NOT_FOUND")
+    def get_spawn(query, ident: str):
+        """Read a spawn
+
+        The spawn's record, by ``spawn_id`` or ``spawn_uuid``. ``?wait=<seconds>`` (up
+        to 60) answers as soon as the spawn is terminal, or when the wait runs out.
+        While it runs, ``processes`` shows its live processes. Another token's spawn is
+        404, as an unknown one (admin reads all)."""
+        return read_spawn(query, ident)
+
+    @blp.get("/result/<ident>")
+    @requires(Scope.READ)
+    @blp.arguments(RecordQuery, location="query")
+    @blp.response(200, SpawnRecord)
+    @blp.alt_response(404, response="NOT_FOUND")
+    def get_result(query, ident: str):
+        """Read a spawn (the MVP's path)
+
+        The same as ``GET /vx11/spawn/<ident>``."""
+        return read_spawn(query, ident)
+
+    @blp.get("/spawns")
+    @requires(Scope.READ)
+    @blp.arguments(HistoryQuery, location="query")
+    @blp.response(200, SpawnPage)
+    @blp.alt_response(400, response="BAD_REQUEST")
+    def list_spawns(query):
+        """The spawn history
+
+        Newest first: ``{"spawns": [...], "next_cursor": str|null}``. Only the
+        caller's own spawns (admin: everyone's).
+
+        Each item is the spawn's record as ``GET /vx11/spawn/<id>`` gives it,
+        *without* the heavy fields (code, stdin, stdout, stderr) and the live
+        ``processes``: read one spawn for those.
+
+        Query: ``status`` (a spawn state; repeat it or separate with commas for
+        several), ``task_type``, ``correlation_id``, ``since`` (created at or after)
+        and ``until`` (created before), ISO 8601 with naive meaning UTC; ``limit`` 1 to
+        200 (50); and ``cursor``, a page's ``next_cursor``, for the page after it.
+        Pages stay stable while spawns arrive: following cursors repeats and skips
+        nothing. ``next_cursor`` is null on the last page. A malformed query is 422
+        naming the field; a cursor this server did not hand out is 400
+        ``bad_cursor``."""
+        query["filters"] = replace(query["filters"], owner=owner_filter())
+        page = services().ledger.page(**query)
+        return {"spawns": page.records, "next_cursor": page.next_cursor}
+
+    return blp

@@ -3,43 +3,75 @@
 from __future__ import annotations
 
 import redis.exceptions
-from flask import Blueprint
+from marshmallow import Schema, fields
 
 from vx11.api.auth import authenticate, requires
-from vx11.api.windows import window_view
+from vx11.api.blueprint import Blueprint
+from vx11.api.windows import WindowView, window_view
+from vx11.config import Settings
 from vx11.policy import POLICY
 from vx11.probes import probe_all
 from vx11.services import services
 from vx11.tokens import Scope
 
-bp = Blueprint("status", __name__, url_prefix="/vx11")
-bp.before_request(authenticate)
 
-
-@bp.get("/status")
-@requires(Scope.READ)
-def status():
-    """Never hangs: each probe has a short timeout and a down dependency shows ``ok: false``."""
-    svc = services()
-    checks = probe_all(svc)
-    try:
-        windows = svc.windows.open_windows(svc.settings.window_targets)
-    except redis.exceptions.RedisError:
-        windows = []
-    spawner = checks["spawner"]
-    levels = {name: info.get("sandbox") for name, info in spawner.pop("details", {}).items()}
-    return {
-        "policy": POLICY,
-        "mode": "windowed" if windows else "solo_madre",
-        "madre_available": checks["redis"]["ok"] and checks["database"]["ok"],
-        "spawner_available": checks["broker"]["ok"] and spawner["ok"],
-        "services": checks,
-        "windows": [window_view(w.target, w) for w in windows],
-        "sandbox": {
-            "levels": levels,
-            "level": min(levels.values(), default=None, key=_strength),
+class Status(Schema):
+    policy = fields.String(required=True, metadata={"example": "SOLO_MADRE"})
+    mode = fields.String(
+        required=True, metadata={"description": "windowed while a window is open, else solo_madre"}
+    )
+    madre_available = fields.Boolean(required=True)
+    spawner_available = fields.Boolean(required=True)
+    services = fields.Dict(
+        keys=fields.String(),
+        values=fields.Dict(),
+        required=True,
+        metadata={
+            "description": "redis, broker, result_backend, database, spawner: each ok "
+            "(bool), latency_ms, and error when not ok."
         },
-    }
+    )
+    windows = fields.List(fields.Nested(WindowView), required=True)
+    sandbox = fields.Dict(
+        required=True,
+        metadata={"description": "levels: worker → sandbox level; level: the weakest."},
+    )
+
+
+def blueprint(settings: Settings) -> Blueprint:
+    blp = Blueprint("status", __name__, url_prefix="/vx11", description=__doc__)
+    blp.before_request(authenticate)
+
+    @blp.get("/status")
+    @requires(Scope.READ)
+    @blp.response(200, Status)
+    def status():
+        """Policy and dependencies
+
+        Never hangs: each probe has a short timeout and a down dependency shows
+        ``ok: false``."""
+        svc = services()
+        checks = probe_all(svc)
+        try:
+            windows = svc.windows.open_windows(svc.settings.window_targets)
+        except redis.exceptions.RedisError:
+            windows = []
+        spawner = checks["spawner"]
+        levels = {name: info.get("sandbox") for name, info in spawner.pop("details", {}).items()}
+        return {
+            "policy": POLICY,
+            "mode": "windowed" if windows else "solo_madre",
+            "madre_available": checks["redis"]["ok"] and checks["database"]["ok"],
+            "spawner_available": checks["broker"]["ok"] and spawner["ok"],
+            "services": checks,
+            "windows": [window_view(w.target, w) for w in windows],
+            "sandbox": {
+                "levels": levels,
+                "level": min(levels.values(), default=None, key=_strength),
+            },
+        }
+
+    return blp
 
 
 SANDBOX_STRENGTH = {"basic": 0, "bwrap": 1}

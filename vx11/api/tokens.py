@@ -8,18 +8,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from flask import Blueprint
 from marshmallow import Schema, fields, validate
 
 from vx11.api.auth import authenticate, caller, requires
-from vx11.api.body import load
+from vx11.api.blueprint import Blueprint
 from vx11.audit import AuditEvent, record_token_event
+from vx11.config import Settings
 from vx11.errors import NotFound
 from vx11.services import services
 from vx11.tokens import SCOPES, Scope
-
-bp = Blueprint("tokens", __name__, url_prefix="/vx11")
-bp.before_request(authenticate)
 
 MAX_TOKEN_LIFETIME = 10 * 365 * 86400
 """Longest ``expires_in_seconds``: ten years."""
@@ -43,49 +40,88 @@ class TokenRequest(Schema):
     )
 
 
-TOKEN_REQUEST = TokenRequest()
+class TokenView(Schema):
+    token_id = fields.String(required=True)
+    label = fields.String(required=True)
+    scopes = fields.List(fields.String(validate=validate.OneOf(SCOPES)), required=True)
+    created_at = fields.String(required=True, allow_none=True, metadata={"format": "date-time"})
+    expires_at = fields.String(required=True, allow_none=True, metadata={"format": "date-time"})
+    last_used_at = fields.String(required=True, allow_none=True, metadata={"format": "date-time"})
+    rate_limit_per_second = fields.Float(required=True, allow_none=True)
+    max_active_spawns = fields.Integer(required=True, allow_none=True)
 
 
-@bp.post("/tokens")
-@requires(Scope.ADMIN)
-def create_token():
-    """Create a token. The answer holds it (``token``) once; only its hash is kept."""
-    args = load(TOKEN_REQUEST)
-    expires_in = args.pop("expires_in_seconds", None)
-    expires_at = datetime.now(UTC) + timedelta(seconds=expires_in) if expires_in else None
-    svc = services()
-    plain, info = svc.tokens.create(
-        args["label"],
-        args["scopes"],
-        expires_at=expires_at,
-        rate_limit_per_second=args.get("rate_limit_per_second"),
-        max_active_spawns=args.get("max_active_spawns"),
+class NewToken(TokenView):
+    token = fields.String(
+        required=True, metadata={"description": "The token itself: shown this once only."}
     )
-    record_token_event(svc, AuditEvent.TOKEN_CREATED, info.to_dict())
-    return {"token": plain, **info.to_dict()}, 201
 
 
-@bp.get("/tokens")
-@requires(Scope.ADMIN)
-def list_tokens():
-    """Every token's id, label, scopes, limits and times; never a token itself."""
-    return {"tokens": [info.to_dict() for info in services().tokens.list()]}
+class TokenList(Schema):
+    tokens = fields.List(fields.Nested(TokenView), required=True)
 
 
-@bp.delete("/tokens/<token_id>")
-@requires(Scope.ADMIN)
-def revoke_token(token_id: str):
-    """Revoke a token by its id (8 or more leading hex digits of it): its next request
-    is refused, on every gateway process."""
-    svc = services()
-    if not svc.tokens.revoke(token_id):
-        raise NotFound(f"no single token has id {token_id}")
-    record_token_event(svc, AuditEvent.TOKEN_REVOKED, {"token_id": token_id})
-    return {"token_id": token_id, "revoked": True}
+class Revoked(Schema):
+    token_id = fields.String(required=True)
+    revoked = fields.Boolean(required=True)
 
 
-@bp.get("/token")
-@requires(Scope.READ)
-def whoami():
-    """The caller's own token: id, label, scopes, limits and times."""
-    return caller().to_dict()
+def blueprint(settings: Settings) -> Blueprint:
+    blp = Blueprint("tokens", __name__, url_prefix="/vx11", description=__doc__)
+    blp.before_request(authenticate)
+
+    @blp.post("/tokens")
+    @requires(Scope.ADMIN)
+    @blp.arguments(TokenRequest)
+    @blp.response(201, NewToken)
+    def create_token(args):
+        """Create a token
+
+        The answer holds the token (``token``) once; only its hash is kept."""
+        expires_in = args.pop("expires_in_seconds", None)
+        expires_at = datetime.now(UTC) + timedelta(seconds=expires_in) if expires_in else None
+        svc = services()
+        plain, info = svc.tokens.create(
+            args["label"],
+            args["scopes"],
+            expires_at=expires_at,
+            rate_limit_per_second=args.get("rate_limit_per_second"),
+            max_active_spawns=args.get("max_active_spawns"),
+        )
+        record_token_event(svc, AuditEvent.TOKEN_CREATED, info.to_dict())
+        return {"token": plain, **info.to_dict()}
+
+    @blp.get("/tokens")
+    @requires(Scope.ADMIN)
+    @blp.response(200, TokenList)
+    def list_tokens():
+        """List tokens
+
+        Every token's id, label, scopes, limits and times; never a token itself."""
+        return {"tokens": [info.to_dict() for info in services().tokens.list()]}
+
+    @blp.delete("/tokens/<token_id>")
+    @requires(Scope.ADMIN)
+    @blp.response(200, Revoked)
+    @blp.alt_response(404, response="NOT_FOUND")
+    def revoke_token(token_id: str):
+        """Revoke a token
+
+        By its id (8 or more leading hex digits of it): its next request is refused,
+        on every gateway process."""
+        svc = services()
+        if not svc.tokens.revoke(token_id):
+            raise NotFound(f"no single token has id {token_id}")
+        record_token_event(svc, AuditEvent.TOKEN_REVOKED, {"token_id": token_id})
+        return {"token_id": token_id, "revoked": True}
+
+    @blp.get("/token")
+    @requires(Scope.READ)
+    @blp.response(200, TokenView)
+    def whoami():
+        """The caller's token
+
+        Its id, label, scopes, limits and times."""
+        return caller().to_dict()
+
+    return blp
