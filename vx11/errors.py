@@ -75,44 +75,35 @@ class IdempotencyKeyReused(VX11Error):
     message = "this Idempotency-Key was used with a different request"
 
 
-class IdempotencyKeyInProgress(VX11Error):
+class RetryLater(VX11Error):
+    """The base of refusals that say when to try again: a ``Retry-After`` header, and
+    ``retry_after`` (seconds) in the body."""
+
+    def __init__(self, message: str | None = None, *, retry_after: int) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class IdempotencyKeyInProgress(RetryLater):
     """Raised when a request with the same ``Idempotency-Key`` is still being served."""
 
     status, code = 409, "idempotency_key_in_progress"
     message = "a request with this Idempotency-Key is still in progress; retry shortly"
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(retry_after=retry_after)
-        self.retry_after = retry_after
 
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
-
-
-class RateLimited(VX11Error):
+class RateLimited(RetryLater):
     """Raised when a token sends spawn or window requests faster than its rate limit."""
 
     status, code, message = 429, "rate_limited", "too many requests; retry later"
 
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message, retry_after=retry_after)
-        self.retry_after = retry_after
 
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
-
-
-class QuotaExceeded(VX11Error):
+class QuotaExceeded(RetryLater):
     """Raised when a token already has as many spawns QUEUED or RUNNING as it may."""
 
     status, code, message = 429, "quota_exceeded", "too many spawns queued or running"
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message, retry_after=retry_after)
-        self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
 
 
 class ServiceUnavailable(VX11Error):
