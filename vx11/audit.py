@@ -91,6 +91,7 @@ audit = Table(
     Column("spawn_id", String(16)),
     Column("spawn_uuid", String(36)),
     Column("token_label", String),
+    Column("token_id", String(64)),  # NULL: written before VX11 recorded it
     Column("remote_addr", String),
     Column("reason", Text),
     Column("detail", JSON),
@@ -100,6 +101,7 @@ audit = Table(
     Index("ix_audit_event_at_id", "event", "at", "id"),
     Index("ix_audit_target_at_id", "target", "at", "id"),
     Index("ix_audit_token_label_at_id", "token_label", "at", "id"),
+    Index("ix_audit_token_id_at_id", "token_id", "at", "id"),
     Index("ix_audit_spawn_uuid_at_id", "spawn_uuid", "at", "id"),
     Index("ix_audit_spawn_id_at_id", "spawn_id", "at", "id"),
 )
@@ -116,6 +118,8 @@ class AuditEntry:
     spawn_uuid: str | None = None
     token_label: str | None = None
     """Who decided: the label of the API token (for an expiry, of the window's opener)."""
+    token_id: str | None = None
+    """The same token's id: labels need not be unique, ids are."""
     remote_addr: str | None = None
     """From where: the address of the client's connection (behind a reverse proxy,
     the proxy's)."""
@@ -124,12 +128,16 @@ class AuditEntry:
 
 
 def request_origin() -> dict[str, str | None]:
-    """``token_label`` and ``remote_addr`` of the request being served, as
-    :class:`AuditEntry` fields; both None outside a request (CLI, worker)."""
+    """``token_label``, ``token_id`` and ``remote_addr`` of the request being served, as
+    :class:`AuditEntry` fields; all None outside a request (CLI, worker)."""
     if not has_request_context():
-        return {"token_label": None, "remote_addr": None}
+        return {"token_label": None, "token_id": None, "remote_addr": None}
     token = g.get("token")
-    return {"token_label": token and token.label, "remote_addr": request.remote_addr}
+    return {
+        "token_label": token and token.label,
+        "token_id": token and token.token_id,
+        "remote_addr": request.remote_addr,
+    }
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,7 @@ class AuditFilter:
     events: tuple[AuditEvent, ...] = ()
     target: str | None = None
     token_label: str | None = None
+    token_id: str | None = None
     spawn_id: str | None = None
     spawn_uuid: str | None = None
     since: datetime | None = None
@@ -152,7 +161,7 @@ class AuditFilter:
             stmt = stmt.where(audit.c.event == self.events[0].value)
         elif self.events:  # page_query merges one walk per event instead
             stmt = stmt.where(audit.c.event.in_([e.value for e in self.events]))
-        for name in ("target", "token_label", "spawn_id", "spawn_uuid"):
+        for name in ("target", "token_label", "token_id", "spawn_id", "spawn_uuid"):
             value = getattr(self, name)
             if value is not None:
                 stmt = stmt.where(audit.c[name] == value)

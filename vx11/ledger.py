@@ -159,15 +159,17 @@ class Ledger:
         metadata.create_all(self.engine)
         with self.engine.begin() as conn:
             schema = conn.schema_for_object(spawns)  # honours a schema_translate_map
-            present = {c["name"] for c in inspect(conn).get_columns(spawns.name, schema)}
-            # Columns added since the first release are nullable, so old rows get NULL.
-            for column in (c for c in spawns.c if c.name not in present):
-                spec = CreateColumn(column).compile(dialect=conn.dialect)
-                add = DDL(f"ALTER TABLE %(fullname)s ADD COLUMN {spec}")
-                conn.execute(add.against(spawns))
-            # create_all skips an existing table's indexes: add those it lacks.
-            for index in spawns.indexes:
-                index.create(conn, checkfirst=True)
+            for table in metadata.sorted_tables:  # the spawns, and the audit log
+                present = {c["name"] for c in inspect(conn).get_columns(table.name, schema)}
+                # Columns added since a table's first release are nullable: old rows
+                # get NULL.
+                for column in (c for c in table.c if c.name not in present):
+                    spec = CreateColumn(column).compile(dialect=conn.dialect)
+                    add = DDL(f"ALTER TABLE %(fullname)s ADD COLUMN {spec}")
+                    conn.execute(add.against(table))
+                # create_all skips an existing table's indexes: add those it lacks.
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
             indexes = {ix["name"] for ix in inspect(conn).get_indexes(spawns.name, schema)}
             quote = conn.dialect.identifier_preparer.quote
             for name in sorted(SUPERSEDED_INDEXES & indexes):

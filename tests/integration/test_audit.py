@@ -125,6 +125,9 @@ def test_opening_and_closing_a_window_records_who_from_where_and_why(client, ops
     assert opening["target"] == "spawner"
     assert opening["window_id"] == opened["window_id"]
     assert (opening["token_label"], opening["remote_addr"]) == ("ops", CLIENT_ADDR)
+    assert opening["token_id"] is not None and len(opening["token_id"]) == 12
+    by_id = entries(client, ops, f"token_id={opening['token_id']}")["entries"]
+    assert {e["event"] for e in by_id} == {"window_opened", "window_closed"}
     assert opening["reason"] == "deploy 42"
     assert opening["detail"] == {
         "ttl_seconds": 120,

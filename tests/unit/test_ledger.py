@@ -407,3 +407,23 @@ def test_an_older_ledger_gains_the_history_indexes_and_drops_the_ones_they_repla
     assert names >= {index.name for index in spawns.indexes}
     assert not names & SUPERSEDED_INDEXES
     assert "ix_spawns_kept_by_someone" in names
+
+
+def test_an_audit_log_made_before_token_ids_gains_the_column(empty_ledger):
+    from vx11.audit import AuditEntry, AuditEvent, AuditLog, audit
+
+    old = Table(
+        "audit",
+        MetaData(),
+        *(
+            Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+            for c in audit.c
+            if c.name != "token_id"
+        ),
+    )
+    old.create(empty_ledger.engine)
+    empty_ledger.create_schema()
+    log = AuditLog(empty_ledger.engine)
+    log.record(AuditEntry(AuditEvent.WINDOW_OPENED, token_label="ops", token_id="0123456789ab"))
+    (entry,) = log.page().entries
+    assert (entry["token_label"], entry["token_id"]) == ("ops", "0123456789ab")

@@ -28,6 +28,7 @@ class AuditQuery(PageQuery):
     event = fields.List(fields.String(validate=validate.OneOf(EVENTS)), load_default=list)
     target = fields.String(validate=validate.Length(1, 255))
     token_label = fields.String(validate=validate.Length(1, 1000))
+    token_id = fields.String(validate=validate.Length(1, 64))
     spawn_id = fields.String(validate=SPAWN_IDENT)
 
     @post_load
@@ -38,6 +39,7 @@ class AuditQuery(PageQuery):
             events=tuple(dict.fromkeys(AuditEvent(value) for value in data["event"])),
             target=data.get("target"),
             token_label=data.get("token_label"),
+            token_id=data.get("token_id"),
             spawn_id=spawn if by_id else None,
             spawn_uuid=None if by_id else spawn,
             since=data.get("since"),
@@ -55,6 +57,7 @@ class AuditEntrySchema(Schema):
     spawn_id = fields.String(allow_none=True)
     spawn_uuid = fields.String(allow_none=True)
     token_label = fields.String(allow_none=True)
+    token_id = fields.String(allow_none=True)
     remote_addr = fields.String(allow_none=True)
     reason = fields.String(allow_none=True)
     detail = fields.Dict(allow_none=True)
@@ -79,19 +82,19 @@ def blueprint(settings: Settings) -> Blueprint:
 
         Newest first: ``{"entries": [...], "next_cursor": str|null}``.
 
-        Each entry is one policy decision: ``event`` (``window_opened``, ``window_closed``,
+        Each entry is one decision: ``event`` (``window_opened``, ``window_closed``,
         ``window_expired``, ``spawn_accepted``, ``spawn_refused``, ``spawn_cancelled``,
-        ``token_created``, ``token_revoked``),
-        ``at`` (ISO 8601 UTC), who (``token_label``) from where (``remote_addr``), what
-        (``target``, ``window_id``, ``spawn_id``, ``spawn_uuid``), ``reason`` and ``detail``.
+        ``token_created``, ``token_revoked``), ``at`` (ISO 8601 UTC), who
+        (``token_label``, ``token_id``) from where (``remote_addr``), what (``target``,
+        ``window_id``, ``spawn_id``, ``spawn_uuid``), ``reason`` and ``detail``.
 
         Query: ``event`` (repeat it or separate with commas for several), ``target``,
-        ``token_label``, ``spawn_id`` (a spawn_id or a spawn_uuid), ``since`` (written at
-        or after) and ``until`` (written before), ISO 8601 with naive meaning UTC; ``limit``
-        1 to 200 (50); and ``cursor``, a page's ``next_cursor``, for the page after it.
-        Following cursors repeats and skips nothing while entries are written. A malformed
-        query is 422 naming the field; a cursor this server did not hand out is 400
-        ``bad_cursor``.
+        ``token_label``, ``token_id``, ``spawn_id`` (a spawn_id or a spawn_uuid),
+        ``since`` (written at or after) and ``until`` (written before), ISO 8601 with
+        naive meaning UTC; ``limit`` 1 to 200 (50); and ``cursor``, a page's
+        ``next_cursor``, for the page after it. Following cursors repeats and skips
+        nothing while entries are written. A malformed query is 422 naming the field; a
+        cursor this server did not hand out is 400 ``bad_cursor``.
         """
         page = services().audit.page(**query)
         return {"entries": page.entries, "next_cursor": page.next_cursor}
