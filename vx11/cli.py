@@ -73,6 +73,8 @@ def up(host: str, port: int, flower_port: int, concurrency: int, no_flower: bool
         sys.exit(run_stack(options))
     except StackError as exc:
         raise click.ClickException(str(exc)) from None
+    except ValueError as exc:  # a VX11_* setting the stack could not take
+        raise click.ClickException(f"bad configuration: {exc}") from None
 
 
 @main.command()
@@ -97,7 +99,10 @@ def purge(days: int | None, dry_run: bool, as_json: bool) -> None:
     from vx11.ledger import Ledger, utcnow
     from vx11.retention import purge_spawns
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        raise click.ClickException(f"bad configuration: {exc}") from None
     days = settings.retention_days if days is None else days
     if days < 0:
         raise click.ClickException(f"VX11_RETENTION_DAYS must not be negative, not {days}")

@@ -168,3 +168,13 @@ def test_an_error_line_carries_the_details_that_help():
     )
     limited = ApiError(429, "rate_limited", "too many requests", retry_after=2)
     assert describe(limited) == "rate_limited: too many requests (retry after 2 s)"
+
+
+@pytest.mark.parametrize("command", [["up", "--no-flower"], ["purge", "--dry-run"]])
+def test_a_bad_setting_is_one_line_not_a_traceback(command, monkeypatch):
+    monkeypatch.setenv("VX11_ENV", "staging")
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: bad configuration: VX11_ENV must be development or production, not 'staging'"
+    ]
