@@ -21,13 +21,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     its services, and the API."""
     from flask import Flask
 
-    from vx11 import api
+    from vx11 import api, logs
     from vx11.config import Settings
     from vx11.services import Services
     from vx11.startup import check_production_tokens, prepare_storage
 
     settings = Settings.from_env(overrides=test_config)
     app = Flask(__name__)
+    logs.init_app(app, settings)  # first: start-up's own lines are formatted too
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     svc = Services.build(settings)
     prepare_storage(svc)

@@ -24,6 +24,7 @@ from vx11.audit import AuditEvent, record_spawn_decision
 from vx11.config import Settings
 from vx11.dispatch import publish_spawn
 from vx11.errors import QuotaExceeded, ServiceUnavailable
+from vx11.logs import spawn_accepted
 from vx11.policy import SPAWN_TARGET
 from vx11.services import Services
 from vx11.states import SpawnStatus
@@ -82,6 +83,7 @@ def submit_spawn(svc: Services, request: dict[str, Any], token: TokenInfo) -> di
             svc, AuditEvent.SPAWN_ACCEPTED, new, conn=conn
         ),
     )
+    spawn_accepted(record)
     try:
         publish_spawn(svc.celery, record, svc.settings)
     except ServiceUnavailable:
