@@ -47,6 +47,7 @@ ENDPOINTS = [
     ("admin", "post", "/vx11/tokens", {"label": "x", "scopes": ["read"]}),
     ("admin", "delete", "/vx11/tokens/0123456789ab", None),
     ("read", "get", "/vx11/token", None),
+    ("read", "get", "/metrics", None),
 ]
 GRANTS = {  # what each single-scope token may do
     "admin": {"admin", "read"},

@@ -18,6 +18,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         audit,
         errors,
         health,
+        metrics,
         openapi,
         spawn_actions,
         spawns,
@@ -29,5 +30,5 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.before_request(check_request_size)  # before any blueprint's authentication
     api = openapi.init_app(app)
     errors.init_app(app)  # after flask-smorest's, so that one error shape answers
-    for resource in (health, status, windows, spawns, spawn_actions, audit, tokens):
+    for resource in (health, status, windows, spawns, spawn_actions, audit, tokens, metrics):
         api.register_blueprint(resource.blueprint(settings))

@@ -1,0 +1,177 @@
+"""``/metrics`` on a real gateway: gunicorn with two worker processes sharing a
+prometheus-client multiprocess directory, as ``vx11 up`` starts it. Spawns accepted by
+both processes add up in one scrape; while no worker runs, the queue's depth is the
+number of jobs queued; once a real worker has run them, the ledger's figures by state
+show how each ended, and the worker shows with its sandbox level.
+
+Runs with a Redis broker, and with RabbitMQ when ``VX11_TEST_BROKER_URL`` is set."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import (
+    TOKEN,
+    Process,
+    RedisServer,
+    child_pids,
+    free_port,
+    http,
+    service_env,
+    start_worker,
+    wait_for,
+)
+from vx11.stack import gateway_env, gunicorn_argv
+
+pytestmark = pytest.mark.e2e
+
+DONE_CODE = "print('counted')"
+FAILED_CODE = "exit 3"
+BATCH = 8
+"""Spawn requests sent at once: enough that both gunicorn processes take some."""
+
+
+def scrape(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, text = http("GET", f"{base}/metrics", headers=TOKEN)
+    assert status == 200, text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def accepted_by(metrics_dir: Path, pid: int) -> float:
+    """The spawns one gunicorn process counted as accepted, read from its own file."""
+    path = metrics_dir / f"counter_{pid}.db"
+    if not path.exists():
+        return 0
+    for metric in MultiProcessCollector.merge([str(path)]):
+        for sample in metric.samples:
+            if sample.name == "vx11_spawns_accepted_total":
+                return sample.value
+    return 0
+
+
+@dataclass
+class Gateway:
+    base: str
+    config: dict[str, str]
+    process: Process
+    metrics_dir: Path
+    log_dir: Path
+
+    def spawn(self, task_type: str, code: str) -> str:
+        body = {"task_type": task_type, "code": code, "ttl_seconds": 30}
+        status, answer = http("POST", f"{self.base}/vx11/spawn", body, TOKEN)
+        assert status == 200 and answer["error"] is None, answer
+        return answer["spawn_id"]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, rabbitmq_vhost) -> Gateway:
+    root = tmp_path_factory.mktemp("metrics")
+    sandbox_root = tempfile.mkdtemp(prefix="vx11-e2e-sandbox-")  # nobody must traverse it
+    os.chmod(sandbox_root, 0o711)
+    metrics_dir = Path(tempfile.mkdtemp(prefix="vx11-e2e-metrics-"))
+    redis = RedisServer(free_port(), root / "redis").start()
+    config = {
+        "redis_url": redis.url,
+        "data_dir": str(root / "data"),
+        "database_url": f"sqlite:///{root / 'ledger.db'}",
+        "sandbox_root": sandbox_root,
+        "rate_limit_per_second": "0",
+        "max_active_spawns": "0",
+        "metrics_cache_seconds": "0",  # every scrape reads the ledger and the broker anew
+        "probe_timeout": "1.5",  # how long a scrape waits for the worker's reply
+        "metrics_timeout": "5",
+    }
+    port = free_port()
+    env = gateway_env(service_env(config), str(metrics_dir))
+    process = Process("gateway", gunicorn_argv("127.0.0.1", port, 2, 4), env, root).start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: http("GET", f"{base}/health")[0] == 200, timeout=60)
+        yield Gateway(base, config, process, metrics_dir, root)
+    finally:
+        process.stop()
+        redis.stop()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(sandbox_root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def queued(gateway: Gateway) -> dict[str, list[str]]:
+    """Spawns queued while no worker runs, in batches until both gunicorn processes have
+    accepted some: ``{"DONE": [ids], "FAILED": [ids]}``, as each will end."""
+    status, window = http("POST", f"{gateway.base}/vx11/window/open", {"target": "spawner"}, TOKEN)
+    assert status == 200, window
+    ids = {"DONE": [], "FAILED": [gateway.spawn("shell", FAILED_CODE)]}
+    processes = child_pids(gateway.process.proc.pid)
+    assert len(processes) == 2, processes
+    with ThreadPoolExecutor(BATCH) as pool:
+        for _ in range(20):
+            batch = [pool.submit(gateway.spawn, "python", DONE_CODE) for _ in range(BATCH)]
+            ids["DONE"] += [future.result() for future in batch]
+            if all(accepted_by(gateway.metrics_dir, pid) for pid in processes):
+                break
+    assert all(accepted_by(gateway.metrics_dir, pid) for pid in processes), "one process took all"
+    return ids
+
+
+def test_spawns_accepted_by_both_gateway_processes_add_up_in_one_scrape(gateway, queued):
+    queued_count = len(queued["DONE"]) + len(queued["FAILED"])
+    processes = child_pids(gateway.process.proc.pid)
+    shares = [accepted_by(gateway.metrics_dir, pid) for pid in processes]
+    assert all(shares) and sum(shares) == queued_count
+
+    samples = scrape(gateway.base)
+
+    assert value(samples, "vx11_spawns_accepted_total") == queued_count
+    assert value(samples, "vx11_spawn_request_seconds_count", outcome="accepted") == queued_count
+    assert value(samples, "vx11_spawns", status="QUEUED") == queued_count
+    assert value(samples, "vx11_queue_messages", queue="spawner") == queued_count
+    assert value(samples, "vx11_workers") == 0
+    assert value(samples, "vx11_window_open", target="spawner") == 1
+    assert {value(samples, "vx11_up", dependency=d) for d in ("redis", "database", "broker")} == {1}
+
+
+def test_a_real_worker_runs_them_and_the_figures_by_state_show_how_each_ended(gateway, queued):
+    worker = start_worker(gateway.config, gateway.log_dir, name="metrics")
+    try:
+        expected = {state: len(ids) for state, ids in queued.items()}
+
+        def finished():
+            samples = scrape(gateway.base)
+            ended = {state: value(samples, "vx11_spawns", status=state) for state in expected}
+            # a loaded machine may answer the scrape's broadcast late: scrape again
+            return samples if ended == expected and value(samples, "vx11_workers") else None
+
+        samples = wait_for(finished, timeout=90, interval=0.5)
+    finally:
+        worker.shut_down()
+    status, record = http("GET", f"{gateway.base}/vx11/spawn/{queued['DONE'][0]}", headers=TOKEN)
+    assert status == 200, record
+    level = record["sandbox"]  # the level the worker ran it at
+
+    assert value(samples, "vx11_spawns", status="QUEUED") == 0
+    assert value(samples, "vx11_spawns", status="RUNNING") == 0
+    assert value(samples, "vx11_queue_messages", queue="spawner") == 0
+    assert value(samples, "vx11_workers") == 1
+    (info,) = [labels for name, labels in samples if name == "vx11_worker_info"]
+    labels = dict(info)
+    assert labels["worker"].startswith("metrics@") and labels["sandbox"] == level
+    assert level in ("bwrap", "basic")
