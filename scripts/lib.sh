@@ -9,20 +9,29 @@ ensure_system_packages() { install_packages error "$@"; }
 
 # want_system_packages PROGRAM[:PACKAGE]...: the same where it can install them, else a
 # notice (VX11 works without them, at a weaker level).
-want_system_packages() { install_packages notice "$@"; }
+want_system_packages() {
+  install_packages "without it the sandbox runs at its basic level" "$@"
+}
 
+# want_test_packages PROGRAM[:PACKAGE]...: the same for programs only some tests use;
+# those tests skip, saying why, when they are missing.
+want_test_packages() { install_packages "the tests that need it are skipped" "$@"; }
+
+# install_packages error|NOTICE PROGRAM[:PACKAGE]...: with "error", stop when a package
+# cannot be installed; otherwise go on, printing NOTICE (what is lost without it).
 install_packages() {
   local level=$1 missing
   shift
   missing=$(missing_packages "$@")
+  missing=${missing% }
   [ -z "$missing" ] && return 0
-  if can_apt; then
-    apt_install $missing
+  if can_apt && apt_install $missing; then
+    return 0
   elif [ "$level" = error ]; then
     echo "error: install the Debian package(s) $missing (apt-get install $missing)" >&2
     exit 1
   else
-    echo "notice: $missing not installed; without it the sandbox runs at its basic level" >&2
+    echo "notice: $missing not installed; $level" >&2
   fi
 }
 

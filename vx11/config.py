@@ -114,6 +114,16 @@ class Settings:
         "`quota_exceeded`. 0 means no limit.",
     )
     probe_timeout: float = _setting(0.5, "Timeout of each dependency probe in /vx11/status, s.")
+    metrics_cache_seconds: float = _setting(
+        5.0,
+        "How long a gateway process reuses the figures /metrics reads from the ledger, "
+        "Redis, the broker and the workers, seconds; 0 reads them on every scrape.",
+    )
+    metrics_timeout: float = _setting(
+        2.0,
+        "Longest a /metrics scrape waits for the ledger, Redis and the broker, seconds; "
+        "one that has not answered is left out and its `vx11_up` is 0.",
+    )
     redis_timeout: float = _setting(2.0, "Socket timeout of gateway Redis calls, seconds.")
     result_expires: int = _setting(86400, "How long Celery keeps task results, seconds.")
     retention_days: int = _setting(
@@ -143,6 +153,26 @@ class Settings:
     )
     callback_backoff_base: float = _setting(
         2.0, "Wait before the first callback retry, seconds; it doubles on each (to 10 min)."
+    )
+    # Logs (vx11.logs): the gateway's, gunicorn's and the workers' lines.
+    log_format: str = _setting(
+        "",
+        "`json` (one object per line, with `spawn_id`, `correlation_id`, `request_id`) or "
+        "`text`; empty: `json` in production, `text` in development.",
+    )
+    log_level: str = _setting(
+        "",
+        "DEBUG, INFO, WARNING, ERROR or CRITICAL; empty: INFO, or for a worker its "
+        "`--loglevel` and for gunicorn's own lines its `--log-level`.",
+    )
+
+    # Flower (vx11.stack): its login, HTTP basic auth.
+    flower_user: str = _setting("admin", "User name of Flower's login (HTTP basic auth).")
+    flower_password: str = _setting(
+        "",
+        "Password of Flower's login. Empty: in development `vx11 up` generates one, keeps "
+        "it in `<data_dir>/flower-password` and prints it; in production it refuses to "
+        "start Flower. No commas (Flower splits logins on them).",
     )
 
     @classmethod
@@ -194,11 +224,31 @@ class Settings:
             raise ValueError("VX11_RATE_LIMIT_PER_SECOND must be a number, 0 or more")
         if self.max_active_spawns < 0:
             raise ValueError("VX11_MAX_ACTIVE_SPAWNS must be 0 or more")
+        if not self.metrics_cache_seconds >= 0 or not self.metrics_timeout > 0:
+            raise ValueError(
+                "VX11_METRICS_CACHE_SECONDS must be 0 or more, VX11_METRICS_TIMEOUT positive"
+            )
+        object.__setattr__(self, "log_level", self.log_level.upper())
+        if self.log_format not in ("", "json", "text"):
+            raise ValueError(f"VX11_LOG_FORMAT must be json or text, not {self.log_format!r}")
+        if self.log_level not in ("", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(
+                f"VX11_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, "
+                f"not {self.log_level!r}"
+            )
+        if not self.flower_user or any(c in self.flower_user for c in ":,"):
+            raise ValueError("VX11_FLOWER_USER must be a name without ':' or ','")
+        if "," in self.flower_password:
+            raise ValueError("VX11_FLOWER_PASSWORD may not contain ','")
         object.__setattr__(self, "data_dir", str(Path(self.data_dir).resolve()))
 
     @property
     def production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def effective_log_format(self) -> str:
+        return self.log_format or ("json" if self.production else "text")
 
     @property
     def effective_broker_url(self) -> str:

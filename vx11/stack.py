@@ -1,18 +1,21 @@
 """``vx11 up`` (and ``./scripts/run``): the whole stack in the foreground on one machine.
 
 A private redis-server (unless ``VX11_REDIS_URL`` is set), the SQLite ledger, the
-gateway under gunicorn, one Celery worker and Flower. Ctrl-C stops everything it
-started; a taken port or a missing program is one clear line, not a traceback.
+gateway under gunicorn, one Celery worker and Flower (behind a login). Ctrl-C stops
+everything it started; a taken port or a missing program is one clear line, not a
+traceback.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -58,8 +61,22 @@ def gunicorn_argv(host: str, port: int, workers: int, threads: int) -> list[str]
         "--threads", str(threads),
         "--bind", f"{host}:{port}",
         "--graceful-timeout", "10",
+        # gunicorn's own lines in VX11's format (VX11_LOG_FORMAT); no gunicorn access
+        # log: the app writes one line per request, with its ids (vx11.logs)
+        "--logger-class", "vx11.logs.GunicornLogger",
         "vx11:create_app()",
     ]  # fmt: skip
+
+
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus-client's multiprocess directory (:mod:`vx11.metrics`)."""
+
+
+def gateway_env(env: Mapping[str, str], metrics_dir: str) -> dict[str, str]:
+    """The gateway's environment: ``env`` with ``metrics_dir``, an empty directory made
+    for this start, as prometheus-client's multiprocess directory, so that /metrics adds
+    up the counts of every gunicorn worker. Only the gateway's processes may share it."""
+    return {**env, METRICS_DIR_VARIABLE: metrics_dir}
 
 
 def worker_argv(concurrency: int, queue: str) -> list[str]:
@@ -73,10 +90,73 @@ def worker_argv(concurrency: int, queue: str) -> list[str]:
 
 
 def flower_argv(host: str, port: int) -> list[str]:
+    """Flower's command line. Its login is not on it (``ps`` would show it to every user
+    of the machine): :func:`flower_env` passes it."""
     return [
         sys.executable, "-m", "celery", "-A", "workers", "flower",
         f"--address={host}", f"--port={port}",
     ]  # fmt: skip
+
+
+FLOWER_PASSWORD_FILE = "flower-password"
+"""Where, in the data directory, ``vx11 up`` keeps the Flower password it generated."""
+
+
+@dataclass(frozen=True)
+class FlowerLogin:
+    """Flower's HTTP basic-auth login."""
+
+    user: str
+    password: str
+    kept_in: Path | None = None
+    """The file holding a password ``vx11 up`` generated; None for ``VX11_FLOWER_PASSWORD``."""
+
+    @property
+    def basic_auth(self) -> str:
+        """The value of Flower's ``--basic-auth`` option."""
+        return f"{self.user}:{self.password}"
+
+
+def flower_login(settings: Settings) -> FlowerLogin:
+    """Flower's login: ``VX11_FLOWER_USER`` with ``VX11_FLOWER_PASSWORD``.
+
+    Flower has no login unless given one, and whoever reaches it sees every spawn's code
+    and output and can stop workers, so it never runs without one. With no password set,
+    development gets a generated one, kept in the data directory so that it survives
+    restarts (and a browser's saved login with it); production refuses.
+    """
+    if settings.flower_password:
+        return FlowerLogin(settings.flower_user, settings.flower_password)
+    if settings.production:
+        raise StackError(
+            "Flower needs a password in production: set VX11_FLOWER_PASSWORD, "
+            "or start without Flower (--no-flower)"
+        )
+    path = Path(settings.data_dir) / FLOWER_PASSWORD_FILE
+    try:
+        return FlowerLogin(settings.flower_user, kept_password(path), kept_in=path)
+    except OSError as exc:
+        raise StackError(
+            f"cannot keep Flower's password in {path} ({exc.strerror}): set VX11_FLOWER_PASSWORD"
+        ) from None
+
+
+def kept_password(path: Path) -> str:
+    """The password kept in ``path``; a new random one, readable by its owner only, if the
+    file does not exist or is empty."""
+    if path.exists() and (password := path.read_text().strip()):
+        return password
+    password = secrets.token_urlsafe(18)  # letters, digits, - and _: no ':' or ','
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+        file.write(password + "\n")
+    return password
+
+
+def flower_env(env: Mapping[str, str], login: FlowerLogin) -> dict[str, str]:
+    """Flower's environment: ``env`` with the login as ``FLOWER_BASIC_AUTH``, which Flower
+    reads as its ``--basic-auth`` option (and which replaces any inherited one)."""
+    return {**env, "FLOWER_BASIC_AUTH": login.basic_auth}
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -181,7 +261,17 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def quick_start(base: str) -> str:
+def quick_start(base: str, flower: tuple[str, FlowerLogin] | None = None) -> str:
+    """The hints printed once the stack is up; ``flower`` is Flower's URL and login."""
+    flower_hint = ""
+    if flower is not None:
+        url, login = flower
+        password = (
+            f"{login.password} (password kept in {login.kept_in})"
+            if login.kept_in
+            else "the password in VX11_FLOWER_PASSWORD"
+        )
+        flower_hint = f"Flower: {url}, login {login.user} / {password}\n\n"
     return f"""
 VX11 is up on {base}. Quick start:
 
@@ -192,7 +282,8 @@ VX11 is up on {base}. Quick start:
     -d '{{"task_type":"python","code":"print(\\"MVP works\\")","ttl_seconds":30}}' | jq '.spawn_id'
   curl -s {base}/vx11/spawn/<spawn_id> -H "X-VX11-Token: vx11-test-token" | jq .
 
-Ctrl-C stops everything.
+API docs: {base}/vx11/docs/ (the OpenAPI document: {base}/vx11/openapi.json)
+{flower_hint}Ctrl-C stops everything.
 """
 
 
@@ -201,9 +292,12 @@ def run_stack(options: StackOptions, environ: dict[str, str] | None = None) -> i
     env = dict(os.environ if environ is None else environ)
     settings = Settings.from_env(env)
     require_free_port(options.host, options.port, "gateway")
+    flower = None
     if options.flower:
         require_free_port(options.host, options.flower_port, "Flower")
+        flower = (f"http://{options.host}:{options.flower_port}", flower_login(settings))
     stack = Stack()
+    metrics_dir = tempfile.mkdtemp(prefix="vx11-metrics-")
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         if "VX11_REDIS_URL" not in env:
@@ -217,14 +311,17 @@ def run_stack(options: StackOptions, environ: dict[str, str] | None = None) -> i
             gunicorn_argv(
                 options.host, options.port, options.gunicorn_workers, options.gunicorn_threads
             ),
-            env,
+            gateway_env(env, metrics_dir),
         )
         stack.start("worker", worker_argv(options.worker_concurrency, settings.spawn_queue), env)
-        if options.flower:
-            stack.start("flower", flower_argv(options.host, options.flower_port), env)
+        if flower is not None:
+            argv = flower_argv(options.host, options.flower_port)
+            stack.start("flower", argv, flower_env(env, flower[1]))
         base = f"http://{options.host}:{options.port}"
         wait_until(lambda: http_ok(f"{base}/health"), 30, "the gateway", stack.procs)
-        print(quick_start(base), flush=True)
+        if flower is not None:  # its one page without a login
+            wait_until(lambda: http_ok(f"{flower[0]}/healthcheck"), 30, "Flower", stack.procs)
+        print(quick_start(base, flower), flush=True)
         name, status = stack.wait_any()
         raise StackError(f"{name} exited with status {status}; stopping the stack")
     except KeyboardInterrupt:
@@ -232,4 +329,5 @@ def run_stack(options: StackOptions, environ: dict[str, str] | None = None) -> i
         return 0
     finally:
         stack.stop()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)

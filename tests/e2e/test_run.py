@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from base64 import b64encode
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,12 +71,15 @@ def test_up_serves_the_quick_start_and_ctrl_c_stops_everything(up_env, redis_url
         )
         assert status == 200, accepted
         assert wait_terminal(base, accepted["spawn_id"])["stdout"] == "up\n"
-        flower_page = wait_for(
-            lambda: (r := http("GET", f"http://127.0.0.1:{flower_port}/"))[0] == 200 and r[1],
-            timeout=30,
-        )
-        assert "Flower" in flower_page
-        status, broker_page = http("GET", f"http://127.0.0.1:{flower_port}/broker")
+        flower = f"http://127.0.0.1:{flower_port}"
+        wait_for(lambda: http("GET", f"{flower}/healthcheck")[0] == 200, timeout=30)
+        assert http("GET", f"{flower}/")[0] == 401, "Flower asks for its login"
+        # No VX11_FLOWER_PASSWORD: vx11 up made one, kept in the data directory.
+        password = Path(env["VX11_DATA_DIR"], "flower-password").read_text().strip()
+        login = {"Authorization": "Basic " + b64encode(f"admin:{password}".encode()).decode()}
+        status, flower_page = http("GET", f"{flower}/", headers=login)
+        assert status == 200 and "Flower" in flower_page
+        status, broker_page = http("GET", f"{flower}/broker", headers=login)
         assert status == 200 and "spawner" in broker_page  # the queue and its depth
         assert len(processes_with(env["VX11_DATA_DIR"])) >= 3
     finally:
@@ -83,6 +87,7 @@ def test_up_serves_the_quick_start_and_ctrl_c_stops_everything(up_env, redis_url
         output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, output
     assert "Quick start" in output
+    assert f"Flower: {flower}, login admin / {password} (password kept in " in output
     assert "Traceback" not in output
     time.sleep(0.5)
     assert processes_with(env["VX11_DATA_DIR"]) == []
