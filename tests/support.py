@@ -6,12 +6,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
+import selectors
+import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from base64 import b64encode
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -122,6 +128,8 @@ def service_env(config: dict[str, str]) -> dict[str, str]:
     """The environment of a gateway or worker subprocess configured by ``config``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VX11_")}
     env.update({f"VX11_{key.upper()}": str(value) for key, value in config.items()})
+    if "broker_url" not in config and MODULE_BROKER.get("url"):
+        env["VX11_BROKER_URL"] = MODULE_BROKER["url"]
     env["PYTHONPATH"] = str(ROOT)
     return env
 
@@ -204,12 +212,252 @@ def connected_ports(pid: int) -> list[int]:
     return ports
 
 
+# --- the broker ---------------------------------------------------------------------------
+
+BROKER_URL = os.environ.get("VX11_TEST_BROKER_URL", "")
+"""A RabbitMQ the end-to-end tests' services use as their broker instead of a private
+Redis, which still holds windows, tokens and results. ``.ci/run``'s second run sets this
+machine's (``amqp://guest:guest@127.0.0.1:5672//``); each test module gets a virtual host
+of its own on it (:class:`RabbitVhost`). Empty: every broker is a private Redis."""
+
+MODULE_BROKER: dict[str, str] = {}
+"""``{"url": ...}`` while a test module runs with :data:`BROKER_URL` set: its vhost, the
+broker of every service started without a ``broker_url`` of its own (see
+:func:`service_env`; tests/e2e/conftest.py sets and clears it)."""
+
+
+def is_amqp(url: str) -> bool:
+    return urllib.parse.urlsplit(url).scheme in ("amqp", "amqps", "pyamqp")
+
+
 def broker_task_ids(broker_url: str, queue: str) -> list[str]:
     """The Celery task ids of the jobs the Redis broker holds for ``queue``: waiting in its
-    lists (one per priority) or delivered and not yet acknowledged (kombu's ``unacked``)."""
+    lists (one per priority) or delivered and not yet acknowledged (kombu's ``unacked``).
+    RabbitMQ shows nobody a queue's messages without delivering them, and never those
+    another consumer holds: tests that need this are Redis-broker tests."""
+    if is_amqp(broker_url):
+        raise NotImplementedError(f"cannot list the jobs a RabbitMQ holds ({queue})")
     with redis.Redis.from_url(broker_url) as client:
         ids = []
         for key in client.scan_iter(match=f"{queue}*", _type="list"):
             ids += [json.loads(raw)["headers"]["id"] for raw in client.lrange(key, 0, -1)]
         ids += [json.loads(raw)[0]["headers"]["id"] for raw in client.hvals("unacked")]
     return ids
+
+
+class RabbitVhost:
+    """A RabbitMQ virtual host of one test module's own, made when it starts and deleted
+    when it ends, so that no two runs, parallel or left over, ever share a queue, an
+    exchange or a worker's control messages. Made with ``rabbitmqctl`` (root on the
+    broker's own host), or else through the management API. Once per run, the vhosts of
+    runs whose process is gone are deleted first."""
+
+    PREFIX = "vx11-test-"
+    MANAGEMENT_PORT = 15672
+    _swept = False
+
+    def __init__(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.user = urllib.parse.unquote(parts.username or "guest")
+        self.password = urllib.parse.unquote(parts.password or "guest")
+        self.name = f"{self.PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        vhost = urllib.parse.quote(self.name, safe="")
+        self.url = urllib.parse.urlunsplit(parts._replace(path=f"/{vhost}"))
+        self._via: str | None = None
+
+    def create(self) -> RabbitVhost:
+        problems = []
+        for via in ("rabbitmqctl", "management API"):
+            self._via = via
+            try:
+                if not RabbitVhost._swept:
+                    for stale in self._stale(self._vhosts()):
+                        self._delete(stale)
+                    RabbitVhost._swept = True
+                self._add(self.name)
+                return self
+            except (OSError, subprocess.SubprocessError, urllib.error.URLError) as exc:
+                problems.append(f"{via}: {exc}")
+        self._via = None
+        raise RuntimeError(f"cannot make a RabbitMQ vhost for the tests: {'; '.join(problems)}")
+
+    def delete(self) -> None:
+        if self._via is not None:
+            self._delete(self.name)
+            self._via = None
+
+    def queues(self) -> dict[str, dict[str, Any]]:
+        """``{name: {"durable": bool, "arguments": {...}}}`` of the vhost's queues."""
+        if self._via == "rabbitmqctl":
+            rows = json.loads(self._ctl("list_queues", "-p", self.name, "name", "durable",
+                                        "arguments", "--formatter", "json"))  # fmt: skip
+        else:
+            rows = self._api("GET", f"/queues/{self._quoted(self.name)}")
+        return {
+            row["name"]: {"durable": row["durable"], "arguments": _arguments(row["arguments"])}
+            for row in rows
+        }
+
+    def consumers(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(queue, consumer arguments)`` of every consumer in the vhost."""
+        if self._via == "rabbitmqctl":
+            rows = json.loads(self._ctl("list_consumers", "-p", self.name, "queue_name",
+                                        "arguments", "--formatter", "json"))  # fmt: skip
+            return [(row["queue_name"], _arguments(row["arguments"])) for row in rows]
+        rows = self._api("GET", f"/consumers/{self._quoted(self.name)}")
+        return [(row["queue"]["name"], _arguments(row["arguments"])) for row in rows]
+
+    def _stale(self, names: list[str]) -> list[str]:
+        stale = []
+        for name in names:
+            pid = name.removeprefix(self.PREFIX).split("-", 1)[0]
+            if name.startswith(self.PREFIX) and pid.isdigit() and not _pid_alive(int(pid)):
+                stale.append(name)
+        return stale
+
+    def _vhosts(self) -> list[str]:
+        if self._via == "rabbitmqctl":
+            return self._ctl("list_vhosts", "name").split()
+        return [entry["name"] for entry in self._api("GET", "/vhosts")]
+
+    def _add(self, name: str) -> None:
+        if self._via == "rabbitmqctl":
+            self._ctl("add_vhost", name)
+            self._ctl("set_permissions", "-p", name, self.user, ".*", ".*", ".*")
+        else:
+            self._api("PUT", f"/vhosts/{self._quoted(name)}", {})
+            everything = dict.fromkeys(("configure", "write", "read"), ".*")
+            self._api("PUT", f"/permissions/{self._quoted(name)}/{self._quoted(self.user)}",
+                      everything)  # fmt: skip
+
+    def _delete(self, name: str) -> None:
+        if self._via == "rabbitmqctl":
+            self._ctl("delete_vhost", name)
+        else:
+            self._api("DELETE", f"/vhosts/{self._quoted(name)}")
+
+    def _ctl(self, *args: str) -> str:
+        if self.host not in ("127.0.0.1", "localhost", "::1"):
+            raise OSError(f"the broker is on {self.host}, not this host")
+        binary = shutil.which("rabbitmqctl")
+        if binary is None:
+            raise OSError("rabbitmqctl is not installed")
+        done = subprocess.run(
+            [binary, *args, "--silent"], capture_output=True, text=True, timeout=60, check=False
+        )
+        if done.returncode != 0:
+            raise OSError(f"rabbitmqctl {args[0]}: {(done.stderr or done.stdout).strip()}")
+        return done.stdout
+
+    def _api(self, method: str, path: str, body: Any = None) -> Any:
+        url = f"http://{self.host}:{self.MANAGEMENT_PORT}/api{path}"
+        login = b64encode(f"{self.user}:{self.password}".encode()).decode()
+        headers = {"Authorization": f"Basic {login}", "Content-Type": "application/json"}
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data, headers, method=method)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
+    @staticmethod
+    def _quoted(name: str) -> str:
+        return urllib.parse.quote(name, safe="")
+
+
+def _arguments(raw: Any) -> dict[str, Any]:
+    """AMQP arguments as a dict, from the management API's object or rabbitmqctl's JSON
+    (a list of ``[name, type, value]``)."""
+    if isinstance(raw, dict):
+        return raw
+    return {item[0]: item[-1] for item in raw or []}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class BrokerProxy:
+    """A TCP relay on a free port of 127.0.0.1 to a RabbitMQ the tests do not own.
+    Stopping it is, to every connection through it, the broker going away (connections
+    closed, new ones refused); starting it again on the same port is the broker coming
+    back. The real server, which other runs share, is never touched."""
+
+    def __init__(self, target_url: str) -> None:
+        parts = urllib.parse.urlsplit(target_url)
+        self.target = (parts.hostname or "127.0.0.1", parts.port or 5672)
+        self.port = free_port()
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@127.0.0.1:{self.port}" if userinfo else f"127.0.0.1:{self.port}"
+        self.url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def start(self) -> BrokerProxy:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._relay, args=(listener,), name=f"broker-proxy-{self.port}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stopping.set()
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _relay(self, listener: socket.socket) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(listener, selectors.EVENT_READ)
+        peers: dict[socket.socket, socket.socket] = {}
+        try:
+            while not self._stopping.is_set():
+                for key, _ in selector.select(timeout=0.1):
+                    sock = key.fileobj
+                    if sock is listener:
+                        self._accept(listener, selector, peers)
+                    elif sock in peers and not self._pass_on(sock, peers[sock]):
+                        for end in (sock, peers.pop(sock)):
+                            peers.pop(end, None)
+                            selector.unregister(end)
+                            end.close()
+        finally:
+            for end in [*peers, listener]:
+                end.close()
+            selector.close()
+
+    def _accept(self, listener: socket.socket, selector, peers) -> None:
+        client, _ = listener.accept()
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        for end, other in ((client, upstream), (upstream, client)):
+            peers[end] = other
+            selector.register(end, selectors.EVENT_READ)
+
+    @staticmethod
+    def _pass_on(sock: socket.socket, other: socket.socket) -> bool:
+        try:
+            data = sock.recv(1 << 16)
+            if data:
+                other.sendall(data)
+            return bool(data)
+        except OSError:
+            return False

@@ -35,6 +35,7 @@ from tests.support import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose.yaml"
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 SECURITY_DOC = ROOT / "docs" / "security.md"
@@ -46,7 +47,7 @@ VX11_SERVICES = ("gateway", "worker", "flower")
 SAMPLE_SECRETS = {
     "REDIS_PASSWORD": "redis-secret",
     "POSTGRES_PASSWORD": "postgres-secret",
-    "FLOWER_BASIC_AUTH": "admin:flower-secret",
+    "VX11_FLOWER_PASSWORD": "flower-secret",
 }
 
 # Compose interpolation: $$ (a literal $), ${VAR}, ${VAR:-default}, ${VAR:?error},
@@ -229,6 +230,11 @@ def test_vx11_services_run_the_project_image_and_restart(services):
     assert len({services[n]["image"] for n in VX11_SERVICES}) == 1
 
 
+def test_every_service_comes_back_after_a_crash_or_a_reboot(services):
+    for name, service in services.items():
+        assert service.get("restart") == "unless-stopped", name
+
+
 def test_services_wait_for_healthy_dependencies(services):
     needs = {"gateway": {"redis", "postgres"}, "worker": {"redis", "postgres"}, "flower": {"redis"}}
     for name, wanted in needs.items():
@@ -276,10 +282,27 @@ def test_gateway_command_is_the_stack_command_bound_to_every_interface(services)
     assert compose_options["worker_class"] == "gthread"
 
 
+def test_the_images_default_command_is_the_gateways(services):
+    (cmd,) = [args for kind, args in dockerfile_instructions() if kind == "CMD"]
+    assert json.loads(cmd) == command_of(services["gateway"])
+
+
 def test_gateway_publishes_the_port_it_binds(services):
     gateway = services["gateway"]
     port = option(command_of(gateway), "--bind").rsplit(":", 1)[1]
     assert f"{port}:{port}" in [str(p) for p in gateway["ports"]]
+
+
+def test_gateway_counts_metrics_across_its_workers_in_a_directory_new_at_each_start(deployed):
+    from vx11.stack import METRICS_DIR_VARIABLE, gateway_env
+
+    gateway = deployed["gateway"]
+    directory = environment_of(gateway)[METRICS_DIR_VARIABLE]
+    assert gateway_env({}, directory) == {METRICS_DIR_VARIABLE: directory}  # as vx11 up does
+    mounts = [str(m).split(":", 1)[0] for m in gateway.get("tmpfs", [])]
+    assert any(Path(directory).is_relative_to(m) for m in mounts), "it must start empty"
+    for name in ("worker", "flower"):
+        assert METRICS_DIR_VARIABLE not in environment_of(deployed[name]), name
 
 
 def test_gateway_healthcheck_asks_its_own_health_endpoint(services):
@@ -436,6 +459,20 @@ def test_vx11_services_share_one_redis_and_one_ledger(deployed):
     assert database_url.startswith("postgresql+psycopg://vx11:")
 
 
+def test_every_redis_url_a_vx11_service_uses_carries_the_password(deployed):
+    """Windows and tokens, the broker and Celery's results: each URL, as the service's
+    settings resolve it, authenticates."""
+    from urllib.parse import urlsplit
+
+    from vx11.config import Settings
+
+    for name in VX11_SERVICES:
+        settings = Settings.from_env(environment_of(deployed[name]))
+        broker, results = settings.effective_broker_url, settings.effective_result_backend
+        for url in (settings.redis_url, broker, results):
+            assert urlsplit(url).password == SAMPLE_SECRETS["REDIS_PASSWORD"], (name, url)
+
+
 def test_ledger_url_names_a_driver_the_image_installs(deployed):
     from sqlalchemy.engine import make_url
 
@@ -458,6 +495,9 @@ def test_redis_keeps_its_data_never_evicts_and_requires_a_password(services, dep
     assert argv[0] == "redis-server"
     assert option(argv, "--appendonly") == "yes"
     assert option(argv, "--maxmemory-policy") == "noeviction"
+    # noeviction acts only at maxmemory: without it Redis grows until the kernel kills it
+    assert variables_in(option(argv, "--maxmemory")) == [("REDIS_MAXMEMORY", ":-")]
+    assert re.fullmatch(r"\d+(gb|mb)", interpolate(option(argv, "--maxmemory"), {}))
     assert variables_in(option(argv, "--requirepass")) == [("REDIS_PASSWORD", ":?")]
     assert any(str(v).endswith(":/data") for v in redis_service["volumes"])
     # the healthcheck authenticates with the same password
@@ -591,6 +631,135 @@ def test_the_image_installs_bubblewrap_as_root():
     assert all(index < i for i in users), "apt-get must run before the image drops root"
 
 
+# --- RabbitMQ as the broker: docs/deploy.md's compose.override.yaml ------------------------
+
+RABBITMQ_SECRETS = {**SAMPLE_SECRETS, "RABBITMQ_PASSWORD": "rabbitmq-secret"}
+
+
+def merge_override(base: dict, override: dict) -> dict:
+    """``override`` merged into ``base`` the way compose merges an override file's
+    mappings (the services, their environment, depends_on), key by key; anything else is
+    replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_override(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_override() -> dict:
+    """The override in docs/deploy.md that makes RabbitMQ the broker."""
+    blocks = re.findall(r"```yaml\n(.*?)```", DEPLOY_DOC.read_text(), re.DOTALL)
+    found = [
+        document
+        for document in map(yaml.safe_load, blocks)
+        if "rabbitmq" in (document.get("services") or {})
+    ]
+    assert len(found) == 1, "docs/deploy.md must show one compose override adding rabbitmq"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def with_rabbitmq(compose, rabbitmq_override) -> dict[str, dict]:
+    """The services as compose runs them with that override and the sample secrets."""
+    services = merge_override(compose, rabbitmq_override)["services"]
+    return {name: resolved(service, RABBITMQ_SECRETS) for name, service in services.items()}
+
+
+def test_the_rabbitmq_override_makes_it_every_services_broker_redis_keeps_the_rest(
+    with_rabbitmq,
+):
+    from urllib.parse import unquote, urlsplit
+
+    from vx11.config import Settings
+
+    rabbitmq = environment_of(with_rabbitmq["rabbitmq"])
+    assert rabbitmq["RABBITMQ_DEFAULT_PASS"] == RABBITMQ_SECRETS["RABBITMQ_PASSWORD"]
+    redis_url = f"redis://:{SAMPLE_SECRETS['REDIS_PASSWORD']}@redis:6379/0"
+    for name in VX11_SERVICES:
+        service = with_rabbitmq[name]
+        settings = Settings.from_env(environment_of(service))
+        broker = urlsplit(settings.effective_broker_url)
+        assert (broker.scheme, broker.hostname, broker.port) == ("amqp", "rabbitmq", 5672)
+        login = (rabbitmq["RABBITMQ_DEFAULT_USER"], rabbitmq["RABBITMQ_DEFAULT_PASS"])
+        assert (broker.username, broker.password) == login, name
+        assert unquote(broker.path[1:]) == rabbitmq["RABBITMQ_DEFAULT_VHOST"], name
+        # windows, tokens and Celery's results stay in Redis, with its password
+        assert settings.redis_url == settings.effective_result_backend == redis_url, name
+        assert settings.production, name
+        depends = service["depends_on"]
+        assert depends["rabbitmq"]["condition"] == "service_healthy", name
+        assert "redis" in depends, f"{name} must still wait for Redis"
+    worker = Settings.from_env(environment_of(with_rabbitmq["worker"]))
+    assert worker.sandbox_require == "bwrap", "the override must keep the worker's own settings"
+
+
+def test_the_rabbitmq_service_keeps_its_data_restarts_and_reports_its_health(rabbitmq_override):
+    service = rabbitmq_override["services"]["rabbitmq"]
+    assert re.fullmatch(r"rabbitmq:3\.(1[2-9]|[2-9]\d)(-management)?", service["image"]), (
+        "RabbitMQ 3.12 or later honours the workers' consumer timeout"
+    )
+    assert service["restart"] == "unless-stopped"
+    assert service["hostname"], "a fixed node name keeps the same data directory"
+    (volume,) = [str(v) for v in service["volumes"] if str(v).endswith(":/var/lib/rabbitmq")]
+    assert volume.split(":")[0] in rabbitmq_override["volumes"]
+    assert healthcheck_argv(service)[0] == "rabbitmq-diagnostics"
+    assigned, commented = env_example()
+    for text in strings_in(rabbitmq_override):
+        for name, op in variables_in(text):
+            assert name in assigned or name in commented, f"{name} not in .env.example"
+            if name == "RABBITMQ_PASSWORD":
+                assert op == ":?", "the password must be required, never defaulted"
+
+
+def test_rabbitmq_lets_the_longest_spawn_finish_within_its_consumer_timeout(with_rabbitmq):
+    """A delivery unacknowledged past RabbitMQ's consumer timeout closes the worker's
+    channel, and the worker stops. Both the timeout the worker asks for and the server's
+    own must outlast the longest time a spawn job stays unacknowledged."""
+    from vx11.config import Settings
+    from vx11.dispatch import TIME_LIMIT_MARGIN
+
+    worker_env = environment_of(with_rabbitmq["worker"])
+    probe = (
+        "import celeryconfig, json; q = celeryconfig.task_queues[0]; "
+        "print(json.dumps([q.name, q.consumer_arguments, celeryconfig.broker_transport_options]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=local_env(worker_env, PYTHONPATH=str(ROOT)),
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    queue, arguments, transport = json.loads(done.stdout)
+    settings = Settings.from_env(worker_env)
+    longest_ms = (settings.spawn_max_ttl + TIME_LIMIT_MARGIN) * 1000
+    assert queue == settings.spawn_queue
+    assert arguments["x-consumer-timeout"] > longest_ms
+    assert "visibility_timeout" not in transport, "a Redis-transport option"
+    rabbitmq = environment_of(with_rabbitmq["rabbitmq"])
+    erl_args = shlex.split(rabbitmq["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"])
+    at = erl_args.index("consumer_timeout")
+    assert erl_args[at - 1] == "-rabbit"
+    assert int(erl_args[at + 1]) >= arguments["x-consumer-timeout"]
+
+
+def rabbitmq_runs_here() -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", 5672), 2):
+        return True
+    return False
+
+
+@pytest.mark.skipif(
+    shutil.which("rabbitmq-diagnostics") is None or os.geteuid() != 0 or not rabbitmq_runs_here(),
+    reason="needs root and a RabbitMQ node running here",
+)
+def test_the_rabbitmq_healthcheck_passes_against_a_running_node(rabbitmq_override):
+    argv = healthcheck_argv(rabbitmq_override["services"]["rabbitmq"])
+    assert run_healthcheck(argv, local_env({}), timeout=60) == 0
+
+
 # --- the commands, run locally ------------------------------------------------------------
 
 
@@ -675,6 +844,7 @@ def test_redis_command_and_healthcheck_work_on_a_real_redis_server(deployed, tmp
         wait_for(client.ping, timeout=15)
         assert client.config_get("appendonly") == {"appendonly": "yes"}
         assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert client.config_get("maxmemory") == {"maxmemory": str(1 << 30)}  # the default
         with pytest.raises(redis.exceptions.AuthenticationError):
             redis.Redis(port=port).ping()
         check = healthcheck_argv(deployed["redis"])
@@ -712,6 +882,8 @@ def test_compose_commands_run_a_working_vx11_and_pass_their_healthchecks(
         )
         for name in VX11_SERVICES
     }
+    # In the container that directory is on a tmpfs, new at each start; here, a new one.
+    envs["gateway"]["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
     if not bwrap_works_here():
         # The worker container gives bubblewrap what it needs; a machine where it cannot
         # work runs the worker's command as compose.yaml's documented override would.
@@ -768,7 +940,7 @@ def test_compose_commands_run_a_working_vx11_and_pass_their_healthchecks(
 
         flower_url = f"http://127.0.0.1:{flower_port}/"
         assert http(flower_url)[0] == 401, "Flower must ask for a login"
-        login = b64encode(SAMPLE_SECRETS["FLOWER_BASIC_AUTH"].encode()).decode()
+        login = b64encode(b"admin:flower-secret").decode()
         assert http(flower_url, {"Authorization": f"Basic {login}"})[0] == 200
     finally:
         for service in reversed(running):
