@@ -1,5 +1,10 @@
 """Celery settings for VX11, read by the workers (``celery -A workers``) and by the
-gateway's publishing client. URLs come from ``VX11_*`` through :mod:`vx11.config`."""
+gateway's publishing client. URLs come from ``VX11_*`` through :mod:`vx11.config`.
+
+The broker is Redis (``VX11_BROKER_URL`` empty: the same Redis as the windows) or
+RabbitMQ (``amqp://...``); both are tested, and the settings that differ are marked."""
+
+from urllib.parse import urlsplit
 
 from kombu import Exchange, Queue
 
@@ -10,6 +15,7 @@ _settings = Settings.from_env()
 
 broker_url = _settings.effective_broker_url
 result_backend = _settings.effective_result_backend
+_AMQP_BROKER = urlsplit(broker_url).scheme in ("amqp", "amqps", "pyamqp")
 
 # JSON only: a pickle payload from anyone who can write to the broker would run code
 # in the worker itself, outside every sandbox.
@@ -36,20 +42,41 @@ worker_send_task_events = True
 task_send_sent_event = False
 result_expires = _settings.result_expires
 
-# Redis redelivers an unacknowledged job after visibility_timeout: it must be longer
-# than the longest spawn can run, or a long spawn would be handed to a second worker.
-_VISIBILITY_TIMEOUT = _settings.spawn_max_ttl + 600
-broker_transport_options = {
-    "visibility_timeout": _VISIBILITY_TIMEOUT,
-    "socket_connect_timeout": 2,
-    "socket_timeout": 5,
-}
+# How long a job may stay delivered and unacknowledged: the longest spawn, with room
+# for Celery's time-limit margin.
+_LONGEST_UNACKED = _settings.spawn_max_ttl + 600
+if _AMQP_BROKER:
+    # RabbitMQ hands an unacknowledged job back as soon as its consumer's channel closes:
+    # the worker died or lost its connection (the spawner's claim, a compare-and-set in
+    # the ledger, decides what that delivery may do). It also closes a channel whose
+    # delivery has been unacked for longer than its consumer timeout (30 min by
+    # default), and the worker stops; this consumer argument raises that timeout past
+    # the longest spawn on RabbitMQ 3.12 and later (older versions ignore it: set
+    # consumer_timeout on the server, docs/deploy.md). Classic durable queues (Celery's
+    # default): one broker node, and no native delayed delivery for countdown retries.
+    _SPAWN_CONSUMER_ARGUMENTS = {"x-consumer-timeout": _LONGEST_UNACKED * 1000}
+    broker_transport_options = {}
+else:
+    # Redis redelivers an unacknowledged job after visibility_timeout: it must be longer
+    # than the longest spawn can run, or a long spawn would be handed to a second worker.
+    _SPAWN_CONSUMER_ARGUMENTS = None
+    broker_transport_options = {
+        "visibility_timeout": _LONGEST_UNACKED,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+    }
 redis_socket_connect_timeout = 2
 redis_socket_timeout = 5
 redis_retry_on_timeout = True
 broker_connection_retry_on_startup = True
 broker_connection_timeout = 2
+# AMQP only (Redis has none): a worker whose broker vanished without closing the
+# connection notices within two beats.
 broker_heartbeat = 10
+# A lost broker connection does not stop the spawns running: the sandbox still kills each
+# at its ttl, the ledger records its end, and a redelivered job never runs a live spawn
+# again (Celery's default; it says so with a warning at every reconnect).
+worker_cancel_long_running_tasks_on_connection_loss = False
 
 # The gateway publishes with a short retry, so a down broker is a quick 503.
 task_publish_retry = True
@@ -66,7 +93,12 @@ task_default_queue = _settings.spawn_queue
 # and callbacks can be given workers of their own (`--queues callbacks`). The stack's
 # worker (vx11.stack.worker_argv, compose.yaml) consumes both queues.
 task_queues = (
-    Queue(_settings.spawn_queue, Exchange(_settings.spawn_queue), routing_key="spawn"),
+    Queue(
+        _settings.spawn_queue,
+        Exchange(_settings.spawn_queue),
+        routing_key="spawn",
+        consumer_arguments=_SPAWN_CONSUMER_ARGUMENTS,
+    ),
     Queue(CALLBACK_QUEUE, Exchange(CALLBACK_QUEUE), routing_key="callback"),
 )
 task_routes = {

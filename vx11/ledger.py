@@ -7,6 +7,8 @@ outlive Celery's result expiry and any restart.
 
 from __future__ import annotations
 
+import functools
+import logging
 import random
 import time
 import uuid
@@ -39,12 +41,14 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.schema import DDL, CreateColumn
 
 from vx11 import cursor
 from vx11.errors import IllegalTransition, NotFound
 from vx11.states import ALLOWED_SOURCES, SpawnStatus
+
+log = logging.getLogger(__name__)
 
 metadata = MetaData()
 
@@ -113,11 +117,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, connect_patience: float = 0.0) -> Engine:
     """An engine for ``url``; SQLite gets WAL and a busy timeout so several gunicorn and
-    Celery processes can share one file."""
+    Celery processes can share one file. With ``connect_patience``, a connection the
+    database refuses is tried again for up to that many seconds (a restart takes a
+    few) before the error is raised: the workers wait, the gateway answers 503 at once.
+    A database error never shows its statement's parameters (``hide_parameters``): they
+    hold spawns' code, stdin and output, and errors are logged."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no branch - runs per connection
@@ -127,19 +135,49 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    else:
+        engine = create_engine(
+            url, pool_pre_ping=True, pool_size=5, max_overflow=5, hide_parameters=True
+        )
+    if connect_patience > 0:
+        event.listen(engine, "do_connect", functools.partial(_connect, connect_patience))
+    return engine
+
+
+def _connect(patience: float, dialect, _record, cargs, cparams):
+    """A DBAPI connection, tried every half second for up to ``patience`` seconds."""
+    deadline, warned = time.monotonic() + patience, False
+    while True:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except dialect.loaded_dbapi.OperationalError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            if not warned:
+                log.warning("the ledger's database is unavailable, waiting for it: %s", exc)
+                warned = True
+            time.sleep(0.5)
+
+
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+"""What SQLAlchemy raises when the ledger's database cannot be reached (or restarts)."""
 
 
 class Ledger:
-    """The spawn records in one database; the engine is passed in."""
+    """The spawn records in one database; the engine is passed in.
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    ``patience``: seconds a state change is tried again while the database does not
+    answer (a restart), before the error is raised. The workers wait, so that what a
+    spawn did is recorded once the database is back; the gateway does not (0), and
+    answers 503 at once."""
+
+    def __init__(self, engine: Engine, *, patience: float = 0.0) -> None:
+        self.engine, self.patience = engine, patience
 
     @classmethod
-    def from_url(cls, url: str) -> Ledger:
-        return cls(make_engine(url))
+    def from_url(cls, url: str, *, patience: float = 0.0) -> Ledger:
+        """A ledger whose connections, too, wait up to ``patience`` for the database."""
+        return cls(make_engine(url, connect_patience=patience), patience=patience)
 
     def create_schema(self) -> None:
         """Create the tables if missing, and add the columns a ledger made by an older
@@ -264,11 +302,28 @@ class Ledger:
         if attempt is not None:
             conditions.append(func.coalesce(spawns.c.attempts, 0) == attempt)
         stmt = update(spawns).where(*conditions).values(values).returning(*spawns.c)
-        with self.engine.begin() as conn:
-            row = conn.execute(stmt).mappings().first()
+        row, retried = self._change(stmt)
         if row is None:
-            raise IllegalTransition(SpawnStatus(self.get(spawn_uuid)["status"]), target)
+            current = self.get(spawn_uuid)
+            if retried and current["status"] == target.value:
+                return current  # a try whose answer was lost had committed it
+            raise IllegalTransition(SpawnStatus(current["status"]), target)
         return _complete(row)
+
+    def _change(self, stmt: Any) -> tuple[Mapping[str, Any] | None, bool]:
+        """The first row of ``stmt``, run in a transaction of its own and tried again
+        while the database does not answer, for up to :attr:`patience` seconds; and
+        whether it was tried more than once."""
+        deadline, retried = time.monotonic() + self.patience, False
+        while True:
+            try:
+                with self.engine.begin() as conn:
+                    return conn.execute(stmt).mappings().first(), retried
+            except DATABASE_UNAVAILABLE:
+                if time.monotonic() >= deadline:
+                    raise
+                retried = True
+                time.sleep(0.5)
 
     def page(
         self, filters: SpawnFilter | None = None, limit: int = 50, cursor: str | None = None

@@ -13,16 +13,18 @@ from typing import Any
 
 import redis.exceptions
 from celery import Task
+from celery.exceptions import Reject
 from celery.signals import worker_process_init
 from redis import Redis
 
+from vx11 import logs
 from vx11.config import Settings
 from vx11.connections import make_redis
 from vx11.dispatch import SPAWN_TASK, publish_callback
 from vx11.errors import IllegalTransition
-from vx11.events import SpawnEvents
-from vx11.ledger import Ledger, utcnow
-from vx11.policy import SPAWN_TARGET, WindowStore
+from vx11.events import LIVE_TTL, SpawnEvents
+from vx11.ledger import DATABASE_UNAVAILABLE, Ledger, make_engine, utcnow
+from vx11.policy import SPAWN_TARGET, Window, WindowStore
 from vx11.states import SpawnStatus
 from workers import app
 from workers.sandbox import ACTIVE, Limits, Outcome, SandboxConfig, Watcher, run_sandboxed
@@ -55,12 +57,34 @@ def settings() -> Settings:
     return Settings.from_env()
 
 
+DATABASE_PATIENCE = 10.0
+"""Seconds a worker's ledger waits for a database that does not answer (one restarting)
+before it gives up: a spawn that ran is recorded once the database is back, not lost."""
+
+
 @functools.cache
 def ledger() -> Ledger:
-    """One ledger per worker process, made after the fork."""
-    store = Ledger.from_url(settings().effective_database_url)
-    store.create_schema()
-    return store
+    """One ledger per worker process, made after the fork, whose connections wait for
+    the database (:data:`DATABASE_PATIENCE`)."""
+    url = settings().effective_database_url
+    with _requeued_while_database_down():
+        schema = make_engine(url)  # without patience: create_schema retries by itself
+        try:
+            Ledger(schema).create_schema()
+        finally:
+            schema.dispose()
+    return Ledger.from_url(url, patience=DATABASE_PATIENCE)
+
+
+@contextlib.contextmanager
+def _requeued_while_database_down():
+    """Give the job back to the broker, to be delivered again, when the ledger cannot be
+    reached before its spawn has started: acknowledged, it would be lost, and its record
+    left QUEUED for good."""
+    try:
+        yield
+    except DATABASE_UNAVAILABLE as exc:
+        raise Reject(f"the ledger is unavailable: {exc}", requeue=True) from exc
 
 
 @functools.cache
@@ -213,7 +237,12 @@ def spawn(
         if attempt is None:
             return summary(store.get(spawn_uuid))
         _claim(store, spawn_uuid, attempt, self.request.hostname)
-    log.debug("spawn %s running (correlation_id=%s)", spawn_uuid, correlation_id)
+        logs.bind(attempt=attempt)  # this run's lines: the retry's number
+    log.info(
+        "spawn %s claimed",
+        spawn_uuid,
+        extra={"attempt": attempt, "worker": self.request.hostname, "task_type": task_type},
+    )
     with _quietly("announce the start of", spawn_uuid):
         events().append(spawn_uuid, "state", {"status": SpawnStatus.RUNNING.value})
     try:
@@ -228,13 +257,14 @@ def spawn(
         )
     except Exception as exc:
         log.exception("spawn %s: the sandbox failed", spawn_uuid)
-        record = store.transition(
-            spawn_uuid, SpawnStatus.ERROR, reason=f"sandbox_error: {type(exc).__name__}"[:128]
-        )
-        return finished(record)
+        reason = f"sandbox_error: {type(exc).__name__}"[:128]
+        record = _end_run(store, spawn_uuid, attempt, SpawnStatus.ERROR, reason=reason)
+        return finished(record) if record else summary(store.get(spawn_uuid))
     status, reason = terminal_state(outcome)
-    record = store.transition(
+    record = _end_run(
+        store,
         spawn_uuid,
+        attempt,
         status,
         reason=reason,
         exit_code=outcome.exit_code,
@@ -247,34 +277,90 @@ def spawn(
         peak_memory_kb=outcome.peak_memory_kb,
         sandbox=outcome.level,
     )
-    log.info("spawn %s %s (exit %s)", spawn_uuid, status, outcome.exit_code)
+    if record is None:
+        return summary(store.get(spawn_uuid))
+    log.info(
+        "spawn %s %s (exit %s)",
+        spawn_uuid,
+        status,
+        outcome.exit_code,
+        extra={
+            "state": str(status),
+            "reason": reason,
+            "exit_code": outcome.exit_code,
+            "duration_ms": outcome.duration_ms,
+            "cpu_time_ms": outcome.cpu_time_ms,
+            "peak_memory_kb": outcome.peak_memory_kb,
+            "sandbox": outcome.level,
+        },
+    )
     return finished(record)
 
 
 POLICY_RETRIES = 10
 """Tries, 3 s apart, to read the policy window before a spawn is ended ERROR."""
+POLICY_WAIT = 8.0
+"""Seconds a job first waits in its pool process for Redis to answer again (a restart
+takes a few), well inside Celery's soft time limit (ttl + 15 s): its retries go through
+the broker, often that same Redis, which cannot take them while it is down."""
 
 
 def _policy_refusal(task: Task, window_id: str | None) -> tuple[SpawnStatus, str] | None:
     """None when the window the spawn was accepted under is the one open now; else the
     state and reason to end it with. Redis down: the job, not yet started, waits and
-    tries again, then gives up."""
+    tries again, then gives up. A retry the broker cannot take ends it at once: the
+    job is gone, and its record must not stay QUEUED."""
     try:
-        window = windows().get(SPAWN_TARGET)
+        window = _read_window(POLICY_WAIT if task.request.retries == 0 else 0.0)
     except redis.exceptions.RedisError as exc:
         if task.request.retries >= POLICY_RETRIES:
             return SpawnStatus.ERROR, "policy_unavailable"
-        raise task.retry(countdown=3, max_retries=POLICY_RETRIES) from exc
+        try:
+            raise task.retry(countdown=3, max_retries=POLICY_RETRIES) from exc
+        except Reject:  # Celery could not publish the retry
+            return SpawnStatus.ERROR, "policy_unavailable"
     if window is None or window.window_id != window_id:
         return SpawnStatus.CANCELLED, "window_closed"
     return None
+
+
+def _read_window(patience: float) -> Window | None:
+    """The open spawner window (or None), read again every half second for up to
+    ``patience`` seconds while Redis does not answer."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return windows().get(SPAWN_TARGET)
+        except redis.exceptions.RedisError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _end_run(
+    store: Ledger, spawn_uuid: str, attempt: int, status: SpawnStatus, **fields: Any
+) -> dict[str, Any] | None:
+    """End this run, the ``attempt``-th start, in ``status``: the record, or None if the
+    record is no longer this run's. That happens when the sweeper took this worker for
+    lost (cut off from Redis, not from the ledger) and a retry started or the spawn was
+    ended meanwhile: the record stays theirs and this run's outcome is dropped."""
+    try:
+        return store.transition(spawn_uuid, status, attempt=attempt, **fields)
+    except IllegalTransition:
+        log.warning(
+            "spawn %s: attempt %s ended after the record moved on; its outcome is dropped",
+            spawn_uuid,
+            attempt,
+        )
+        return None
 
 
 def _end_unstarted(
     store: Ledger, spawn_uuid: str, status: SpawnStatus, reason: str
 ) -> dict[str, Any]:
     try:
-        record = store.transition(spawn_uuid, status, reason=reason)
+        with _requeued_while_database_down():
+            record = store.transition(spawn_uuid, status, reason=reason)
     except IllegalTransition:
         return summary(store.get(spawn_uuid))
     log.info("spawn %s not run: %s", spawn_uuid, reason)
@@ -284,14 +370,23 @@ def _end_unstarted(
 def _claim(store: Ledger, spawn_uuid: str, attempt: int, worker: str) -> dict[str, Any]:
     """QUEUED -> RUNNING as the ``attempt``-th start: a stale delivery of an earlier
     attempt cannot claim it (IllegalTransition)."""
-    return store.transition(
-        spawn_uuid,
-        SpawnStatus.RUNNING,
-        attempt=attempt - 1,
-        attempts=attempt,
-        started_at=utcnow(),
-        worker=worker,
-    )
+    with _requeued_while_database_down():
+        return store.transition(
+            spawn_uuid,
+            SpawnStatus.RUNNING,
+            attempt=attempt - 1,
+            attempts=attempt,
+            started_at=utcnow(),
+            worker=worker,
+        )
+
+
+def _may_still_run(record: dict[str, Any]) -> bool:
+    """Its run's heartbeat is there, or it started too recently to have written one."""
+    if events().live([record["spawn_uuid"]]):
+        return True
+    started = record["started_at"]
+    return started is not None and (utcnow() - started).total_seconds() < LIVE_TTL
 
 
 def _after_lost_worker(store: Ledger, spawn_uuid: str, attempt: int) -> int | None:
@@ -304,6 +399,12 @@ def _after_lost_worker(store: Ledger, spawn_uuid: str, attempt: int) -> int | No
     record = store.get(spawn_uuid)
     if record["status"] != SpawnStatus.RUNNING or (record["attempts"] or 0) != attempt:
         log.warning("spawn %s not run: record is %s", spawn_uuid, record["status"])
+        return None
+    if _may_still_run(record):
+        # A broker connection that dropped hands the job back (RabbitMQ at once, Redis
+        # on restoring unacked jobs) while its run goes on: leave it to that run, and
+        # to the sweeper if the run stops beating.
+        log.warning("spawn %s delivered again while its run is alive: left to it", spawn_uuid)
         return None
     try:
         if attempt <= (record["max_retries"] or 0):

@@ -1,11 +1,14 @@
 """What a worker does when it starts and stops, besides consuming jobs (Celery
-bootsteps): choose its sandbox, and sweep spawns whose worker was lost."""
+bootsteps): choose its sandbox, and sweep spawns whose worker was lost; and the one
+workaround a worker needs to survive its Redis broker dying."""
 
 from __future__ import annotations
 
 import threading
 
+import redis.exceptions
 from celery import bootsteps
+from kombu.transport import redis as kombu_redis
 
 from vx11.config import Settings
 from vx11.connections import make_redis
@@ -50,3 +53,30 @@ class SweeperStep(bootsteps.StartStopStep):
 
     def stop(self, worker):
         self.stop_event.set()
+
+
+def _closed_transport_is_a_connection_error() -> None:
+    """Work around a kombu bug that stops a worker whose Redis broker died.
+
+    Reconnecting, Celery closes the old connection's channel, which hands its
+    unacknowledged jobs back; when the transport under it has been closed already, kombu
+    reads the transport's client, gone, and raises AttributeError (``'NoneType' object
+    has no attribute 'hostname'``, as in celery/kombu #582 and #970). Celery takes that
+    for an unrecoverable error and the worker exits. Raised as the connection error it
+    is, it is ignored like every other error of a lost connection, and the worker
+    reconnects; the jobs stay unacknowledged in Redis, where the sweeper finds those
+    that never started (:func:`workers.sweeper.recover_lost_jobs`)."""
+    original = kombu_redis.Channel._connparams
+    if getattr(original, "vx11_guarded", False):
+        return
+
+    def _connparams(self, asynchronous=False):
+        if self.connection.client is None:
+            raise redis.exceptions.ConnectionError("the broker connection is closed")
+        return original(self, asynchronous=asynchronous)
+
+    _connparams.vx11_guarded = True
+    kombu_redis.Channel._connparams = _connparams
+
+
+_closed_transport_is_a_connection_error()

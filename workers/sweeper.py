@@ -7,20 +7,31 @@ lost its worker (killed, its host cut off) and is ended ERROR ``worker_lost``. T
 end is a compare-and-set in the ledger, so a spawn that finished meanwhile is left
 as it is, and the job is never run a second time.
 
+A job can also be lost by the Redis broker itself: delivered to a worker that lost its
+connection before it started the job (Redis went down), it stays unacknowledged, to be
+handed out again only after the visibility timeout (an hour and more); and Redis, with
+its AOF written every second, can lose the last writes it acknowledged when it is
+killed. A QUEUED spawn whose job is in neither the queue nor any live worker, at two
+looks a few seconds apart, has its job handed back or published again
+(:func:`recover_lost_jobs`).
+
 The same thread records the policy windows that ran out without a close
 (``window_expired``, :class:`vx11.audit.OpenWindows`), within a sweep of their end.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 from datetime import timedelta
 
+from celery import Celery
 from sqlalchemy import select
 
 from vx11.audit import AuditLog, OpenWindows
-from vx11.dispatch import publish_callback, publish_spawn
+from vx11.dispatch import SPAWN_TASK, publish_callback, publish_spawn
 from vx11.errors import IllegalTransition, ServiceUnavailable
 from vx11.events import LIVE_TTL, SpawnEvents
 from vx11.ledger import Ledger, spawns, utcnow
@@ -36,6 +47,11 @@ RECHECK_AFTER = 3.0
 UNPUBLISHED_AFTER = 30.0
 """Seconds after which a QUEUED spawn whose job was never recorded as published (its
 gateway died between the two writes) is ended by the sweeper."""
+ORPHANED_AFTER = 15.0
+"""Seconds after its acceptance (and after its last delivery) a QUEUED spawn's job, held
+by no live worker nor waiting in the queue, is taken for lost by the broker."""
+INSPECT_TIMEOUT = 2.0
+"""Seconds the sweeper waits for the workers to say which jobs they hold."""
 
 
 def lost_candidates(store: Ledger, events: SpawnEvents) -> list[str]:
@@ -121,6 +137,79 @@ def _retry_or_end(store: Ledger, events: SpawnEvents, spawn_uuid: str) -> bool:
     return True
 
 
+def lost_jobs(store: Ledger, celery: Celery) -> dict[str, str | None]:
+    """The spawns QUEUED and published more than :data:`ORPHANED_AFTER` seconds ago
+    whose job the Redis broker has lost track of, and no live worker holds (active,
+    reserved or scheduled): ``{spawn uuid: delivery tag}`` of a job left delivered and
+    unacknowledged, or ``{spawn uuid: None}`` of a job gone altogether.
+
+    Only while the spawner queue is empty, as its jobs are not indexed by id (a backlog
+    drains first); empty on another broker (RabbitMQ hands back an unacknowledged job
+    itself) and when no worker answers (who holds what cannot be told)."""
+    created_before = utcnow() - timedelta(seconds=ORPHANED_AFTER)
+    query = select(spawns.c.spawn_uuid).where(
+        spawns.c.status == SpawnStatus.QUEUED.value,
+        spawns.c.published.is_(True),
+        spawns.c.created_at < created_before,
+    )
+    with store.engine.connect() as conn:
+        queued = {row.spawn_uuid for row in conn.execute(query)}
+    if not queued:
+        return {}
+    with celery.connection_for_write() as conn:
+        if conn.transport.driver_type != "redis":
+            return {}
+        channel = conn.default_channel
+        if channel._size(settings().spawn_queue):  # kombu's count over its priority lists
+            return {}
+        client = channel.client
+        raw = client.hgetall(channel.unacked_key)
+        delivered_at = dict(client.zrange(channel.unacked_index_key, 0, -1, withscores=True))
+    unacked = {}  # spawn uuid -> (tag, delivered at)
+    for tag, value in raw.items():
+        headers = json.loads(value)[0]["headers"]
+        if headers.get("task") == SPAWN_TASK and headers.get("id") in queued:
+            name = tag.decode() if isinstance(tag, bytes) else tag
+            unacked[headers["id"]] = (name, delivered_at.get(tag, 0.0))
+    replies = celery.control.inspect(timeout=INSPECT_TIMEOUT).query_task(*sorted(queued))
+    if not replies:
+        return {}
+    held = {task_id for reply in replies.values() for task_id in reply}
+    lost: dict[str, str | None] = {}
+    for spawn_uuid in sorted(queued - held):
+        tag, at = unacked.get(spawn_uuid, (None, 0.0))
+        if at < time.time() - ORPHANED_AFTER:  # not one being handed to a worker now
+            lost[spawn_uuid] = tag
+    return lost
+
+
+def recover_lost_jobs(store: Ledger, celery: Celery, stop: threading.Event) -> list[str]:
+    """Recover the jobs :func:`lost_jobs` finds alike at two looks :data:`RECHECK_AFTER`
+    apart: one left unacknowledged goes back to the queue, one gone is published again
+    (the worker that gets it checks the policy window, and a spawn that started
+    meanwhile is never run twice: its claim is a compare-and-set). Their uuids."""
+    first = lost_jobs(store, celery)
+    if not first or stop.wait(RECHECK_AFTER):
+        return []
+    again = lost_jobs(store, celery)
+    recovered = []
+    for spawn_uuid, tag in sorted(again.items()):
+        if spawn_uuid not in first or first[spawn_uuid] != tag:
+            continue
+        if tag is None:
+            record = store.get(spawn_uuid)
+            publish_spawn(celery, record, settings(), attempt=(record["attempts"] or 0) + 1)
+            log.warning("spawn %s: the broker lost its job; published it again", spawn_uuid)
+        else:
+            with celery.connection_for_write() as conn:
+                channel = conn.default_channel
+                channel.qos.restore_by_tag(tag, client=channel.client)
+            log.warning("spawn %s: its job was left unacknowledged by a lost broker "
+                        "connection; handed back to the queue", spawn_uuid)  # fmt: skip
+        recovered.append(spawn_uuid)
+    return recovered
+
+
 def run_forever(store: Ledger, events: SpawnEvents, stop: threading.Event) -> None:
     audit_log, open_windows = AuditLog(store.engine), OpenWindows(events.redis)
     while not stop.wait(SWEEP_EVERY):
@@ -129,6 +218,10 @@ def run_forever(store: Ledger, events: SpawnEvents, stop: threading.Event) -> No
             end_unpublished(store, events)
         except Exception:  # a down database, Redis or broker: try again next round
             log.exception("sweeping lost spawns failed")
+        try:
+            recover_lost_jobs(store, app, stop)
+        except Exception:  # the same
+            log.exception("recovering lost jobs failed")
         try:
             open_windows.record_expired(audit_log)
         except Exception:  # the same: an entry not written is kept for the next round

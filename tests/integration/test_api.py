@@ -600,3 +600,16 @@ def test_close_with_cancel_running_asks_the_running_spawns_to_stop(app, client, 
     assert svc.events.cancel_requested(running["spawn_uuid"])
     assert not svc.events.cancel_requested(queued["spawn_uuid"])
     assert window["window_id"]
+
+
+def test_a_full_redis_is_503_redis_full(client, auth, redis_url):
+    admin = redis.Redis.from_url(redis_url)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")  # every write now refused, as at a full maxmemory
+    try:
+        body = {"target": "spawner", "ttl_seconds": 60}
+        response = client.post("/vx11/window/open", json=body, headers=auth)
+    finally:
+        admin.config_set("maxmemory", "0")
+    assert response.status_code == 503
+    assert response.json["error"] == "redis_full"

@@ -48,7 +48,7 @@ def contract_schema(fuzz_app):
 
 
 FUZZ = settings(
-    max_examples=25,
+    max_examples=15,
     deadline=None,
     suppress_health_check=list(HealthCheck),
     derandomize=True,  # the same cases every run: a failure reproduces

@@ -427,3 +427,14 @@ def test_an_audit_log_made_before_token_ids_gains_the_column(empty_ledger):
     log.record(AuditEntry(AuditEvent.WINDOW_OPENED, token_label="ops", token_id="0123456789ab"))
     (entry,) = log.page().entries
     assert (entry["token_label"], entry["token_id"]) == ("ops", "0123456789ab")
+
+
+def test_a_database_error_never_shows_a_spawns_code(empty_ledger):
+    from sqlalchemy.exc import IntegrityError
+
+    secret = "print('the secret code')"
+    empty_ledger.create_schema()
+    record = new_spawn(empty_ledger, code=secret)
+    with pytest.raises(IntegrityError) as caught, empty_ledger.engine.begin() as conn:
+        conn.execute(spawns.insert(), {**record, "code": secret})  # the same primary key
+    assert secret not in str(caught.value)

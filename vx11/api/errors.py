@@ -32,6 +32,8 @@ HTTP_CODES = {
 UNAVAILABLE = (
     (redis.exceptions.ConnectionError, "redis_unavailable", "cannot reach Redis"),
     (redis.exceptions.TimeoutError, "redis_unavailable", "Redis did not answer in time"),
+    # maxmemory with noeviction (compose): Redis refuses writes rather than drop keys
+    (redis.exceptions.OutOfMemoryError, "redis_full", "Redis is full and refuses writes"),
     (sqlalchemy.exc.OperationalError, "database_unavailable", "cannot reach the spawn ledger"),
     (sqlalchemy.exc.InterfaceError, "database_unavailable", "cannot reach the spawn ledger"),
     (KombuOperationalError, "spawner_unavailable", "cannot reach the broker"),
