@@ -3,16 +3,22 @@ uses, called directly or from a local process pool of the worker's concurrency."
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import signal
 import time
+from collections.abc import Collection
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.cpu import self_cpu
+from tests.support import child_pids
 from vx11.config import Settings
 from workers.sandbox import Limits, Outcome, SandboxConfig, run_sandboxed
 from workers.sandbox.levels import choose
+from workers.sandbox.process import become_subreaper
 from workers.spawner import limits_for
 
 
@@ -77,6 +83,9 @@ def _init_pool(limits: Limits, config: SandboxConfig) -> None:
     global _pool_sandbox
     # Like Celery's pool processes: Ctrl-C is the parent's to handle.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # ... and each one the reaper of its own runs' orphans. A fork keeps the parent's
+    # memo of having become one, not the kernel's flag (see reap_orphans).
+    become_subreaper.cache_clear()
     _pool_sandbox = (limits, config)
 
 
@@ -88,3 +97,23 @@ def _pool_run(job: tuple[str, str]) -> Outcome:
 def _require_success(outcome: Outcome) -> None:
     if outcome.exit_code != 0:
         raise RuntimeError(f"a bare sandbox run failed: {outcome}")
+
+
+def reap_orphans(keep: Collection[int] = ()) -> int:
+    """Reap this process's dead children other than ``keep`` (the services it started,
+    which their ``Popen`` waits for); how many.
+
+    ``run_sandboxed`` makes the process that calls it the reaper of its runs' orphans,
+    as a worker's pool process is. The benchmark calls it in its own process (and forks
+    pools from it), and the sandbox cost figure also runs bwrap alone, as root: bwrap's
+    init, orphaned, becomes a root-owned zombie here, and the sandbox's own reaping
+    (``reap_adopted``) stops at the first dead child that is not the sandbox user's. The
+    sandbox user's zombies left after it count against that uid's process limit on the
+    whole host, until every spawn there, VX11's worker's included, fails to fork."""
+    reaped = 0
+    for pid in child_pids(os.getpid()) - set(keep):
+        with contextlib.suppress(OSError):  # gone, or not ours to wait for after all
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state == "Z" and os.waitpid(pid, os.WNOHANG)[0] == pid:
+                reaped += 1
+    return reaped

@@ -13,7 +13,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.baseline import BareSandbox
+from bench.baseline import BareSandbox, reap_orphans
 from bench.cpu import Cpu, difference
 from bench.load import LoadResult, PythonLoad, Request, Wrk
 from bench.report import Figure
@@ -142,6 +142,7 @@ def end_to_end_throughput(
     """``spawns`` shell ``true`` runs through the API until every record is terminal
     (watched in the ledger), against the same runs through a bare local pool."""
     pool = bare.throughput("shell", "true", spawns, concurrency)
+    reap_orphans(keep=stack.pids())
 
     _submit_and_wait(stack, [SHELL_TRUE] * (2 * concurrency), clients)  # warm-up
     stack.delete_rows()
@@ -252,6 +253,7 @@ def end_to_end_latency(
             if record["status"] != "DONE" or record["stdout"] != "1\n":
                 raise RuntimeError(f"python spawn did not print 1: {record}")
             bare_elapsed = bare.timed("python", "print(1)")
+            reap_orphans(keep=stack.pids())
             if index >= warmup:
                 vx11.append(ended - started)
                 posts.append(accepted - started)

@@ -12,7 +12,9 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.bare_celery import VARIANTS, BareCelery, bare_celery_figures
 from bench.baseline import BareSandbox
+from bench.drain import queue_drain
 from bench.history import MIN_RECORDS, history_figures
 from bench.load import load_generator
 from bench.measure import accept_throughput, end_to_end_latency, end_to_end_throughput
@@ -21,8 +23,9 @@ from bench.sandbox_cost import sandbox_cost
 from bench.stack import BenchStack
 from vx11.stack import StackOptions
 
-FIGURES = ("accept", "throughput", "latency", "sandbox", "history")
-STACK_FIGURES = {"accept", "throughput", "latency"}
+FIGURES = ("accept", "throughput", "celery", "latency", "drain", "sandbox", "history")
+STACK_FIGURES = {"accept", "throughput", "celery", "latency", "drain"}
+WORKER_FIGURES = {"throughput", "celery", "latency", "drain"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,7 +35,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "against its baselines, in one run, and print the table.",
     )
     parser.add_argument(
-        "--spawns", type=int, default=1000, help="spawns in the throughput figure (1000)"
+        "--spawns",
+        type=int,
+        default=1000,
+        help="spawns in the throughput and bare Celery figures, and queued in the drain "
+        "figure's baseline (1000)",
+    )
+    parser.add_argument(
+        "--queue-depth",
+        type=int,
+        default=10_000,
+        help="spawns queued at once, then drained, in the drain figure (10000; 0 leaves the "
+        "figure out)",
     )
     parser.add_argument(
         "--duration",
@@ -85,6 +99,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.spawns < 1 or args.samples < 2 or args.connections < 1 or args.clients < 1:
         parser.error("--spawns, --connections and --clients must be >= 1, --samples >= 2")
+    if args.queue_depth < 0:
+        parser.error("--queue-depth must be >= 0")
     if args.sandbox_runs < 2:
         parser.error("--sandbox-runs must be >= 2")
     if args.history_records < MIN_RECORDS:
@@ -103,6 +119,8 @@ def _interrupt(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     wanted = set(args.only or FIGURES)
+    if args.queue_depth == 0:
+        wanted.discard("drain")
     options = StackOptions()
     root = Path(tempfile.mkdtemp(prefix="vx11-bench-"))
     root.chmod(0o711)  # the sandbox's unprivileged user must reach its working directories
@@ -126,19 +144,40 @@ def main(argv: list[str] | None = None) -> int:
             measured = accept_throughput(stack, generator, args.connections, args.duration)
             figures += measured[0]
             notes += measured[1]
-        if wanted & {"throughput", "latency"}:
+        if wanted & WORKER_FIGURES:
             progress("starting the Celery worker")
             stack.start_worker()
-        if "throughput" in wanted:
+        concurrency = options.worker_concurrency
+        if "celery" in wanted:
+            progress("starting the bare Celery workers (Celery's defaults, VX11's settings)")
+            bare_celery = {variant: BareCelery(stack, variant) for variant in VARIANTS}
+            for worker in bare_celery.values():
+                worker.start(concurrency)
+            for worker in bare_celery.values():
+                worker.wait_ready()
+            progress(f"bare Celery: {args.spawns} shell spawns with each variant")
+            bare_runs = {v: [w.run(args.spawns, concurrency)] for v, w in bare_celery.items()}
+        if wanted & {"throughput", "celery"}:
             progress(f"end-to-end throughput: {args.spawns} shell spawns, bare pool then VX11")
-            measured = end_to_end_throughput(
-                stack, bare, args.spawns, args.clients, options.worker_concurrency
-            )
+            throughput = end_to_end_throughput(stack, bare, args.spawns, args.clients, concurrency)
+            figures += throughput[0]
+            notes += throughput[1]
+        if "celery" in wanted:
+            progress(f"bare Celery: {args.spawns} shell spawns with each variant, again")
+            for variant, worker in reversed(bare_celery.items()):
+                bare_runs[variant].append(worker.run(args.spawns, concurrency))
+                worker.close()
+                stack.stop_process(worker.name)
+            measured = bare_celery_figures(throughput[0][0], bare_runs, concurrency)
             figures += measured[0]
             notes += measured[1]
         if "latency" in wanted:
             progress(f"end-to-end latency: {args.samples} python spawns, interleaved with bare")
             measured = end_to_end_latency(stack, bare, args.samples)
+            figures += measured[0]
+            notes += measured[1]
+        if "drain" in wanted:
+            measured = queue_drain(stack, args.queue_depth, args.spawns, args.clients, progress)
             figures += measured[0]
             notes += measured[1]
         if "sandbox" in wanted:  # measured first, shown last

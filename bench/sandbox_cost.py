@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from bench.baseline import reap_orphans
 from bench.report import Figure
 from vx11.config import Settings
 from workers.sandbox import Limits, SandboxConfig, resolve_python, run_sandboxed, sandbox_identity
@@ -64,6 +65,7 @@ def sandbox_cost(settings: Settings, runs: int, warmup: int = 3) -> tuple[list[F
                 elapsed = time.perf_counter() - started
                 if index >= warmup:
                     variant.times.append(elapsed)
+            reap_orphans()  # no service runs yet: every dead child here is an orphan
     finally:
         if config.cgroups is not None:
             config.cgroups.close()

@@ -68,12 +68,29 @@ class BenchStack:
     def start_worker(self) -> None:
         """One Celery worker with the configuration of ``vx11 up`` (concurrency 2)."""
         argv = worker_argv(self.options.worker_concurrency, self.settings.spawn_queue)
-        worker = Process("worker", argv, service_env(self.config), self.root)
-        self.processes["worker"] = worker
-        worker.start()
+        self.start_process("worker", argv, service_env(self.config))
+        self.wait_ready("worker")
+
+    def start_process(self, name: str, argv: list[str], env: dict[str, str]) -> Process:
+        """Start one more process of the stack, logging to ``<name>.log`` in its root."""
+        process = Process(name, argv, env, self.root)
+        self.processes[name] = process
+        return process.start()
+
+    def wait_ready(self, name: str) -> None:
+        """Wait until the Celery worker ``name`` logs that it is ready."""
+        worker = self.processes[name]
         wait_for(lambda: "ready." in worker.log() or not worker.alive(), timeout=90)
         if not worker.alive():
-            raise RuntimeError(f"the Celery worker did not start:\n{worker.log()[-2000:]}")
+            raise RuntimeError(f"{name} did not start:\n{worker.log()[-2000:]}")
+
+    def stop_process(self, name: str) -> None:
+        """Stop one process of the stack: a Celery worker finishes its running tasks."""
+        process = self.processes.pop(name)
+        try:
+            process.shut_down()
+        finally:
+            process.stop()
 
     def stop(self) -> None:
         for process in reversed(self.processes.values()):
@@ -91,6 +108,10 @@ class BenchStack:
             )
             raise RuntimeError(f"{', '.join(dead)} exited during the benchmark\n{tails}")
         return snapshot({name: p.proc.pid for name, p in self.processes.items()})
+
+    def pids(self) -> set[int]:
+        """The pids of the services started (their Popen waits for them)."""
+        return {process.proc.pid for process in self.processes.values()}
 
     @property
     def settings(self) -> Settings:
@@ -129,6 +150,12 @@ class BenchStack:
                 return conn.execute(sql, _TERMINAL).fetchone()[0]
             return conn.execute("SELECT count(*) FROM spawns").fetchone()[0]
 
+    def count_pending(self) -> int:
+        """Records still QUEUED or RUNNING (the status index answers it)."""
+        with self._ledger() as conn:
+            sql = "SELECT count(*) FROM spawns WHERE status IN ('QUEUED', 'RUNNING')"
+            return conn.execute(sql).fetchone()[0]
+
     def delete_rows(self) -> None:
         with self._ledger() as conn:
             conn.execute("DELETE FROM spawns")
@@ -145,10 +172,11 @@ class BenchStack:
                 statuses,
             ).fetchall()
         stamps = ("created_at", "started_at", "finished_at")
-        return [{**dict(row), **{key: _timestamp(row[key]) for key in stamps}} for row in rows]
+        return [{**dict(row), **{key: parse_timestamp(row[key]) for key in stamps}} for row in rows]
 
 
-def _timestamp(raw: str | None) -> datetime | None:
+def parse_timestamp(raw: str | None) -> datetime | None:
+    """A ledger timestamp read from SQLite, as an aware datetime."""
     if raw is None:
         return None
     value = datetime.fromisoformat(raw)
