@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -63,6 +64,7 @@ class Phase:
     cpu: dict[str, float] | None = None
     """CPU seconds per spawn of each service during the drain."""
     sandbox_cpu: float = 0.0
+    """CPU seconds per spawn of the sandboxed code, from the ledger."""
     statuses: Counter | None = None
     """How many ended in each terminal state."""
     redis_memory: tuple[int, int] = (0, 0)
@@ -76,11 +78,8 @@ class Phase:
     def cpu_per_spawn(self) -> float:
         """CPU seconds per spawn of the worker, redis and the sandboxed code: what the
         rate comes to on a busy machine, where other work takes cores away."""
-        return (
-            (self.cpu or {}).get("worker", 0)
-            + (self.cpu or {}).get("redis", 0)
-            + (self.sandbox_cpu)
-        )
+        cpu = self.cpu or {}
+        return cpu.get("worker", 0) + cpu.get("redis", 0) + self.sandbox_cpu
 
 
 class Consumption:
@@ -106,7 +105,7 @@ class Consumption:
 
 
 def queue_drain(
-    stack: BenchStack, depth: int, baseline: int, clients: int, progress
+    stack: BenchStack, depth: int, baseline: int, clients: int, progress: Callable[[str], None]
 ) -> tuple[list[Figure], list[str]]:
     """The drain of ``depth`` queued spawns against that of ``baseline`` queued spawns
     (the mean of one run before and one after); the stack's worker must be running."""
@@ -189,7 +188,7 @@ def _submit(stack: BenchStack, request: dict[str, Any], count: int, clients: int
     return [spawn_uuid for share in accepted for spawn_uuid in share]
 
 
-def _drain(stack: BenchStack, phase: Phase, progress) -> None:
+def _drain(stack: BenchStack, phase: Phase, progress: Callable[[str], None]) -> None:
     """Wait until no spawn is left QUEUED or RUNNING; the CPU the drain used."""
     cpu_before = stack.cpu()
     started = time.perf_counter()

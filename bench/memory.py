@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,9 @@ class MemorySampler:
     the processes ``roles`` finds: a callable per role returning the pids to sample now
     (they may change: a pool process replaced is a new pid)."""
 
-    def __init__(self, roles: dict[str, callable], interval: float = 1.0) -> None:
+    def __init__(
+        self, roles: dict[str, Callable[[], Iterable[int]]], interval: float = 1.0
+    ) -> None:
         self.roles = roles
         self.interval = interval
         self.phase = ""
