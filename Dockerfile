@@ -34,7 +34,7 @@ USER vx11
 
 EXPOSE 8000 5555
 
-# The gateway's command, as compose.yaml gives it (vx11.stack.gunicorn_argv).
+# The gateway's command, as compose.yaml gives it (vx11.cli.stack.gunicorn_argv).
 CMD ["gunicorn", "--worker-class", "gthread", "--workers", "2", "--threads", "32", \
      "--bind", "0.0.0.0:8000", "--graceful-timeout", "10", \
-     "--logger-class", "vx11.logs.GunicornLogger", "vx11:create_app()"]
+     "--logger-class", "vx11.gateway.request_log.GunicornLogger", "vx11:create_app()"]

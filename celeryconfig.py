@@ -1,5 +1,5 @@
 """Celery settings for VX11, read by the workers (``celery -A workers``) and by the
-gateway's publishing client. URLs come from ``VX11_*`` through :mod:`vx11.config`.
+gateway's publishing client. URLs come from ``VX11_*`` through :mod:`vx11.core.config`.
 
 The broker is Redis (``VX11_BROKER_URL`` empty: the same Redis as the windows) or
 RabbitMQ (``amqp://...``); both are tested, and the settings that differ are marked."""
@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 
 from kombu import Exchange, Queue
 
-from vx11.callbacks import CALLBACK_QUEUE, CALLBACK_TASK
-from vx11.config import Settings
+from vx11.core.callbacks import CALLBACK_QUEUE, CALLBACK_TASK
+from vx11.core.config import Settings
 
 _settings = Settings.from_env()
 
@@ -91,7 +91,7 @@ task_default_queue = _settings.spawn_queue
 # Callback deliveries (vx11.callback, workers/callbacks.py) have a queue of their own:
 # a slow or failing receiver, retried with backoff, never waits in line with spawns,
 # and callbacks can be given workers of their own (`--queues callbacks`). The stack's
-# worker (vx11.stack.worker_argv, compose.yaml) consumes both queues.
+# worker (vx11.cli.stack.worker_argv, compose.yaml) consumes both queues.
 task_queues = (
     Queue(
         _settings.spawn_queue,

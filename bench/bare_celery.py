@@ -3,7 +3,7 @@ code with ``subprocess.run`` — no gateway, policy, ledger or sandbox — publi
 ``delay`` and its results awaited.
 
 Its worker runs as its own process (``celery -A bench.bare_celery worker``) with the
-command line of VX11's worker (``vx11.stack.worker_argv``: prefork pool, the same
+command line of VX11's worker (``vx11.cli.stack.worker_argv``: prefork pool, the same
 concurrency and log level), on the benchmark's redis-server as broker and result
 backend, in a database of its own. Two variants: Celery's defaults, as a user starts,
 and VX11's Celery settings (late acknowledgement, prefetch 1, started state, task
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 
 from bench.report import Figure
-from vx11.stack import worker_argv
+from vx11.cli.stack import worker_argv
 
 if TYPE_CHECKING:
     from bench.stack import BenchStack

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.cpu import self_cpu
 from tests.support import child_pids
-from vx11.config import Settings
+from vx11.core.config import Settings
 from workers.sandbox import Limits, Outcome, SandboxConfig, run_sandboxed
 from workers.sandbox.levels import choose
 from workers.sandbox.process import become_subreaper

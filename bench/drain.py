@@ -32,7 +32,7 @@ from bench.memory import MB, MemorySampler, children
 from bench.report import Figure
 from bench.stack import BenchStack, parse_timestamp
 from tests.support import broker_task_ids
-from vx11.dispatch import make_celery
+from vx11.gateway.services import make_celery
 
 RECEIVED = re.compile(r"Task vx11\.spawn\[([0-9a-f-]{36})\] received")
 RAN = re.compile(r"spawn ([0-9a-f-]{36}) ([A-Z]+) \(exit ")

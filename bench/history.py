@@ -21,8 +21,8 @@ from sqlalchemy import insert, text
 
 from bench.measure import percentile
 from bench.report import Figure
-from vx11.ledger import Ledger, SpawnFilter, page_query, spawns
-from vx11.states import SpawnStatus
+from vx11.core.ledger import Ledger, SpawnFilter, page_query, spawns
+from vx11.core.states import SpawnStatus
 
 QUERY = SpawnFilter(statuses=(SpawnStatus.DONE,), task_type="shell")
 QUERY_TEXT = "status=DONE&task_type=shell"

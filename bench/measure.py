@@ -18,7 +18,7 @@ from bench.cpu import Cpu, difference
 from bench.load import LoadResult, PythonLoad, Request, Wrk
 from bench.report import Figure
 from bench.stack import AUTH, BenchStack
-from vx11.states import TERMINAL_STATES
+from vx11.core.states import TERMINAL_STATES
 
 SHELL_TRUE = {"task_type": "shell", "code": "true", "ttl_seconds": 30}
 PYTHON_PRINT = {"task_type": "python", "code": "print(1)", "ttl_seconds": 30}

@@ -21,7 +21,7 @@ from bench.measure import accept_throughput, end_to_end_latency, end_to_end_thro
 from bench.report import Figure, markdown_table, text_table
 from bench.sandbox_cost import sandbox_cost
 from bench.stack import BenchStack
-from vx11.stack import StackOptions
+from vx11.cli.stack import StackOptions
 
 FIGURES = ("accept", "throughput", "celery", "latency", "drain", "sandbox", "history")
 STACK_FIGURES = {"accept", "throughput", "celery", "latency", "drain"}

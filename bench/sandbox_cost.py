@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 from bench.baseline import reap_orphans
 from bench.report import Figure
-from vx11.config import Settings
+from vx11.core.config import Settings
 from workers.sandbox import Limits, SandboxConfig, resolve_python, run_sandboxed, sandbox_identity
 from workers.sandbox.bwrap import bwrap_argv
 from workers.sandbox.launch import SHELL

@@ -14,10 +14,10 @@ from typing import Any
 
 from bench.cpu import Cpu, snapshot
 from tests.support import Process, RedisServer, free_port, http, service_env, wait_for
-from vx11.config import Settings
-from vx11.dispatch import make_celery
-from vx11.stack import StackOptions, gunicorn_argv, worker_argv
-from vx11.states import TERMINAL_STATES
+from vx11.cli.stack import StackOptions, gunicorn_argv, worker_argv
+from vx11.core.config import Settings
+from vx11.core.states import TERMINAL_STATES
+from vx11.gateway.services import make_celery
 
 TOKEN = "vx11-test-token"
 AUTH = {"X-VX11-Token": TOKEN}

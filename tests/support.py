@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import redis
 
-from vx11.stack import gunicorn_argv, redis_server_argv, worker_argv
+from vx11.cli.stack import gunicorn_argv, redis_server_argv, worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("VX11_TEST_DATABASE_URL")

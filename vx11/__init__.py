@@ -1,38 +1,27 @@
-"""VX11, the policy-gated remote-execution gateway. gunicorn runs ``vx11:create_app()``."""
+"""VX11, the policy-gated remote-execution gateway. gunicorn runs ``vx11:create_app()``.
+
+Three layers, each a package, the arrows only going down: :mod:`vx11.gateway` (the
+Flask app) and :mod:`vx11.cli` (the ``vx11`` command) over :mod:`vx11.core` (what the
+gateway, the CLI and the workers share). The workers live in the top-level ``workers``
+package and import the core only.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+from vx11.version import __version__
 
 if TYPE_CHECKING:
     from flask import Flask
 
-from vx11.version import __version__
-
 __all__ = ["__version__", "create_app"]
-
-log = logging.getLogger("vx11")
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the gateway: settings (defaults, then ``VX11_*``, then ``test_config``),
-    its services, and the API."""
-    from flask import Flask
+    """The gateway's Flask app (:func:`vx11.gateway.app.create_app`); imported when called,
+    so that importing :mod:`vx11.core` loads no Flask."""
+    from vx11.gateway.app import create_app as create_gateway
 
-    from vx11 import api, logs
-    from vx11.config import Settings
-    from vx11.services import Services
-    from vx11.startup import check_production_tokens, prepare_storage
-
-    settings = Settings.from_env(overrides=test_config)
-    app = Flask(__name__)
-    logs.init_app(app, settings)  # first: start-up's own lines are formatted too
-    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
-    svc = Services.build(settings)
-    prepare_storage(svc)
-    check_production_tokens(svc)
-    app.extensions["vx11"] = svc
-    api.init_app(app, settings)
-    return app
+    return create_gateway(test_config)

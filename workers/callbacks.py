@@ -3,7 +3,7 @@
 
 The spawner queues it (:func:`workers.spawner.finished`) for every terminal record that
 has a callback. The URL policy, the pinned connection and the signature are
-:mod:`vx11.callbacks`, shared with the gateway.
+:mod:`vx11.core.callbacks`, shared with the gateway.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select, update
 
-from vx11.api.fields import iso_z
-from vx11.api.spawns import SpawnRecord
-from vx11.callbacks import (
+from vx11.core.callbacks import (
     CALLBACK_TASK,
     CallbackPolicy,
     CallbackRefused,
@@ -29,9 +27,11 @@ from vx11.callbacks import (
     backoff,
     signed_headers,
 )
-from vx11.config import Settings
-from vx11.ledger import Ledger, spawns, utcnow
-from workers import app
+from vx11.core.config import Settings
+from vx11.core.ledger import Ledger, spawns
+from vx11.core.record import SpawnRecord
+from vx11.core.times import iso_z, utcnow
+from workers.celery import app
 from workers.spawner import ledger, settings
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ can see each live worker's sandbox level: ``celery -A workers inspect vx11_worke
 
 from celery.worker.control import inspect_command
 
-from vx11.dispatch import WORKER_INFO_COMMAND
+from vx11.core.dispatch import WORKER_INFO_COMMAND
 from vx11.version import __version__
 from workers.sandbox import ACTIVE
 

@@ -17,16 +17,17 @@ from celery.exceptions import Reject
 from celery.signals import worker_process_init
 from redis import Redis
 
-from vx11 import logs
-from vx11.config import Settings
-from vx11.connections import make_redis
-from vx11.dispatch import SPAWN_TASK, publish_callback
-from vx11.errors import IllegalTransition
-from vx11.events import LIVE_TTL, SpawnEvents
-from vx11.ledger import DATABASE_UNAVAILABLE, Ledger, make_engine, utcnow
-from vx11.policy import SPAWN_TARGET, Window, WindowStore
-from vx11.states import SpawnStatus
-from workers import app
+from vx11.core import logs
+from vx11.core.config import Settings
+from vx11.core.connections import make_redis
+from vx11.core.dispatch import SPAWN_TASK, publish_callback
+from vx11.core.errors import IllegalTransition
+from vx11.core.events import LIVE_TTL, SpawnEvents
+from vx11.core.ledger import DATABASE_UNAVAILABLE, Ledger, make_engine
+from vx11.core.policy import SPAWN_TARGET, Window, WindowStore
+from vx11.core.states import SpawnStatus
+from vx11.core.times import utcnow
+from workers.celery import app
 from workers.sandbox import ACTIVE, Limits, Outcome, SandboxConfig, Watcher, run_sandboxed
 from workers.sandbox.levels import choose
 

@@ -10,10 +10,10 @@ import redis.exceptions
 from celery import bootsteps
 from kombu.transport import redis as kombu_redis
 
-from vx11.config import Settings
-from vx11.connections import make_redis
-from vx11.events import SpawnEvents
-from vx11.ledger import Ledger
+from vx11.core.config import Settings
+from vx11.core.connections import make_redis
+from vx11.core.events import SpawnEvents
+from vx11.core.ledger import Ledger
 from workers import sweeper
 from workers.sandbox import ACTIVE
 from workers.sandbox.levels import choose

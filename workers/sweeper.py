@@ -16,7 +16,7 @@ looks a few seconds apart, has its job handed back or published again
 (:func:`recover_lost_jobs`).
 
 The same thread records the policy windows that ran out without a close
-(``window_expired``, :class:`vx11.audit.OpenWindows`), within a sweep of their end.
+(``window_expired``, :class:`vx11.core.audit.OpenWindows`), within a sweep of their end.
 """
 
 from __future__ import annotations
@@ -30,13 +30,14 @@ from datetime import timedelta
 from celery import Celery
 from sqlalchemy import select
 
-from vx11.audit import AuditLog, OpenWindows
-from vx11.dispatch import SPAWN_TASK, publish_callback, publish_spawn
-from vx11.errors import IllegalTransition, ServiceUnavailable
-from vx11.events import LIVE_TTL, SpawnEvents
-from vx11.ledger import Ledger, spawns, utcnow
-from vx11.states import SpawnStatus
-from workers import app
+from vx11.core.audit import AuditLog, OpenWindows
+from vx11.core.dispatch import SPAWN_TASK, publish_callback, publish_spawn
+from vx11.core.errors import IllegalTransition, ServiceUnavailable
+from vx11.core.events import LIVE_TTL, SpawnEvents
+from vx11.core.ledger import Ledger, spawns
+from vx11.core.states import SpawnStatus
+from vx11.core.times import utcnow
+from workers.celery import app
 from workers.spawner import settings
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from tests.support import BROKER_URL, TOKEN, http, service_env, wait_for, wait_terminal
-from vx11.config import Settings
-from vx11.dispatch import TIME_LIMIT_MARGIN
+from vx11.core.config import Settings
+from vx11.core.dispatch import TIME_LIMIT_MARGIN
 
 pytestmark = pytest.mark.e2e
 

@@ -24,7 +24,7 @@ from tests.support import (
     wait_for,
     wait_terminal,
 )
-from vx11.callbacks import verify
+from vx11.core.callbacks import verify
 
 pytestmark = pytest.mark.e2e
 

@@ -44,10 +44,10 @@ from tests.support import (
     start_worker,
     wait_for,
 )
-from vx11.audit import audit
-from vx11.config import Settings
-from vx11.ledger import Ledger, spawns
-from vx11.states import TERMINAL_STATES
+from vx11.core.audit import audit
+from vx11.core.config import Settings
+from vx11.core.ledger import Ledger, spawns
+from vx11.core.states import TERMINAL_STATES
 from workers import spawner
 from workers.sweeper import ORPHANED_AFTER, RECHECK_AFTER, SWEEP_EVERY
 
@@ -64,7 +64,7 @@ and the broker's queue."""
 BROKER_LOST = "consumer: Connection to broker lost"
 """Celery's line when a worker loses its broker connection."""
 DATABASE_WAIT = "the ledger's database is unavailable, waiting for it"
-"""The worker's line when its ledger connection waits for the database (vx11.ledger)."""
+"""The worker's line when its ledger connection waits for the database (vx11.core.ledger)."""
 PG_BINARIES = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
 
 

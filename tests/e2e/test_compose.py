@@ -201,7 +201,7 @@ def gunicorn_options(argv: list[str]) -> dict[str, Any]:
 
 
 def settings_fields() -> set[str]:
-    from vx11.config import Settings
+    from vx11.core.config import Settings
 
     return {f"VX11_{f.name.upper()}" for f in dataclasses.fields(Settings)}
 
@@ -272,7 +272,7 @@ def test_gateway_runs_gunicorn_on_the_project_app_factory(services):
 
 
 def test_gateway_command_is_the_stack_command_bound_to_every_interface(services):
-    from vx11.stack import StackOptions, gunicorn_argv
+    from vx11.cli.stack import StackOptions, gunicorn_argv
 
     defaults = StackOptions()
     expected = gunicorn_argv("0.0.0.0", 8000, defaults.gunicorn_workers, defaults.gunicorn_threads)
@@ -294,7 +294,7 @@ def test_gateway_publishes_the_port_it_binds(services):
 
 
 def test_gateway_counts_metrics_across_its_workers_in_a_directory_new_at_each_start(deployed):
-    from vx11.stack import METRICS_DIR_VARIABLE, gateway_env
+    from vx11.cli.stack import METRICS_DIR_VARIABLE, gateway_env
 
     gateway = deployed["gateway"]
     directory = environment_of(gateway)[METRICS_DIR_VARIABLE]
@@ -308,8 +308,8 @@ def test_gateway_counts_metrics_across_its_workers_in_a_directory_new_at_each_st
 def test_gateway_healthcheck_asks_its_own_health_endpoint(services):
     from flask import Flask
 
-    from vx11 import api
-    from vx11.config import Settings
+    from vx11.core.config import Settings
+    from vx11.gateway import api
 
     gateway = services["gateway"]
     argv = healthcheck_argv(gateway)
@@ -327,21 +327,21 @@ def test_gateway_healthcheck_asks_its_own_health_endpoint(services):
 
 
 def test_celery_commands_load_the_real_celery_app(services):
-    import workers
+    from workers.celery import app as workers_app
 
     celery_commands = [command_of(services["worker"]), command_of(services["flower"])]
     celery_commands.append(shlex.split(interpolate(healthcheck_argv(services["worker"])[2], {})))
     for argv in celery_commands:
         app = celery_app_of(argv)
-        assert app is workers.app
+        assert app is workers_app
         app.loader.import_default_modules()
         assert "vx11.spawn" in app.tasks
 
 
 def test_worker_consumes_the_queue_the_gateway_publishes_to(services, deployed):
     import celeryconfig
-    from vx11.callbacks import CALLBACK_QUEUE
-    from vx11.config import Settings
+    from vx11.core.callbacks import CALLBACK_QUEUE
+    from vx11.core.config import Settings
 
     params = worker_params(command_of(services["worker"]))
     declared = {queue.name for queue in celeryconfig.task_queues}
@@ -352,8 +352,8 @@ def test_worker_consumes_the_queue_the_gateway_publishes_to(services, deployed):
 
 
 def test_worker_command_is_the_stack_worker_command(services):
-    from vx11.config import Settings
-    from vx11.stack import StackOptions, worker_argv
+    from vx11.cli.stack import StackOptions, worker_argv
+    from vx11.core.config import Settings
 
     expected = worker_argv(StackOptions().worker_concurrency, Settings().spawn_queue)
     assert expected[1:6] == ["-m", "celery", "-A", "workers", "worker"]
@@ -431,7 +431,7 @@ def test_flower_publishes_its_port_and_checks_its_healthcheck_page(services):
 
 
 def test_every_vx11_variable_compose_sets_is_a_real_setting(compose, services, deployed):
-    from vx11.config import Settings
+    from vx11.core.config import Settings
 
     known = settings_fields()
     blocks = [compose["x-vx11"], *services.values()]
@@ -464,7 +464,7 @@ def test_every_redis_url_a_vx11_service_uses_carries_the_password(deployed):
     settings resolve it, authenticates."""
     from urllib.parse import urlsplit
 
-    from vx11.config import Settings
+    from vx11.core.config import Settings
 
     for name in VX11_SERVICES:
         settings = Settings.from_env(environment_of(deployed[name]))
@@ -568,7 +568,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 @functools.cache
 def bwrap_works_here() -> bool:
     """Whether a real run through bubblewrap works on this machine (the worker's probe)."""
-    from vx11.config import Settings
+    from vx11.core.config import Settings
     from workers.sandbox.levels import base_config, bwrap_problem
 
     config = base_config(Settings.from_env({}))
@@ -580,7 +580,7 @@ def bwrap_works_here() -> bool:
 
 
 def test_the_worker_requires_the_bwrap_sandbox_level(deployed):
-    from vx11.config import Settings
+    from vx11.core.config import Settings
 
     settings = Settings.from_env(environment_of(deployed["worker"]))
     assert settings.sandbox_require == "bwrap"
@@ -674,7 +674,7 @@ def test_the_rabbitmq_override_makes_it_every_services_broker_redis_keeps_the_re
 ):
     from urllib.parse import unquote, urlsplit
 
-    from vx11.config import Settings
+    from vx11.core.config import Settings
 
     rabbitmq = environment_of(with_rabbitmq["rabbitmq"])
     assert rabbitmq["RABBITMQ_DEFAULT_PASS"] == RABBITMQ_SECRETS["RABBITMQ_PASSWORD"]
@@ -719,8 +719,8 @@ def test_rabbitmq_lets_the_longest_spawn_finish_within_its_consumer_timeout(with
     """A delivery unacknowledged past RabbitMQ's consumer timeout closes the worker's
     channel, and the worker stops. Both the timeout the worker asks for and the server's
     own must outlast the longest time a spawn job stays unacknowledged."""
-    from vx11.config import Settings
-    from vx11.dispatch import TIME_LIMIT_MARGIN
+    from vx11.core.config import Settings
+    from vx11.core.dispatch import TIME_LIMIT_MARGIN
 
     worker_env = environment_of(with_rabbitmq["worker"])
     probe = (
@@ -866,7 +866,7 @@ def test_compose_commands_run_a_working_vx11_and_pass_their_healthchecks(
     this machine's), in production mode, against a private Redis and an SQLite ledger."""
     import redis
 
-    from vx11.tokens import TokenStore
+    from vx11.core.tokens import TokenStore
 
     gateway_port, flower_port = free_port(), free_port()
     store = TokenStore(redis.Redis.from_url(redis_url))

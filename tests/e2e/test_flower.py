@@ -22,8 +22,8 @@ import pytest
 import redis
 
 from tests.support import ROOT, TOKEN, child_pids, free_port, http, wait_for, wait_terminal
-from vx11.config import Settings
-from vx11.stack import FLOWER_PASSWORD_FILE, StackError, flower_login
+from vx11.cli.stack import FLOWER_PASSWORD_FILE, StackError, flower_login
+from vx11.core.config import Settings
 
 VX11 = [sys.executable, "-m", "vx11.cli"]
 CHROMIUM = "/usr/bin/chromium"

@@ -128,7 +128,7 @@ def test_every_line_of_gunicorn_the_gateway_and_the_worker_is_one_json_object(fo
     assert {line["service"] for line in gateway} == {"gateway"}
     assert {line["service"] for line in worker} == {"worker"}
     gateway_loggers = {line["logger"] for line in gateway}
-    assert {"gunicorn.error", "vx11.access", "vx11.submit"} <= gateway_loggers
+    assert {"gunicorn.error", "vx11.access", "vx11.gateway.submit"} <= gateway_loggers
     assert any(line["message"].startswith("Booting worker") for line in gateway)
     worker_loggers = {line["logger"] for line in worker}
     assert {"celery.worker.strategy", "celery.app.trace", "workers.spawner"} <= worker_loggers
@@ -141,7 +141,7 @@ def test_one_spawn_id_follows_the_job_from_its_request_to_its_callback(followed)
     gateway = followed.about_the_spawn(followed.gateway_log)
     worker = followed.about_the_spawn(followed.worker_log)
 
-    [accepted] = [line for line in gateway if line["logger"] == "vx11.submit"]
+    [accepted] = [line for line in gateway if line["logger"] == "vx11.gateway.submit"]
     assert accepted["message"] == "spawn accepted"
     assert (accepted["spawn_uuid"], accepted["correlation_id"]) == (spawn_uuid, CORRELATION_ID)
     [request] = [line for line in gateway if line.get("path") == "/vx11/spawn"]

@@ -30,7 +30,7 @@ from tests.support import (
     start_worker,
     wait_for,
 )
-from vx11.stack import gateway_env, gunicorn_argv
+from vx11.cli.stack import gateway_env, gunicorn_argv
 
 pytestmark = pytest.mark.e2e
 

@@ -44,10 +44,10 @@ from tests.support import (
     wait_for,
     wait_terminal,
 )
-from vx11.callbacks import CALLBACK_QUEUE
-from vx11.config import Settings
-from vx11.events import LIVE_TTL, SpawnEvents
-from vx11.stack import gunicorn_argv, redis_server_argv, worker_argv
+from vx11.cli.stack import gunicorn_argv, redis_server_argv, worker_argv
+from vx11.core.callbacks import CALLBACK_QUEUE
+from vx11.core.config import Settings
+from vx11.core.events import LIVE_TTL, SpawnEvents
 from workers.sweeper import RECHECK_AFTER, SWEEP_EVERY
 
 pytestmark = pytest.mark.e2e

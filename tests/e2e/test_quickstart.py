@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.support import ROOT, TOKEN, http, service_env, wait_for, wait_terminal
-from vx11.config import Settings
+from vx11.core.config import Settings
 
 # The MVP report's three quick-start commands, verbatim but for the address.
 SEED_QUICK_START = [

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import ROOT, TOKEN, free_port, http, wait_for, wait_terminal
-from vx11.stack import port_is_free
+from vx11.cli.stack import port_is_free
 
 pytestmark = pytest.mark.e2e
 

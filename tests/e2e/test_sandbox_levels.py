@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support import TOKEN, Process, http, service_env, start_worker, wait_for, wait_terminal
-from vx11.stack import worker_argv
+from vx11.cli.stack import worker_argv
 
 pytestmark = pytest.mark.e2e
 

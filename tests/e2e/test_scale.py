@@ -36,9 +36,9 @@ from tests.support import (
     start_worker,
     wait_for,
 )
-from vx11.config import Settings
-from vx11.events import SpawnEvents
-from vx11.states import TERMINAL_STATES
+from vx11.core.config import Settings
+from vx11.core.events import SpawnEvents
+from vx11.core.states import TERMINAL_STATES
 from workers.sweeper import LOST_AFTER, RECHECK_AFTER, SWEEP_EVERY, UNPUBLISHED_AFTER
 
 pytestmark = pytest.mark.e2e

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from vx11.tokens import LAST_USED_RESOLUTION, TokenStore
+from vx11.core.tokens import LAST_USED_RESOLUTION, TokenStore
 
 SPAWN = {"task_type": "python", "code": "print(1)", "ttl_seconds": 30}
 

@@ -12,10 +12,10 @@ import redis
 
 from tests.support import free_port
 from vx11 import create_app
-from vx11.ledger import Ledger
-from vx11.startup import StartupRefused
-from vx11.states import SpawnStatus
-from vx11.tokens import TokenStore
+from vx11.core.ledger import Ledger
+from vx11.core.states import SpawnStatus
+from vx11.core.tokens import TokenStore
+from vx11.gateway.startup import StartupRefused
 
 SPAWN = {"task_type": "python", "code": "print('MVP works')", "ttl_seconds": 30}
 

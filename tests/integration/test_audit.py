@@ -22,7 +22,8 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, func, insert, inspect, select, text, update
 
 from tests.support import DATABASES, PG_URL, free_port, wait_for
-from vx11.audit import (
+from vx11.cli import main
+from vx11.core.audit import (
     OPEN_WINDOWS_KEY,
     AuditEntry,
     AuditEvent,
@@ -32,10 +33,9 @@ from vx11.audit import (
     audit,
     page_query,
 )
-from vx11.cli import main
-from vx11.ledger import Ledger, make_engine, spawns
-from vx11.states import SpawnStatus
-from vx11.tokens import TokenStore
+from vx11.core.ledger import Ledger, make_engine, spawns
+from vx11.core.states import SpawnStatus
+from vx11.core.tokens import TokenStore
 from workers import sweeper
 
 SPAWN = {"task_type": "python", "code": "print(1)", "ttl_seconds": 30}
@@ -548,7 +548,7 @@ def remaining(svc) -> tuple[set[str], set[int]]:
 def test_purge_deletes_old_terminal_spawns_and_old_entries_and_keeps_the_rest(
     runner, svc, aged, monkeypatch
 ):
-    monkeypatch.setattr("vx11.retention.PURGE_BATCH", 2)  # several batches
+    monkeypatch.setattr("vx11.core.retention.PURGE_BATCH", 2)  # several batches
     before = remaining(svc)
     dry = runner.invoke(main, ["purge", "--older-than", "30", "--dry-run", "--json"])
     assert dry.exit_code == 0, dry.output

@@ -24,8 +24,7 @@ import pytest
 
 from tests.support import free_port
 from vx11 import create_app
-from vx11.api.spawns import SpawnRecord
-from vx11.callbacks import (
+from vx11.core.callbacks import (
     BACKOFF_CAP,
     CALLBACK_QUEUE,
     CALLBACK_TASK,
@@ -38,9 +37,10 @@ from vx11.callbacks import (
     signed_headers,
     verify,
 )
-from vx11.config import Settings
-from vx11.ledger import Ledger
-from vx11.states import SpawnStatus
+from vx11.core.config import Settings
+from vx11.core.ledger import Ledger
+from vx11.core.record import SpawnRecord
+from vx11.core.states import SpawnStatus
 
 SECRET = "callback-test-secret"
 SPAWN = {"task_type": "shell", "code": "echo hi", "ttl_seconds": 30}
@@ -604,12 +604,12 @@ def test_a_terminal_record_queues_its_callback_only_when_it_has_a_url(monkeypatc
 
 
 def test_the_callback_task_is_routed_to_its_own_queue():
-    import workers
+    from workers.celery import app
 
-    assert CALLBACK_TASK in workers.app.tasks
-    route = workers.app.amqp.router.route({}, CALLBACK_TASK)
+    assert CALLBACK_TASK in app.tasks
+    route = app.amqp.router.route({}, CALLBACK_TASK)
     assert route["queue"].name == CALLBACK_QUEUE
-    assert workers.app.amqp.router.route({}, "vx11.spawn")["queue"].name != CALLBACK_QUEUE
+    assert app.amqp.router.route({}, "vx11.spawn")["queue"].name != CALLBACK_QUEUE
 
 
 class _NoEvents:

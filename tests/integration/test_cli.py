@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from tests.support import free_port
 from vx11 import create_app
 from vx11.cli import main
-from vx11.client import ApiError, ServerEvent, parse_sse
-from vx11.commands.common import ExitCode, describe, exit_code_for
-from vx11.commands.follow import exit_code_of
+from vx11.cli.client import ApiError, ServerEvent, parse_sse
+from vx11.cli.common import ExitCode, describe, exit_code_for
+from vx11.cli.follow import exit_code_of
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from vx11 import create_app
-from vx11.api.openapi import DOCS_PATH, SPEC_PATH, error_codes
+from vx11.gateway.api.openapi import DOCS_PATH, SPEC_PATH, error_codes
 
 CASES = {"authenticated": 0, "anonymous": 0}
 """Cases run, reported at the end of the test session (tests/conftest.py)."""

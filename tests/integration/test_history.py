@@ -7,8 +7,8 @@ from urllib.parse import quote
 
 import pytest
 
-from vx11.ledger import Ledger
-from vx11.states import SpawnStatus
+from vx11.core.ledger import Ledger
+from vx11.core.states import SpawnStatus
 
 SPAWN = {"task_type": "python", "code": "print(1)", "ttl_seconds": 30}
 HEAVY = {"code", "stdin", "stdout", "stderr", "processes"}  # live processes: one spawn only

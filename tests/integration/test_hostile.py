@@ -34,7 +34,7 @@ import pytest
 import redis
 
 from tests.support import ROOT, wait_for
-from vx11.config import Settings
+from vx11.core.config import Settings
 from workers.sandbox import Limits, Outcome, SandboxConfig, run_sandboxed
 from workers.sandbox.levels import base_config, bwrap_problem
 

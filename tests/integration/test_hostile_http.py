@@ -12,7 +12,7 @@ import json
 import pytest
 
 from vx11 import create_app
-from vx11.api.body import MAX_DEPTH, MAX_TARGET_BYTES
+from vx11.gateway.api.body import MAX_DEPTH, MAX_TARGET_BYTES
 
 LIMIT = 1 << 20
 """The body limit (VX11_MAX_BODY_BYTES, its default)."""

@@ -10,9 +10,9 @@ import redis
 
 from tests.support import free_port
 from vx11 import create_app
-from vx11.api.spawns import request_schema
-from vx11.idempotency import ANSWER_TTL, KEY_PREFIX, PENDING_TTL
-from vx11.tokens import TokenStore
+from vx11.core.tokens import TokenStore
+from vx11.gateway.api.spawns import request_schema
+from vx11.gateway.idempotency import ANSWER_TTL, KEY_PREFIX, PENDING_TTL
 
 SPAWN = {"task_type": "python", "code": "print('once')", "ttl_seconds": 30}
 

@@ -13,7 +13,7 @@ import redis
 
 from tests.support import RedisServer, free_port
 from vx11 import create_app
-from vx11.tokens import TokenStore
+from vx11.core.tokens import TokenStore
 
 SPAWN = {"task_type": "shell", "code": "true", "ttl_seconds": 30}
 ONE_PER_20S = 0.05

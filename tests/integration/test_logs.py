@@ -1,4 +1,4 @@
-"""VX11's log lines (vx11.logs): JSON or text, each carrying the ids bound to the request
+"""VX11's log lines (vx11.core.logs): JSON or text, each carrying the ids bound to the request
 or task it comes from; the gateway's access and accept lines through the real app and a
 real Redis; the workers' task binding through Celery's own signals."""
 
@@ -13,8 +13,10 @@ import pytest
 from celery import signals
 from celery.app import trace
 
-from vx11 import create_app, logs
-from vx11.config import Settings
+from vx11 import create_app
+from vx11.core import logs
+from vx11.core.config import Settings
+from vx11.gateway.request_log import REQUEST_ID_HEADER
 
 JSON = {"log_format": "json"}
 
@@ -154,7 +156,7 @@ def test_each_request_has_an_id_and_one_access_line_with_the_callers_token_id(
     response = client.get("/vx11/spawns?limit=5", headers=auth)
     [line] = access_lines(gateway_lines(capsys))
     assert response.status_code == 200
-    assert line["request_id"] == response.headers[logs.REQUEST_ID_HEADER]
+    assert line["request_id"] == response.headers[REQUEST_ID_HEADER]
     assert line["message"] == "GET /vx11/spawns 200"
     assert (line["method"], line["path"], line["status"]) == ("GET", "/vx11/spawns", 200)
     assert line["token_id"] == "development" and line["duration_ms"] >= 0
@@ -163,15 +165,15 @@ def test_each_request_has_an_id_and_one_access_line_with_the_callers_token_id(
 
 def test_a_request_id_from_a_proxy_is_logged_beside_ours_and_never_echoed(test_config, capsys):
     client = create_app({**test_config, **JSON}).test_client()
-    given = client.get("/vx11/status", headers={logs.REQUEST_ID_HEADER: "lb-1234.5"})
-    odd = client.get("/vx11/status", headers={logs.REQUEST_ID_HEADER: "two words"})
+    given = client.get("/vx11/status", headers={REQUEST_ID_HEADER: "lb-1234.5"})
+    odd = client.get("/vx11/status", headers={REQUEST_ID_HEADER: "two words"})
     kept, dropped = access_lines(gateway_lines(capsys))
     assert (kept["client_request_id"], kept["status"], kept["error"]) == (
         "lb-1234.5", 401, "auth_required",
     )  # fmt: skip
-    assert kept["request_id"] == given.headers[logs.REQUEST_ID_HEADER] != "lb-1234.5"
+    assert kept["request_id"] == given.headers[REQUEST_ID_HEADER] != "lb-1234.5"
     assert "client_request_id" not in dropped
-    assert dropped["request_id"] == odd.headers[logs.REQUEST_ID_HEADER]
+    assert dropped["request_id"] == odd.headers[REQUEST_ID_HEADER]
 
 
 def test_health_checks_are_logged_at_debug_only(test_config, capsys):
@@ -208,7 +210,7 @@ def test_an_accepted_spawns_lines_carry_its_ids_and_none_of_its_secrets(test_con
     for line in (accept, access):
         assert line["spawn_id"] == accepted["spawn_id"] == logs.spawn_id_of(accepted["spawn_uuid"])
         assert (line["spawn_uuid"], line["correlation_id"]) == (accepted["spawn_uuid"], "order-77")
-        assert line["request_id"] == response.headers[logs.REQUEST_ID_HEADER]
+        assert line["request_id"] == response.headers[REQUEST_ID_HEADER]
     assert (accept["task_type"], accept["ttl_seconds"]) == ("shell", 30)
     assert access["token_id"] == made.get_json()["token_id"]
     text = json.dumps(lines)

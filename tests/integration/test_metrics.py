@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import free_port
 from vx11 import create_app
-from vx11.ledger import Ledger
-from vx11.states import SpawnStatus
-from vx11.tokens import TokenStore
+from vx11.core.ledger import Ledger
+from vx11.core.states import SpawnStatus
+from vx11.core.tokens import TokenStore
 
 SPAWN = {"task_type": "shell", "code": "true", "ttl_seconds": 30}
 ONE_PER_100S = 0.01

@@ -7,8 +7,8 @@ record is the retry's.
 
 from __future__ import annotations
 
-from vx11.ledger import Ledger
-from vx11.states import SpawnStatus
+from vx11.core.ledger import Ledger
+from vx11.core.states import SpawnStatus
 from workers.spawner import _claim, _end_run
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from vx11.config import Settings, describe
+from vx11.core.config import Settings, describe
 
 
 def test_defaults_need_no_environment():

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import Column, Index, MetaData, Table, inspect, text
 
 from tests.support import DATABASES, PG_URL
-from vx11.errors import BadCursor, IllegalTransition, NotFound
-from vx11.ledger import SUPERSEDED_INDEXES, Ledger, Position, SpawnFilter, page_query, spawns
-from vx11.states import SpawnStatus
+from vx11.core.errors import BadCursor, IllegalTransition, NotFound
+from vx11.core.ledger import SUPERSEDED_INDEXES, Ledger, Position, SpawnFilter, page_query, spawns
+from vx11.core.states import SpawnStatus
 
 
 @pytest.fixture(params=DATABASES)
@@ -410,7 +410,7 @@ def test_an_older_ledger_gains_the_history_indexes_and_drops_the_ones_they_repla
 
 
 def test_an_audit_log_made_before_token_ids_gains_the_column(empty_ledger):
-    from vx11.audit import AuditEntry, AuditEvent, AuditLog, audit
+    from vx11.core.audit import AuditEntry, AuditEvent, AuditLog, audit
 
     old = Table(
         "audit",

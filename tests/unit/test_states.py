@@ -2,8 +2,8 @@
 
 import pytest
 
-from vx11.errors import IllegalTransition
-from vx11.states import ALLOWED_SOURCES, TERMINAL_STATES, SpawnStatus, check_transition
+from vx11.core.errors import IllegalTransition
+from vx11.core.states import ALLOWED_SOURCES, TERMINAL_STATES, SpawnStatus, check_transition
 
 S = SpawnStatus
 

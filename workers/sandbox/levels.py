@@ -8,7 +8,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from vx11.config import Settings
+from vx11.core.config import Settings
 from workers.sandbox import run_sandboxed, sandbox_identity
 from workers.sandbox.cgroups import Cgroups, CgroupUnavailable
 from workers.sandbox.process import adopting_orphans

@@ -1,0 +1,308 @@
+"""``vx11 spawn python|shell|show|cancel`` and ``vx11 spawns ls``: submitting code,
+following it, reading and cancelling spawns, and the history."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from vx11.cli.client import Client
+from vx11.cli.common import (
+    CliError,
+    ExitCode,
+    Moment,
+    client_command,
+    duration,
+    echo_json,
+    table,
+    when,
+)
+from vx11.cli.follow import exit_code_of, follow, outcome_line
+
+STATUSES = ("QUEUED", "RUNNING", "DONE", "FAILED", "TIMEOUT", "CANCELLED", "ERROR")
+LIMIT_OPTIONS = (
+    ("--cpu-time", "cpu_time_limit", "CPU-time limit, seconds  [default: the ttl]"),
+    ("--memory-mb", "memory_limit_mb", "Memory limit, MiB."),
+    ("--max-processes", "max_processes", "Processes at once."),
+    ("--max-output-bytes", "max_output_bytes", "Bytes of stdout and of stderr kept."),
+    ("--max-file-size-mb", "max_file_size_mb", "Largest file it may write, MiB."),
+)
+"""Per-spawn limits: option, request field, help. Left out, the server's default applies;
+over the server's maximum is a 422 naming the field."""
+
+
+@click.group()
+def spawn() -> None:
+    """Run code (python, shell), read a spawn (show), stop one (cancel)."""
+
+
+def _read_text(path: str, what: str) -> str:
+    """The UTF-8 text of ``path`` (``-``: standard input), or a one-line usage error."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as file:
+                data = file.read()
+        return data.decode("utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot read {what} {path}: {exc.strerror}", ExitCode.USAGE) from None
+    except UnicodeDecodeError:
+        raise CliError(f"{what} {path} is not UTF-8 text", ExitCode.USAGE) from None
+
+
+def spawn_request(task_type: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The body of ``POST /vx11/spawn`` from the command's options."""
+    code, code_file, stdin_file = options["code"], options["code_file"], options["stdin_file"]
+    if code is None and code_file is None:
+        raise CliError("no code: give it as an argument, or with -f FILE", ExitCode.USAGE)
+    if code is not None and code_file is not None:
+        raise CliError("give the code as an argument or with -f FILE, not both", ExitCode.USAGE)
+    if code_file == "-" and stdin_file == "-":
+        raise CliError("-f - and --stdin-file - cannot both read standard input", ExitCode.USAGE)
+    body: dict[str, Any] = {
+        "task_type": task_type,
+        "code": code if code_file is None else _read_text(code_file, "code file"),
+    }
+    if stdin_file is not None:
+        body["stdin"] = _read_text(stdin_file, "stdin file")
+    if options["metadata"] is not None:
+        try:
+            body["metadata"] = json.loads(options["metadata"])
+        except ValueError:
+            raise CliError("--metadata must be a JSON object", ExitCode.USAGE) from None
+    if options["args"]:
+        body["args"] = list(options["args"])
+    for name, field in (
+        ("ttl", "ttl_seconds"),
+        ("correlation_id", "correlation_id"),
+        ("max_retries", "max_retries"),
+        ("callback_url", "callback_url"),
+        *((field, field) for _, field, _ in LIMIT_OPTIONS),
+    ):
+        if options[name] is not None:
+            body[field] = options[name]
+    return body
+
+
+def submit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of ``vx11 spawn python`` and ``vx11 spawn shell``."""
+    decorators = [
+        click.argument("code", required=False),
+        click.option(
+            "-f", "--file", "code_file", metavar="FILE", help="Read the code from FILE (-: stdin)."
+        ),
+        click.option(
+            "--ttl",
+            type=click.IntRange(min=1),
+            help="Wall-clock limit, s  [default: the server's, 30]",
+        ),
+        click.option(
+            "--stdin-file", metavar="FILE", help="Feed FILE to the code's stdin (-: our stdin)."
+        ),
+        click.option(
+            "--arg", "args", multiple=True, help="An argument ($1, sys.argv[1]); repeatable."
+        ),
+        click.option("--correlation-id", help="Your id for this spawn, to find it by."),
+        click.option("--metadata", metavar="JSON", help="A JSON object kept with the spawn."),
+        click.option(
+            "--max-retries", type=click.IntRange(min=0), help="Re-runs if its worker is lost."
+        ),
+        *(
+            click.option(flag, field, type=int, metavar="N", help=text)
+            for flag, field, text in LIMIT_OPTIONS
+        ),
+        click.option("--callback-url", help="POST the final record there (signed)."),
+        click.option("--idempotency-key", help="Retry safely: same key, same spawn."),
+        click.option(
+            "-w", "--wait", is_flag=True, help="Stream its output and exit with its exit code."
+        ),
+    ]
+    return functools.reduce(lambda f, decorate: decorate(f), reversed(decorators), fn)
+
+
+def run_spawn(client: Client, task_type: str, options: dict[str, Any]) -> None:
+    as_json = options["as_json"]
+    answer = client.spawn(spawn_request(task_type, options), options["idempotency_key"])
+    if answer.get("error"):
+        if as_json:
+            echo_json(answer)
+        reason = f": {answer['reason']}" if answer.get("reason") else ""
+        raise CliError(
+            f"{answer['error']}{reason}; open a window first: vx11 window open spawner",
+            ExitCode.REFUSED,
+        )
+    if not options["wait"]:
+        if as_json:
+            echo_json(answer)
+        else:
+            click.echo(answer["spawn_id"])
+        return
+    record = follow(client, answer["spawn_id"], live_output=not as_json)
+    if as_json:
+        echo_json(record)
+    else:
+        click.echo(f"vx11: {outcome_line(record)}", err=True)
+    click.get_current_context().exit(exit_code_of(record))
+
+
+def _submit_command(task_type: str, summary: str) -> click.Command:
+    @spawn.command(task_type, help=summary)
+    @submit_options
+    @client_command
+    def command(client: Client, **options: Any) -> None:
+        run_spawn(client, task_type, options)
+
+    return command
+
+
+_submit_command(
+    "python",
+    """Run Python CODE (or -f FILE) in the sandbox; print its spawn id.
+
+    With --wait, stream its output and exit with its exit code (docs/cli.md).""",
+)
+_submit_command(
+    "shell",
+    """Run shell CODE (or -f FILE) with /bin/sh in the sandbox; print its spawn id.
+
+    With --wait, stream its output and exit with its exit code (docs/cli.md).""",
+)
+
+
+def record_text(record: dict[str, Any]) -> str:
+    """A spawn's record for people: the facts, then its output."""
+    limits = record.get("limits") or {}
+    peak_kb = record.get("peak_memory_kb")
+    rows = [
+        ("status", outcome_line(record)),
+        ("uuid", record.get("spawn_uuid")),
+        ("type", record.get("task_type")),
+        ("created", when(record.get("created_at"))),
+        ("started", when(record.get("started_at"))),
+        ("finished", when(record.get("finished_at"))),
+        ("worker", record.get("worker")),
+        ("sandbox", record.get("sandbox")),
+        ("ttl", f"{record['ttl_seconds']} s" if record.get("ttl_seconds") else None),
+        ("limits", ", ".join(f"{k} {v}" for k, v in limits.items()) or None),
+        ("args", " ".join(json.dumps(a) for a in record.get("args") or []) or None),
+        ("correlation", record.get("correlation_id")),
+        ("attempts", record.get("attempts")),
+        ("cpu time", duration(record.get("cpu_time_ms"))),
+        ("peak memory", f"{peak_kb} KiB" if peak_kb else None),
+        ("window", record.get("window_id")),
+    ]
+    processes = record.get("processes")
+    if processes:
+        rows.append(("processes", f"{processes.get('count')} (rss {processes.get('rss_kb')} KiB)"))
+    if record.get("metadata"):
+        rows.append(("metadata", json.dumps(record["metadata"], sort_keys=True)))
+    lines = [f"{name + ':':<13}{value}" for name, value in rows if value not in (None, "")]
+    for name in ("stdout", "stderr"):
+        text = record.get(name)
+        if text:
+            cut = " (truncated)" if record.get(f"{name}_truncated") else ""
+            lines.append(f"--- {name}{cut} ---")
+            lines.append(text.rstrip("\n"))
+    return "\n".join(lines)
+
+
+@spawn.command("show")
+@click.argument("spawn_id")
+@client_command
+def spawn_show(client: Client, spawn_id: str, as_json: bool) -> None:
+    """A spawn's record and output, by spawn id or uuid."""
+    record = client.get_spawn(spawn_id)
+    if as_json:
+        echo_json(record)
+    else:
+        click.echo(record_text(record))
+
+
+@spawn.command("cancel")
+@click.argument("spawn_id")
+@client_command
+def spawn_cancel(client: Client, spawn_id: str, as_json: bool) -> None:
+    """Cancel a queued or running spawn (a running one is killed within a second)."""
+    record = client.cancel_spawn(spawn_id)
+    if as_json:
+        echo_json(record)
+    else:
+        click.echo(outcome_line(record))
+
+
+@click.group()
+def spawns() -> None:
+    """The spawn history."""
+
+
+@spawns.command("ls")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(STATUSES, case_sensitive=False),
+    help="Only this state; repeatable.",
+)
+@click.option("--type", "task_type", type=click.Choice(("python", "shell")), help="python|shell")
+@click.option("--correlation-id", help="Only spawns with this correlation id.")
+@click.option("--since", type=Moment(), help="Created at or after: ISO 8601 or a time ago (2h).")
+@click.option("--until", type=Moment(), help="Created before: ISO 8601 or a time ago.")
+@click.option("--limit", type=click.IntRange(1, 200), help="Spawns per page  [default: 50]")
+@click.option("--all", "all_pages", is_flag=True, help="Follow next_cursor to the last page.")
+@client_command
+def spawns_ls(
+    client: Client,
+    statuses: tuple[str, ...],
+    task_type: str | None,
+    correlation_id: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int | None,
+    all_pages: bool,
+    as_json: bool,
+) -> None:
+    """Spawns, newest first: one page (--limit), or all of them (--all)."""
+    params: dict[str, Any] = {
+        "status": [s.upper() for s in statuses] or None,
+        "task_type": task_type,
+        "correlation_id": correlation_id,
+        "since": since,
+        "until": until,
+        "limit": limit,
+    }
+    params = {key: value for key, value in params.items() if value is not None}
+    if all_pages:
+        records = [r for page in client.iter_spawn_pages(params) for r in page["spawns"]]
+        page = {"spawns": records, "next_cursor": None}
+    else:
+        page = client.list_spawns(params)
+    if as_json:
+        echo_json(page)
+        return
+    click.echo(spawns_table(page["spawns"]))
+    if page.get("next_cursor"):
+        click.echo("vx11: more spawns follow: --all lists every page", err=True)
+
+
+def spawns_table(records: list[dict[str, Any]]) -> str:
+    return table(
+        ("id", "status", "type", "exit", "created (UTC)", "duration", "correlation"),
+        (
+            (
+                r.get("spawn_id"),
+                r.get("status"),
+                r.get("task_type"),
+                r.get("exit_code"),
+                when(r.get("created_at")),
+                duration(r.get("duration_ms")),
+                r.get("correlation_id"),
+            )
+            for r in records
+        ),
+    )

@@ -1,0 +1,333 @@
+"""``vx11 up`` (and ``./scripts/run``): the whole stack in the foreground on one machine.
+
+A private redis-server (unless ``VX11_REDIS_URL`` is set), the SQLite ledger, the
+gateway under gunicorn, one Celery worker and Flower (behind a login). Ctrl-C stops
+everything it started; a taken port or a missing program is one clear line, not a
+traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from vx11.core.callbacks import CALLBACK_QUEUE
+from vx11.core.config import Settings
+
+DEFAULT_REDIS_URL = Settings().redis_url
+
+
+class StackError(RuntimeError):
+    """Raised when the stack cannot start; the message is for the operator."""
+
+
+@dataclass
+class StackOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    flower_port: int = 5555
+    gunicorn_workers: int = 2
+    gunicorn_threads: int = 32
+    """Threads per gunicorn worker. A ``?wait=`` or an event stream holds one thread while
+    it waits on Redis (blocked on a socket: no CPU), so the pool is sized for those."""
+    worker_concurrency: int = 2
+    flower: bool = True
+
+
+def gunicorn_argv(host: str, port: int, workers: int, threads: int) -> list[str]:
+    """The gateway's command line, shared with compose.yaml.
+
+    gthread workers: a request waiting on Redis, the broker or the database — including a
+    ``?wait=`` or an event stream, which wait by design — blocks one thread, not the
+    process. Threads, not gevent: redis-py, kombu and the database drivers block, and
+    nothing here has to be monkey-patched.
+    """
+    return [
+        sys.executable, "-m", "gunicorn",
+        "--worker-class", "gthread",
+        "--workers", str(workers),
+        "--threads", str(threads),
+        "--bind", f"{host}:{port}",
+        "--graceful-timeout", "10",
+        # gunicorn's own lines in VX11's format (VX11_LOG_FORMAT); no gunicorn access
+        # log: the app writes one line per request, with its ids (vx11.core.logs)
+        "--logger-class", "vx11.gateway.request_log.GunicornLogger",
+        "vx11:create_app()",
+    ]  # fmt: skip
+
+
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus-client's multiprocess directory (:mod:`vx11.gateway.metrics`)."""
+
+
+def gateway_env(env: Mapping[str, str], metrics_dir: str) -> dict[str, str]:
+    """The gateway's environment: ``env`` with ``metrics_dir``, an empty directory made
+    for this start, as prometheus-client's multiprocess directory, so that /metrics adds
+    up the counts of every gunicorn worker. Only the gateway's processes may share it."""
+    return {**env, METRICS_DIR_VARIABLE: metrics_dir}
+
+
+def worker_argv(concurrency: int, queue: str) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "workers", "worker",
+        "--queues", f"{queue},{CALLBACK_QUEUE}",
+        "--concurrency", str(concurrency),
+        "--hostname", "vx11@%h",
+        "--loglevel", "INFO",
+    ]  # fmt: skip
+
+
+def flower_argv(host: str, port: int) -> list[str]:
+    """Flower's command line. Its login is not on it (``ps`` would show it to every user
+    of the machine): :func:`flower_env` passes it."""
+    return [
+        sys.executable, "-m", "celery", "-A", "workers", "flower",
+        f"--address={host}", f"--port={port}",
+    ]  # fmt: skip
+
+
+FLOWER_PASSWORD_FILE = "flower-password"
+"""Where, in the data directory, ``vx11 up`` keeps the Flower password it generated."""
+
+
+@dataclass(frozen=True)
+class FlowerLogin:
+    """Flower's HTTP basic-auth login."""
+
+    user: str
+    password: str
+    kept_in: Path | None = None
+    """The file holding a password ``vx11 up`` generated; None for ``VX11_FLOWER_PASSWORD``."""
+
+    @property
+    def basic_auth(self) -> str:
+        """The value of Flower's ``--basic-auth`` option."""
+        return f"{self.user}:{self.password}"
+
+
+def flower_login(settings: Settings) -> FlowerLogin:
+    """Flower's login: ``VX11_FLOWER_USER`` with ``VX11_FLOWER_PASSWORD``.
+
+    Flower has no login unless given one, and whoever reaches it sees every spawn's code
+    and output and can stop workers, so it never runs without one. With no password set,
+    development gets a generated one, kept in the data directory so that it survives
+    restarts (and a browser's saved login with it); production refuses.
+    """
+    if settings.flower_password:
+        return FlowerLogin(settings.flower_user, settings.flower_password)
+    if settings.production:
+        raise StackError(
+            "Flower needs a password in production: set VX11_FLOWER_PASSWORD, "
+            "or start without Flower (--no-flower)"
+        )
+    path = Path(settings.data_dir) / FLOWER_PASSWORD_FILE
+    try:
+        return FlowerLogin(settings.flower_user, kept_password(path), kept_in=path)
+    except OSError as exc:
+        raise StackError(
+            f"cannot keep Flower's password in {path} ({exc.strerror}): set VX11_FLOWER_PASSWORD"
+        ) from None
+
+
+def kept_password(path: Path) -> str:
+    """The password kept in ``path``; a new random one, readable by its owner only, if the
+    file does not exist or is empty."""
+    if path.exists() and (password := path.read_text().strip()):
+        return password
+    password = secrets.token_urlsafe(18)  # letters, digits, - and _: no ':' or ','
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+        file.write(password + "\n")
+    return password
+
+
+def flower_env(env: Mapping[str, str], login: FlowerLogin) -> dict[str, str]:
+    """Flower's environment: ``env`` with the login as ``FLOWER_BASIC_AUTH``, which Flower
+    reads as its ``--basic-auth`` option (and which replaces any inherited one)."""
+    return {**env, "FLOWER_BASIC_AUTH": login.basic_auth}
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def require_free_port(host: str, port: int, what: str) -> None:
+    if not port_is_free(host, port):
+        raise StackError(f"port {host}:{port} is already in use ({what}); stop what holds it")
+
+
+def redis_server_argv(port: int, data_dir: Path) -> list[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise StackError(
+            "redis-server is not installed: install it (Debian: apt-get install redis-server) "
+            "or set VX11_REDIS_URL to a Redis you run"
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        binary,
+        "--bind", "127.0.0.1",
+        "--port", str(port),
+        "--dir", str(data_dir),
+        "--save", "",
+        "--appendonly", "yes",
+        "--maxmemory-policy", "noeviction",
+        "--daemonize", "no",
+        "--loglevel", "warning",
+    ]  # fmt: skip
+
+
+def wait_until(
+    check, timeout: float, what: str, procs: Mapping[str, subprocess.Popen] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name, proc in (procs or {}).items():
+            if proc.poll() is not None:
+                raise StackError(f"{what}: {name} exited during start-up")
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise StackError(f"{what} did not come up within {timeout:.0f}s")
+
+
+def redis_answers(url: str) -> bool:
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port or 6379), timeout=0.5) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=1) as response:
+        return response.status == 200
+
+
+@dataclass
+class Stack:
+    """The processes of one ``vx11 up``; stopping it stops every one of them."""
+
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, env=env, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, grace: float = 10.0) -> None:
+        running = list(reversed(self.procs.values()))
+        for proc in running:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in running:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def wait_any(self) -> tuple[str, int]:
+        """The name and exit status of the first process to exit."""
+        while True:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    return name, proc.returncode
+            time.sleep(0.2)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def quick_start(base: str, flower: tuple[str, FlowerLogin] | None = None) -> str:
+    """The hints printed once the stack is up; ``flower`` is Flower's URL and login."""
+    flower_hint = ""
+    if flower is not None:
+        url, login = flower
+        password = (
+            f"{login.password} (password kept in {login.kept_in})"
+            if login.kept_in
+            else "the password in VX11_FLOWER_PASSWORD"
+        )
+        flower_hint = f"Flower: {url}, login {login.user} / {password}\n\n"
+    return f"""
+VX11 is up on {base}. Quick start:
+
+  curl -s {base}/health | jq .
+  curl -s -X POST {base}/vx11/window/open -H "X-VX11-Token: vx11-test-token" \\
+    -d '{{"target":"spawner","ttl_seconds":600}}' | jq '.is_open'
+  curl -s -X POST {base}/vx11/spawn -H "X-VX11-Token: vx11-test-token" \\
+    -d '{{"task_type":"python","code":"print(\\"MVP works\\")","ttl_seconds":30}}' | jq '.spawn_id'
+  curl -s {base}/vx11/spawn/<spawn_id> -H "X-VX11-Token: vx11-test-token" | jq .
+
+API docs: {base}/vx11/docs/ (the OpenAPI document: {base}/vx11/openapi.json)
+{flower_hint}Ctrl-C stops everything.
+"""
+
+
+def run_stack(options: StackOptions, environ: dict[str, str] | None = None) -> int:
+    """Start the stack, print the quick start, and wait for Ctrl-C or a process to die."""
+    env = dict(os.environ if environ is None else environ)
+    settings = Settings.from_env(env)
+    require_free_port(options.host, options.port, "gateway")
+    flower = None
+    if options.flower:
+        require_free_port(options.host, options.flower_port, "Flower")
+        flower = (f"http://{options.host}:{options.flower_port}", flower_login(settings))
+    stack = Stack()
+    metrics_dir = tempfile.mkdtemp(prefix="vx11-metrics-")
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        if "VX11_REDIS_URL" not in env:
+            redis_port = urlsplit(DEFAULT_REDIS_URL).port
+            argv = redis_server_argv(redis_port, Path(settings.data_dir) / "redis")
+            require_free_port("127.0.0.1", redis_port, "private Redis")
+            stack.start("redis-server", argv, env)
+            wait_until(lambda: redis_answers(DEFAULT_REDIS_URL), 15, "Redis", stack.procs)
+        stack.start(
+            "gateway",
+            gunicorn_argv(
+                options.host, options.port, options.gunicorn_workers, options.gunicorn_threads
+            ),
+            gateway_env(env, metrics_dir),
+        )
+        stack.start("worker", worker_argv(options.worker_concurrency, settings.spawn_queue), env)
+        if flower is not None:
+            argv = flower_argv(options.host, options.flower_port)
+            stack.start("flower", argv, flower_env(env, flower[1]))
+        base = f"http://{options.host}:{options.port}"
+        wait_until(lambda: http_ok(f"{base}/health"), 30, "the gateway", stack.procs)
+        if flower is not None:  # its one page without a login
+            wait_until(lambda: http_ok(f"{flower[0]}/healthcheck"), 30, "Flower", stack.procs)
+        print(quick_start(base, flower), flush=True)
+        name, status = stack.wait_any()
+        raise StackError(f"{name} exited with status {status}; stopping the stack")
+    except KeyboardInterrupt:
+        print("\nstopping VX11…", flush=True)
+        return 0
+    finally:
+        stack.stop()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)

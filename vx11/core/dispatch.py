@@ -1,0 +1,66 @@
+"""The jobs VX11 publishes, by task name: a spawn to run, a callback to deliver. The
+gateway and the workers' sweeper publish through a Celery client passed in, never
+importing the worker code that runs them."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from kombu.exceptions import OperationalError
+
+from vx11.core.callbacks import CALLBACK_TASK
+from vx11.core.config import Settings
+from vx11.core.errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = logging.getLogger(__name__)
+
+SPAWN_TASK = "vx11.spawn"
+"""The spawner task's name, as Flower and ``celery inspect`` show it."""
+
+WORKER_INFO_COMMAND = "vx11_worker_info"
+"""Remote-control command each worker answers with its sandbox level."""
+
+TIME_LIMIT_MARGIN = 30
+"""Seconds Celery's hard time limit allows past a spawn's own wall-clock limit."""
+
+
+def publish_spawn(
+    celery: Celery, record: dict[str, Any], settings: Settings, attempt: int = 1
+) -> None:
+    """Queue ``record`` for a worker, as its ``attempt``-th start (more than 1: a retry
+    after a lost worker). The Celery task id is the spawn's uuid."""
+    ttl = record["ttl_seconds"]
+    try:
+        celery.send_task(
+            SPAWN_TASK,
+            kwargs={
+                "spawn_uuid": record["spawn_uuid"],
+                "task_type": record["task_type"],
+                "code": record["code"],
+                "stdin": record["stdin"],
+                "ttl_seconds": ttl,
+                "window_id": record["window_id"],
+                "correlation_id": record["correlation_id"],
+                "limits": record["limits"],
+                "args": record["args"],
+                "attempt": attempt,
+            },
+            task_id=record["spawn_uuid"],
+            queue=settings.spawn_queue,
+            time_limit=ttl + TIME_LIMIT_MARGIN,
+            soft_time_limit=ttl + TIME_LIMIT_MARGIN // 2,
+        )
+    except OperationalError as exc:
+        raise ServiceUnavailable("spawner_unavailable", f"cannot reach the broker: {exc}") from exc
+
+
+def publish_callback(celery: Celery, spawn_uuid: str) -> None:
+    """Queue the delivery of a finished spawn's record to its callback_url."""
+    try:
+        celery.send_task(CALLBACK_TASK, args=(spawn_uuid,))  # routed by celeryconfig
+    except OperationalError as exc:  # the spawn's own outcome is recorded already
+        log.error("spawn %s: could not queue its callback: %s", spawn_uuid, exc)

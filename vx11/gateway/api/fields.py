@@ -1,0 +1,67 @@
+"""Field types shared by the API schemas."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from vx11.core.cursor import CURSOR_MAX
+
+
+class FullMatch(validate.Regexp):
+    """A regular expression the whole value must match. ``$`` in Python also matches
+    before a final newline (``"abc\\n"``); the pattern is published as it is, and JSON
+    Schema's ``$`` means the end."""
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+def _in_utc_range(value: datetime) -> None:
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError("out of range once in UTC") from None
+
+
+def query_timestamp() -> fields.AwareDateTime:
+    """A timestamp in a query string: ISO 8601, naive meaning UTC."""
+    return fields.AwareDateTime(
+        format="iso",
+        default_timezone=UTC,
+        validate=_in_utc_range,
+        error_messages={
+            "invalid": "not an ISO 8601 timestamp (naive means UTC; write + as %2B)",
+        },
+    )
+
+
+PAGE_LIMIT = 200
+"""Most rows one history or audit page returns."""
+
+
+class PageQuery(Schema):
+    """What every paged listing's query string shares: a time range, a page size and
+    the cursor of the previous page."""
+
+    since = query_timestamp()
+    until = query_timestamp()
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, PAGE_LIMIT))
+    # Checked when decoded (400 bad_cursor, as for any cursor the server did not make);
+    # the pattern documents its shape.
+    cursor = fields.String(
+        metadata={
+            "description": "A page's next_cursor, for the page after it.",
+            "pattern": r"^[A-Za-z0-9_-]+$",
+            "maxLength": CURSOR_MAX,
+        },
+    )
+
+    @validates_schema
+    def _since_before_until(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "since" in data and "until" in data and data["since"] >= data["until"]:
+            raise ValidationError("must be later than since", "until")

@@ -1,0 +1,349 @@
+"""Spawns: ``POST /vx11/spawn``, ``GET /vx11/spawn/<id>`` (alias ``/vx11/result/<id>``) and
+the history, ``GET /vx11/spawns``."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import replace
+from typing import Any
+
+from flask import jsonify, request
+from marshmallow import Schema, ValidationError, fields, post_load, validate
+
+from vx11.core.callbacks import callback_url_validator
+from vx11.core.config import Settings
+from vx11.core.errors import ValidationFailed
+from vx11.core.ledger import SpawnFilter
+from vx11.core.record import SpawnRecord, UTCDateTime
+from vx11.core.states import SpawnStatus
+from vx11.core.tokens import Scope
+from vx11.gateway.api.auth import authenticate, caller, owner_filter, requires
+from vx11.gateway.api.blueprint import Blueprint
+from vx11.gateway.api.fields import FullMatch, PageQuery
+from vx11.gateway.idempotency import HEADER as IDEMPOTENCY_KEY
+from vx11.gateway.idempotency import is_valid_key
+from vx11.gateway.lifecycle import is_terminal, wait_for_end
+from vx11.gateway.services import Services, services
+from vx11.gateway.submit import submit_spawn
+
+TASK_TYPES = ("python", "shell")
+MAX_RETRIES = 10
+"""Most re-runs a spawn may ask for after losing its worker (the MVP's ``max_retries``)."""
+CORRELATION_ID = FullMatch(
+    r"^[A-Za-z0-9._:@/+=-]{1,128}$",
+    error="1 to 128 characters of letters, digits and ._:@/+=-",
+)
+MAX_ARG_BYTES = 4096
+"""Longest single entry of a spawn's ``args``, bytes of UTF-8."""
+
+
+def _utf8_max(limit: int, what: str):
+    def check(value: str) -> None:
+        if len(value.encode("utf-8", "surrogatepass")) > limit:
+            raise ValidationError(f"{what} is longer than {limit} bytes")
+
+    return check
+
+
+def _valid_arg(value: str) -> None:
+    # An argument becomes an execve() string: NUL would cut it short, and a lone
+    # surrogate has no UTF-8 form at all.
+    if "\0" in value:
+        raise ValidationError("an argument may not contain a NUL character")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValidationError("an argument must be valid Unicode text") from None
+    if size > MAX_ARG_BYTES:
+        raise ValidationError(f"an argument is longer than {MAX_ARG_BYTES} bytes")
+
+
+def _limit(low: int, high: int) -> fields.Integer:
+    """An optional per-spawn limit; ``high`` is the server's maximum. Left out, it takes
+    the server's default (:func:`vx11.gateway.submit.resolve_limits`)."""
+    error = f"must be between {low} and {high} (the server's maximum)"
+    return fields.Integer(strict=True, validate=validate.Range(low, high, error=error))
+
+
+def _json_max(limit: int):
+    def check(value: dict) -> None:
+        if len(json.dumps(value, separators=(",", ":"))) > limit:
+            raise ValidationError(f"metadata is larger than {limit} bytes of JSON")
+
+    return check
+
+
+@functools.cache
+def request_schema(settings: Settings) -> Schema:
+    """The spawn request schema, with this deployment's limits."""
+    return Schema.from_dict(
+        {
+            "task_type": fields.String(required=True, validate=validate.OneOf(TASK_TYPES)),
+            "code": fields.String(
+                required=True,
+                # Length bounds characters (documented as maxLength); the byte bound is
+                # the real one, as a character is one to four bytes of UTF-8.
+                validate=[
+                    validate.Length(1, settings.max_code_bytes),
+                    _utf8_max(settings.max_code_bytes, "code"),
+                ],
+                metadata={"description": f"At most {settings.max_code_bytes} bytes of UTF-8."},
+            ),
+            "ttl_seconds": fields.Integer(
+                strict=True,
+                load_default=settings.spawn_default_ttl,
+                validate=validate.Range(1, settings.spawn_max_ttl),
+            ),
+            "stdin": fields.String(
+                load_default=None,
+                allow_none=True,
+                validate=[
+                    validate.Length(max=settings.max_stdin_bytes),
+                    _utf8_max(settings.max_stdin_bytes, "stdin"),
+                ],
+                metadata={"description": f"At most {settings.max_stdin_bytes} bytes of UTF-8."},
+            ),
+            "correlation_id": fields.String(
+                load_default=None, allow_none=True, validate=CORRELATION_ID
+            ),
+            "metadata": fields.Dict(
+                keys=fields.String(),
+                load_default=None,
+                allow_none=True,
+                validate=_json_max(settings.max_metadata_bytes),
+                metadata={
+                    "description": f"At most {settings.max_metadata_bytes} bytes as compact JSON."
+                },
+            ),
+            "cpu_time_limit": _limit(1, settings.cpu_time_limit_max),
+            "memory_limit_mb": _limit(16, settings.memory_limit_mb_max),
+            "max_processes": _limit(1, settings.max_processes_max),
+            "max_output_bytes": _limit(0, settings.max_output_bytes_max),
+            "max_file_size_mb": _limit(1, settings.max_file_size_mb_max),
+            "callback_url": fields.String(
+                allow_none=True, validate=callback_url_validator(settings)
+            ),
+            "max_retries": fields.Integer(
+                strict=True,
+                load_default=0,
+                validate=validate.Range(0, MAX_RETRIES, error="must be between {min} and {max}"),
+            ),
+            "args": fields.List(
+                fields.String(validate=_valid_arg),
+                load_default=list,
+                validate=validate.Length(
+                    max=settings.max_args,
+                    error=f"at most {settings.max_args} arguments (the server's maximum)",
+                ),
+            ),
+        },
+        name="SpawnRequest",
+    )()
+
+
+class SpawnAnswer(Schema):
+    """The answer to a spawn request: the accepted spawn (``error`` null), or the
+    policy's refusal (``error: off_by_policy``, ids null, nothing queued)."""
+
+    spawn_id = fields.String(required=True, allow_none=True)
+    spawn_uuid = fields.String(required=True, allow_none=True)
+    status = fields.String(required=True, validate=validate.OneOf(("QUEUED", "ERROR")))
+    task_type = fields.String()
+    correlation_id = fields.String(allow_none=True)
+    created_at = UTCDateTime()
+    error = fields.String(
+        required=True,
+        allow_none=True,
+        dump_default=None,
+        validate=validate.OneOf(("off_by_policy",)),
+    )
+    reason = fields.String(allow_none=True, metadata={"description": "Why it was refused."})
+    hint = fields.String(metadata={"description": "How to get it accepted."})
+
+
+ANSWER = SpawnAnswer()
+
+
+MAX_WAIT = 60
+
+
+class RecordQuery(Schema):
+    """The query string of ``GET /vx11/spawn/<id>``."""
+
+    wait = fields.Float(
+        load_default=0,
+        validate=validate.Range(0, MAX_WAIT, error="must be between {min} and {max} seconds"),
+    )
+
+
+IDEMPOTENCY_PARAMETER = {
+    "in": "header",
+    "name": IDEMPOTENCY_KEY,
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    "description": "Makes retries safe: see the operation's description.",
+}
+REPLAYED = "Idempotent-Replayed"
+"""The response header that marks an answer replayed for an idempotency key."""
+
+
+def idempotency_key() -> str | None:
+    """The request's ``Idempotency-Key``, if it has one; 422 if it is malformed."""
+    key = request.headers.get(IDEMPOTENCY_KEY)
+    if key is not None and not is_valid_key(key):
+        message = "must be 1 to 255 visible ASCII characters"
+        raise ValidationFailed(fields={IDEMPOTENCY_KEY: [message]})
+    return key
+
+
+def accept(svc: Services, spawn_request: dict[str, Any]) -> dict[str, Any]:
+    """The answer to a valid spawn request: the accepted spawn, or the refusal."""
+    return submit_spawn(svc, spawn_request, caller())
+
+
+def accept_once(svc: Services, spawn_request: dict[str, Any], key: str):
+    """:func:`accept`, once per idempotency ``key`` of the caller's token; only an
+    accepted spawn is kept as the key's answer."""
+    with svc.idempotency.attempt(caller().token_id, key, spawn_request) as attempt:
+        if attempt.replay is not None:
+            return jsonify(attempt.replay), {REPLAYED: "true"}
+        answer = accept(svc, spawn_request)
+        if not answer.get("error"):
+            svc.idempotency.answer(attempt, ANSWER.dump(answer))
+        return answer
+
+
+# --- history -----------------------------------------------------------------------------
+
+"""Most records one history page holds."""
+STATUSES = tuple(status.value for status in SpawnStatus)
+
+
+class HistoryQuery(PageQuery):
+    """The query string of ``GET /vx11/spawns``; loads as the ledger's page arguments."""
+
+    status = fields.List(fields.String(validate=validate.OneOf(STATUSES)), load_default=list)
+    task_type = fields.String(validate=validate.OneOf(TASK_TYPES))
+    correlation_id = fields.String(validate=CORRELATION_ID)
+
+    @post_load
+    def _page_arguments(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        spawn_filter = SpawnFilter(
+            statuses=tuple(dict.fromkeys(SpawnStatus(value) for value in data["status"])),
+            task_type=data.get("task_type"),
+            correlation_id=data.get("correlation_id"),
+            since=data.get("since"),
+            until=data.get("until"),
+        )
+        return {"filters": spawn_filter, "limit": data["limit"], "cursor": data.get("cursor")}
+
+
+class SpawnSummary(SpawnRecord):
+    """A record in a history page: without its output and live processes."""
+
+    class Meta:
+        exclude = ("stdout", "stderr", "processes")
+
+
+class SpawnPage(Schema):
+    spawns = fields.List(fields.Nested(SpawnSummary), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+
+
+def blueprint(settings: Settings) -> Blueprint:
+    blp = Blueprint("spawns", __name__, url_prefix="/vx11", description=__doc__)
+    blp.before_request(authenticate)
+
+    @blp.post("/spawn")
+    @requires(Scope.SPAWN)
+    @blp.arguments(request_schema(settings))
+    @blp.response(200, SpawnAnswer)
+    @blp.alt_response(409, response="CONFLICT")
+    @blp.doc(parameters=[IDEMPOTENCY_PARAMETER])
+    def create_spawn(spawn_request):
+        """Submit a spawn
+
+        Queue python or shell code while the spawner window is open.
+
+        A closed window is a semantic refusal: HTTP 200 with ``error: off_by_policy``.
+
+        An ``Idempotency-Key`` header (1 to 255 visible ASCII characters; else 422) makes
+        retries safe: the same request with the same key, from the same token, within 24 h
+        gets the first answer back (header ``Idempotent-Replayed: true``) and queues
+        nothing; a different request with that key is 409 ``idempotency_key_reused``. A
+        retry that arrives while the first is still being served waits up to 2 s for its
+        answer, else 409 ``idempotency_key_in_progress`` with ``Retry-After``. A refusal or
+        a failure does not use the key up.
+        """
+        svc = services()
+        key = idempotency_key()
+        if key is None:
+            return accept(svc, spawn_request)
+        return accept_once(svc, spawn_request, key)
+
+    def read_spawn(query: dict[str, Any], ident: str):
+        svc = services()
+        record = svc.ledger.get(ident, owner=owner_filter())
+        if query["wait"] and not is_terminal(record):
+            record = wait_for_end(svc, record["spawn_uuid"], query["wait"])
+        record["processes"] = (
+            svc.events.live([record["spawn_uuid"]]).get(record["spawn_uuid"])
+            if record["status"] == SpawnStatus.RUNNING
+            else None
+        )
+        return record
+
+    @blp.get("/spawn/<ident>")
+    @requires(Scope.READ)
+    @blp.arguments(RecordQuery, location="query")
+    @blp.response(200, SpawnRecord)
+    @blp.alt_response(404, response="NOT_FOUND")
+    def get_spawn(query, ident: str):
+        """Read a spawn
+
+        The spawn's record, by ``spawn_id`` or ``spawn_uuid``. ``?wait=<seconds>`` (up
+        to 60) answers as soon as the spawn is terminal, or when the wait runs out.
+        While it runs, ``processes`` shows its live processes. Another token's spawn is
+        404, as an unknown one (admin reads all)."""
+        return read_spawn(query, ident)
+
+    @blp.get("/result/<ident>")
+    @requires(Scope.READ)
+    @blp.arguments(RecordQuery, location="query")
+    @blp.response(200, SpawnRecord)
+    @blp.alt_response(404, response="NOT_FOUND")
+    def get_result(query, ident: str):
+        """Read a spawn (the MVP's path)
+
+        The same as ``GET /vx11/spawn/<ident>``."""
+        return read_spawn(query, ident)
+
+    @blp.get("/spawns")
+    @requires(Scope.READ)
+    @blp.arguments(HistoryQuery, location="query")
+    @blp.response(200, SpawnPage)
+    @blp.alt_response(400, response="BAD_REQUEST")
+    def list_spawns(query):
+        """The spawn history
+
+        Newest first: ``{"spawns": [...], "next_cursor": str|null}``. Only the
+        caller's own spawns (admin: everyone's).
+
+        Each item is the spawn's record as ``GET /vx11/spawn/<id>`` gives it,
+        *without* the heavy fields (code, stdin, stdout, stderr) and the live
+        ``processes``: read one spawn for those.
+
+        Query: ``status`` (a spawn state; repeat it or separate with commas for
+        several), ``task_type``, ``correlation_id``, ``since`` (created at or after)
+        and ``until`` (created before), ISO 8601 with naive meaning UTC; ``limit`` 1 to
+        200 (50); and ``cursor``, a page's ``next_cursor``, for the page after it.
+        Pages stay stable while spawns arrive: following cursors repeats and skips
+        nothing. ``next_cursor`` is null on the last page. A malformed query is 422
+        naming the field; a cursor this server did not hand out is 400
+        ``bad_cursor``."""
+        query["filters"] = replace(query["filters"], owner=owner_filter())
+        page = services().ledger.page(**query)
+        return {"spawns": page.records, "next_cursor": page.next_cursor}
+
+    return blp

@@ -1,0 +1,81 @@
+"""``GET /vx11/status``: the policy, the open windows, and every dependency's health."""
+
+from __future__ import annotations
+
+import redis.exceptions
+from marshmallow import Schema, fields
+
+from vx11.core.config import Settings
+from vx11.core.policy import POLICY
+from vx11.core.tokens import Scope
+from vx11.gateway.api.auth import authenticate, requires
+from vx11.gateway.api.blueprint import Blueprint
+from vx11.gateway.api.windows import WindowView, window_view
+from vx11.gateway.probes import probe_all
+from vx11.gateway.services import services
+
+
+class Status(Schema):
+    policy = fields.String(required=True, metadata={"example": "SOLO_MADRE"})
+    mode = fields.String(
+        required=True, metadata={"description": "windowed while a window is open, else solo_madre"}
+    )
+    madre_available = fields.Boolean(required=True)
+    spawner_available = fields.Boolean(required=True)
+    services = fields.Dict(
+        keys=fields.String(),
+        values=fields.Dict(),
+        required=True,
+        metadata={
+            "description": "redis, broker, result_backend, database, spawner: each ok "
+            "(bool), latency_ms, and error when not ok."
+        },
+    )
+    windows = fields.List(fields.Nested(WindowView), required=True)
+    sandbox = fields.Dict(
+        required=True,
+        metadata={"description": "levels: worker → sandbox level; level: the weakest."},
+    )
+
+
+def blueprint(settings: Settings) -> Blueprint:
+    blp = Blueprint("status", __name__, url_prefix="/vx11", description=__doc__)
+    blp.before_request(authenticate)
+
+    @blp.get("/status")
+    @requires(Scope.READ)
+    @blp.response(200, Status)
+    def status():
+        """Policy and dependencies
+
+        Never hangs: each probe has a short timeout and a down dependency shows
+        ``ok: false``."""
+        svc = services()
+        checks = probe_all(svc)
+        try:
+            windows = svc.windows.open_windows(svc.settings.window_targets)
+        except redis.exceptions.RedisError:
+            windows = []
+        spawner = checks["spawner"]
+        levels = {name: info.get("sandbox") for name, info in spawner.pop("details", {}).items()}
+        return {
+            "policy": POLICY,
+            "mode": "windowed" if windows else "solo_madre",
+            "madre_available": checks["redis"]["ok"] and checks["database"]["ok"],
+            "spawner_available": checks["broker"]["ok"] and spawner["ok"],
+            "services": checks,
+            "windows": [window_view(w.target, w) for w in windows],
+            "sandbox": {
+                "levels": levels,
+                "level": min(levels.values(), default=None, key=_strength),
+            },
+        }
+
+    return blp
+
+
+SANDBOX_STRENGTH = {"basic": 0, "bwrap": 1}
+
+
+def _strength(level: str | None) -> int:
+    return SANDBOX_STRENGTH.get(level or "", -1)
