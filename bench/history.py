@@ -21,7 +21,9 @@ from sqlalchemy import insert, text
 
 from bench.measure import percentile
 from bench.report import Figure
-from vx11.core.ledger import Ledger, SpawnFilter, page_query, spawns
+from vx11.core.ledger import Ledger, SpawnFilter
+from vx11.core.ledger.schema import spawns
+from vx11.core.ledger.store import page_query
 from vx11.core.states import SpawnStatus
 
 QUERY = SpawnFilter(statuses=(SpawnStatus.DONE,), task_type="shell")

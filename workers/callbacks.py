@@ -16,7 +16,6 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import select, update
 
 from vx11.core.callbacks import (
     CALLBACK_TASK,
@@ -28,7 +27,7 @@ from vx11.core.callbacks import (
     signed_headers,
 )
 from vx11.core.config import Settings
-from vx11.core.ledger import Ledger, spawns
+from vx11.core.ledger import Ledger
 from vx11.core.record import SpawnRecord
 from vx11.core.times import iso_z, utcnow
 from workers.celery import app
@@ -88,13 +87,8 @@ def attempt_delivery(
 
 
 def record_attempt(store: Ledger, spawn_uuid: str, entry: dict[str, Any]) -> None:
-    """Append ``entry`` to the spawn's ``callbacks``. One delivery task runs per spawn
-    at a time, so a read-then-write in one transaction (row locked where the database
-    can) is enough."""
-    row = spawns.c.spawn_uuid == spawn_uuid
-    with store.engine.begin() as conn:
-        current = conn.execute(select(spawns.c.callbacks).where(row).with_for_update()).scalar()
-        conn.execute(update(spawns).where(row).values(callbacks=[*(current or []), entry]))
+    """Append ``entry`` to the spawn's ``callbacks`` (:meth:`Ledger.append_callback`)."""
+    store.append_callback(spawn_uuid, entry)
 
 
 def _describe(exc: BaseException, cfg: Settings) -> str:

@@ -28,13 +28,13 @@ import time
 from datetime import timedelta
 
 from celery import Celery
-from sqlalchemy import select
 
-from vx11.core.audit import AuditLog, OpenWindows
+from vx11.core.audit import AuditLog
 from vx11.core.dispatch import SPAWN_TASK, publish_callback, publish_spawn
 from vx11.core.errors import IllegalTransition, ServiceUnavailable
 from vx11.core.events import LIVE_TTL, SpawnEvents
-from vx11.core.ledger import Ledger, spawns
+from vx11.core.ledger import Ledger
+from vx11.core.policy import OpenWindows
 from vx11.core.states import SpawnStatus
 from vx11.core.times import utcnow
 from workers.celery import app
@@ -58,11 +58,7 @@ INSPECT_TIMEOUT = 2.0
 def lost_candidates(store: Ledger, events: SpawnEvents) -> list[str]:
     """RUNNING spawns old enough to have a snapshot, that have none."""
     started_before = utcnow() - timedelta(seconds=LOST_AFTER)
-    query = select(spawns.c.spawn_uuid).where(
-        spawns.c.status == SpawnStatus.RUNNING.value, spawns.c.started_at < started_before
-    )
-    with store.engine.connect() as conn:
-        running = [row.spawn_uuid for row in conn.execute(query)]
+    running = store.running_since_before(started_before)
     live = events.live(running)
     return [spawn_uuid for spawn_uuid in running if spawn_uuid not in live]
 
@@ -74,15 +70,8 @@ def end_unpublished(store: Ledger, events: SpawnEvents) -> list[str]:
     that did reach the broker finds it ended and never starts, and the client's retry
     (the same Idempotency-Key, once its pending mark lapses) makes a fresh spawn."""
     created_before = utcnow() - timedelta(seconds=UNPUBLISHED_AFTER)
-    query = select(spawns.c.spawn_uuid).where(
-        spawns.c.status == SpawnStatus.QUEUED.value,
-        spawns.c.published.is_(False),
-        spawns.c.created_at < created_before,
-    )
-    with store.engine.connect() as conn:
-        stranded = [row.spawn_uuid for row in conn.execute(query)]
     ended = []
-    for spawn_uuid in stranded:
+    for spawn_uuid in store.queued_before(created_before, published=False):
         try:
             store.transition(spawn_uuid, SpawnStatus.ERROR, reason="gateway_lost")
         except IllegalTransition:
@@ -148,13 +137,7 @@ def lost_jobs(store: Ledger, celery: Celery) -> dict[str, str | None]:
     drains first); empty on another broker (RabbitMQ hands back an unacknowledged job
     itself) and when no worker answers (who holds what cannot be told)."""
     created_before = utcnow() - timedelta(seconds=ORPHANED_AFTER)
-    query = select(spawns.c.spawn_uuid).where(
-        spawns.c.status == SpawnStatus.QUEUED.value,
-        spawns.c.published.is_(True),
-        spawns.c.created_at < created_before,
-    )
-    with store.engine.connect() as conn:
-        queued = {row.spawn_uuid for row in conn.execute(query)}
+    queued = set(store.queued_before(created_before, published=True))
     if not queued:
         return {}
     with celery.connection_for_write() as conn:

@@ -46,7 +46,8 @@ from tests.support import (
 )
 from vx11.core.audit import audit
 from vx11.core.config import Settings
-from vx11.core.ledger import Ledger, spawns
+from vx11.core.ledger import Ledger
+from vx11.core.ledger.schema import spawns
 from vx11.core.states import TERMINAL_STATES
 from workers import spawner
 from workers.sweeper import ORPHANED_AFTER, RECHECK_AFTER, SWEEP_EVERY

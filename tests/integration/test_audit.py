@@ -24,16 +24,16 @@ from sqlalchemy import create_engine, func, insert, inspect, select, text, updat
 from tests.support import DATABASES, PG_URL, free_port, wait_for
 from vx11.cli import main
 from vx11.core.audit import (
-    OPEN_WINDOWS_KEY,
     AuditEntry,
     AuditEvent,
     AuditFilter,
     AuditLog,
-    OpenWindows,
     audit,
     page_query,
 )
-from vx11.core.ledger import Ledger, make_engine, spawns
+from vx11.core.ledger import Ledger, make_engine
+from vx11.core.ledger.schema import spawns
+from vx11.core.policy import OPEN_WINDOWS_KEY, OpenWindows
 from vx11.core.states import SpawnStatus
 from vx11.core.tokens import TokenStore
 from workers import sweeper
@@ -245,7 +245,7 @@ def test_a_spawn_whose_entry_cannot_be_written_is_503_and_never_published(
     assert response.status_code == 503
     assert response.json["error"] == "database_unavailable"
     assert redis.Redis.from_url(redis_url).llen("spawner") == 0
-    assert svc.ledger.page().records == []  # the spawn's record fell with its entry
+    assert svc.ledger.page().rows == []  # the spawn's record fell with its entry
     assert events(entries(client, auth)) == ["window_opened"]
 
 
@@ -548,7 +548,7 @@ def remaining(svc) -> tuple[set[str], set[int]]:
 def test_purge_deletes_old_terminal_spawns_and_old_entries_and_keeps_the_rest(
     runner, svc, aged, monkeypatch
 ):
-    monkeypatch.setattr("vx11.core.retention.PURGE_BATCH", 2)  # several batches
+    monkeypatch.setattr("vx11.core.ledger.store.PURGE_BATCH", 2)  # several batches
     before = remaining(svc)
     dry = runner.invoke(main, ["purge", "--older-than", "30", "--dry-run", "--json"])
     assert dry.exit_code == 0, dry.output
@@ -599,7 +599,7 @@ def test_the_audit_log_purges_by_the_instant_in_any_time_zone(svc):
     assert svc.audit.purge(T0.astimezone(paris)) == 1
     with svc.audit.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(audit)).scalar() == 1
-    assert svc.audit.page().entries[0]["id"] == kept
+    assert svc.audit.page().rows[0]["id"] == kept
 
 
 def test_entries_written_together_share_their_instant(svc):
@@ -609,5 +609,5 @@ def test_entries_written_together_share_their_instant(svc):
     )
     assert first["at"] == second["at"] and second["id"] > first["id"]
     page = svc.audit.page()
-    assert [entry["id"] for entry in page.entries] == [second["id"], first["id"]]
-    assert page.entries[0]["at"] == first["at"]
+    assert [entry["id"] for entry in page.rows] == [second["id"], first["id"]]
+    assert page.rows[0]["at"] == first["at"]

@@ -312,7 +312,7 @@ def test_a_loopback_callback_url_is_refused_before_any_connection(callback_app, 
     assert response.json["error"] == "validation_error"
     [message] = response.json["fields"]["callback_url"]
     assert "127.0.0.1" in message and "private or reserved" in message
-    assert callback_app.extensions["vx11"].ledger.page().records == []  # nothing accepted
+    assert callback_app.extensions["vx11"].ledger.page().rows == []  # nothing accepted
 
 
 def test_a_callback_url_off_the_allow_list_is_422_naming_the_field(window, auth):

@@ -13,7 +13,10 @@ from sqlalchemy import Column, Index, MetaData, Table, inspect, text
 
 from tests.support import DATABASES, PG_URL
 from vx11.core.errors import BadCursor, IllegalTransition, NotFound
-from vx11.core.ledger import SUPERSEDED_INDEXES, Ledger, Position, SpawnFilter, page_query, spawns
+from vx11.core.ledger import Ledger, SpawnFilter
+from vx11.core.ledger.paging import Position
+from vx11.core.ledger.schema import SUPERSEDED_INDEXES, spawns
+from vx11.core.ledger.store import PAGES, page_query
 from vx11.core.states import SpawnStatus
 
 
@@ -200,8 +203,8 @@ def walk(ledger: Ledger, filters=None, limit: int = 2, between=None) -> list[str
     seen, cursor = [], None
     while True:
         page = ledger.page(filters, limit, cursor)
-        assert len(page.records) <= limit
-        seen += [r["spawn_uuid"] for r in page.records]
+        assert len(page.rows) <= limit
+        seen += [r["spawn_uuid"] for r in page.rows]
         if page.next_cursor is None:
             return seen
         cursor = page.next_cursor
@@ -213,9 +216,9 @@ def test_a_page_lists_the_newest_first_without_the_heavy_fields(ledger):
     older = insert_at(ledger, T0)
     newer = insert_at(ledger, T0 + timedelta(seconds=1))
     page = ledger.page()
-    assert [r["spawn_uuid"] for r in page.records] == [newer, older]
+    assert [r["spawn_uuid"] for r in page.rows] == [newer, older]
     assert page.next_cursor is None
-    record = page.records[0]
+    record = page.rows[0]
     assert not {"code", "stdin", "stdout", "stderr"} & set(record)
     assert record["created_at"] == T0 + timedelta(seconds=1)
     assert record["task_type"] == "shell" and record["status"] == "QUEUED"
@@ -243,7 +246,7 @@ def test_records_created_in_the_same_microsecond_page_by_their_uuid(ledger):
 def test_a_page_holds_at_most_limit_records_and_says_when_more_follow(ledger):
     for index in range(5):
         insert_at(ledger, T0 + timedelta(seconds=index))
-    assert len(ledger.page(limit=5).records) == 5
+    assert len(ledger.page(limit=5).rows) == 5
     assert ledger.page(limit=5).next_cursor is None
     assert ledger.page(limit=4).next_cursor is not None
     with pytest.raises(ValueError):
@@ -319,7 +322,7 @@ def test_a_tampered_cursor_is_refused(ledger):
     for index in range(3):
         insert_at(ledger, T0 + timedelta(seconds=index))
     cursor = ledger.page(limit=1).next_cursor
-    assert len(ledger.page(limit=5, cursor=cursor).records) == 2
+    assert len(ledger.page(limit=5, cursor=cursor).rows) == 2
     for position in range(len(cursor)):
         for replacement in "*~.":
             tampered = cursor[:position] + replacement + cursor[position + 1 :]
@@ -331,7 +334,7 @@ def test_a_tampered_cursor_is_refused(ledger):
 
 def test_a_cursor_round_trips_its_position_to_the_microsecond():
     position = Position(T0 + timedelta(microseconds=7), str(uuid.uuid4()))
-    assert Position.decode(position.encode()) == position
+    assert PAGES.decode(position.encode()) == position
 
 
 def test_every_filtered_page_walks_an_index_and_sorts_nothing(ledger):
@@ -363,7 +366,7 @@ def test_several_statuses_merge_one_bounded_index_walk_per_status(ledger):
         assert "SCAN spawns" not in plan and not sorts(plan), plan  # merged, not sorted
     for index, status in enumerate(["QUEUED", "DONE", "FAILED", "RUNNING"] * 3):
         insert_at(ledger, T0 + timedelta(seconds=index), status=status, task_type="python")
-    expected = [r["spawn_uuid"] for r in ledger.page(limit=20).records if r["status"] != "RUNNING"]
+    expected = [r["spawn_uuid"] for r in ledger.page(limit=20).rows if r["status"] != "RUNNING"]
     assert walk(ledger, spawn_filter, limit=2) == expected
 
 
@@ -425,7 +428,7 @@ def test_an_audit_log_made_before_token_ids_gains_the_column(empty_ledger):
     empty_ledger.create_schema()
     log = AuditLog(empty_ledger.engine)
     log.record(AuditEntry(AuditEvent.WINDOW_OPENED, token_label="ops", token_id="0123456789ab"))
-    (entry,) = log.page().entries
+    (entry,) = log.page().rows
     assert (entry["token_label"], entry["token_id"]) == ("ops", "0123456789ab")
 
 

@@ -98,7 +98,6 @@ def purge(days: int | None, dry_run: bool, as_json: bool) -> None:
     from vx11.core.audit import AuditLog
     from vx11.core.config import Settings
     from vx11.core.ledger import Ledger
-    from vx11.core.retention import purge_spawns
     from vx11.core.times import iso_z, utcnow
 
     try:
@@ -112,7 +111,7 @@ def purge(days: int | None, dry_run: bool, as_json: bool) -> None:
     ledger = Ledger.from_url(settings.effective_database_url)
     try:
         ledger.create_schema()  # as the gateway does: an older database gains the audit table
-        spawn_count = purge_spawns(ledger.engine, before, dry_run=dry_run)
+        spawn_count = ledger.purge(before, dry_run=dry_run)
         audit_count = AuditLog(ledger.engine).purge(before, dry_run=dry_run)
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise click.ClickException(f"cannot purge the database: {exc}") from None

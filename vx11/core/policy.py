@@ -1,7 +1,9 @@
 """Policy windows (SOLO_MADRE): nothing runs for a target unless its window is open.
 
 A window is one Redis key per target holding JSON, written with a native TTL, so it
-expires by itself and every gateway process and replica sees the same windows.
+expires by itself and every gateway process and replica sees the same windows. Each
+window opened is also tracked (:class:`OpenWindows`) until it is closed, replaced or
+seen expired, so that a worker's sweeper can record its expiry in the audit log.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 from redis import Redis
+
+from vx11.core.audit import AuditEntry, AuditEvent, AuditLog
+from vx11.core.times import iso_z, utcnow
 
 POLICY = "SOLO_MADRE"
 SPAWN_TARGET = "spawner"
@@ -81,3 +86,120 @@ class WindowStore:
     def open_windows(self, targets: tuple[str, ...]) -> list[Window]:
         raws = self.redis.mget([key_for(t) for t in targets])
         return [Window.from_json(raw) for raw in raws if raw]
+
+
+# --- windows that run out -------------------------------------------------------------------
+
+OPEN_WINDOWS_KEY = "vx11:audit:open-windows"
+"""Hash of the windows opened and not yet closed, replaced or seen expired:
+window_id → JSON ``{target, opened_at, expires_at, expires, opened_by}``."""
+
+# Atomic, so two gateways opening the same target at once cannot leave a replaced
+# window tracked: a window is tracked only while it is the target's current one, and
+# tracking it forgets the windows it replaced (those still running when it opened;
+# one that had already run out is left for the sweeper to record as expired).
+_TRACK = """
+local current = redis.call('GET', KEYS[1])
+if not current or cjson.decode(current)['window_id'] ~= ARGV[1] then return {} end
+local replaced = {}
+local tracked = redis.call('HGETALL', KEYS[2])
+for i = 1, #tracked, 2 do
+  local entry = cjson.decode(tracked[i + 1])
+  if tracked[i] ~= ARGV[1] and entry['target'] == ARGV[3]
+     and entry['expires'] > tonumber(ARGV[4]) then
+    redis.call('HDEL', KEYS[2], tracked[i])
+    replaced[#replaced + 1] = tracked[i]
+  end
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return replaced
+"""
+
+
+@dataclass(frozen=True)
+class TrackedWindow:
+    """What :class:`OpenWindows` keeps of a window, enough to record its expiry."""
+
+    window_id: str
+    target: str
+    opened_at: str
+    expires_at: str
+    expires: float
+    """``expires_at`` as a Unix time, for the comparisons made in Redis."""
+    opened_by: str | None = None
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        del data["window_id"]
+        return json.dumps(data)
+
+
+class OpenWindows:
+    """The windows not yet closed, replaced or recorded as expired, kept in ``redis``
+    so that any worker can record an expiry, and exactly one does."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._track_script = redis.register_script(_TRACK)
+
+    def track(self, window: Window, opened_by: str | None) -> str | None:
+        """Track ``window`` (just opened) if it is still its target's window; the id of
+        the window it replaced, if one was running."""
+        tracked = TrackedWindow(
+            window.window_id,
+            window.target,
+            iso_z(window.opened_at),
+            iso_z(window.expires_at),
+            window.expires_at.timestamp(),
+            opened_by,
+        )
+        replaced = self._track_script(
+            keys=[key_for(window.target), OPEN_WINDOWS_KEY],
+            args=[window.window_id, tracked.to_json(), window.target, window.opened_at.timestamp()],
+        )
+        return replaced[0].decode() if replaced else None
+
+    def forget(self, window_id: str) -> None:
+        """Stop tracking a window that was closed."""
+        self.redis.hdel(OPEN_WINDOWS_KEY, window_id)
+
+    def expired(self, now: datetime | None = None) -> list[TrackedWindow]:
+        """The tracked windows whose end has passed."""
+        instant = (now or utcnow()).timestamp()
+        tracked = [
+            TrackedWindow(window_id.decode(), **json.loads(raw))
+            for window_id, raw in self.redis.hgetall(OPEN_WINDOWS_KEY).items()
+        ]
+        return [window for window in tracked if window.expires <= instant]
+
+    def record_expired(self, audit_log: AuditLog, now: datetime | None = None) -> list[str]:
+        """Record ``window_expired`` once for each tracked window that ran out; their ids.
+
+        Several workers may sweep at once: the one whose HDEL removes the entry writes
+        it. If that write fails, the entry is put back for a later sweep.
+        """
+        recorded = []
+        for window in self.expired(now):
+            raw = self.redis.get(key_for(window.target))
+            if raw and Window.from_json(raw).window_id == window.window_id:
+                continue  # Redis still holds it: this host's clock runs ahead
+            if not self.redis.hdel(OPEN_WINDOWS_KEY, window.window_id):
+                continue  # another sweeper has it
+            try:
+                audit_log.record(expired_entry(window))
+            except Exception:
+                self.redis.hsetnx(OPEN_WINDOWS_KEY, window.window_id, window.to_json())
+                raise
+            recorded.append(window.window_id)
+        return recorded
+
+
+def expired_entry(window: TrackedWindow) -> AuditEntry:
+    return AuditEntry(
+        AuditEvent.WINDOW_EXPIRED,
+        target=window.target,
+        window_id=window.window_id,
+        token_label=window.opened_by,
+        reason="ttl_elapsed",
+        detail={"opened_at": window.opened_at, "expires_at": window.expires_at},
+    )

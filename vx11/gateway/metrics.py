@@ -41,12 +41,9 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
 from vx11.core.callbacks import CALLBACK_QUEUE
 from vx11.core.dispatch import WORKER_INFO_COMMAND
-from vx11.core.ledger import spawns
-from vx11.core.states import SpawnStatus
 from vx11.gateway.services import Services
 
 log = logging.getLogger(__name__)
@@ -170,26 +167,15 @@ def read_snapshot(svc: Services, timeout: float) -> Snapshot:
 
 def count_by_status(svc: Services) -> dict[str, int]:
     """``{state: records}`` for every spawn state, 0 for those with none."""
-    query = select(spawns.c.status, func.count()).group_by(spawns.c.status)
-    with svc.ledger.engine.connect() as conn:
-        counts = dict(conn.execute(query).all())
-    return {state.value: counts.get(state.value, 0) for state in SpawnStatus}
+    return svc.ledger.count_by_status()
 
 
 def count_errors(svc: Services) -> dict[str, int]:
     """``{reason: records}`` of the spawns VX11 itself failed (state ERROR), the reason
     cut at its first colon (``sandbox_error: ...`` → ``sandbox_error``) so that the
-    label has a few values. Read through the status index: its cost is the ERROR
-    records', which a healthy deployment keeps few."""
-    query = (
-        select(spawns.c.reason, func.count())
-        .where(spawns.c.status == SpawnStatus.ERROR.value)
-        .group_by(spawns.c.reason)
-    )
-    with svc.ledger.engine.connect() as conn:
-        rows = conn.execute(query).all()
+    label has a few values."""
     counts: dict[str, int] = {}
-    for reason, count in rows:
+    for reason, count in svc.ledger.count_errors_by_reason().items():
         kind = (reason or "unknown").split(":", 1)[0].strip() or "unknown"
         counts[kind] = counts.get(kind, 0) + count
     return counts

@@ -12,12 +12,12 @@ from celery import Celery
 from flask import current_app
 from redis import Redis
 
-from vx11.core.audit import AuditLog, OpenWindows
+from vx11.core.audit import AuditLog
 from vx11.core.config import Settings
 from vx11.core.connections import make_redis
 from vx11.core.events import SpawnEvents
 from vx11.core.ledger import Ledger
-from vx11.core.policy import WindowStore
+from vx11.core.policy import OpenWindows, WindowStore
 from vx11.core.tokens import TokenStore
 from vx11.gateway.idempotency import IdempotencyKeys
 from vx11.gateway.ratelimit import RateLimits

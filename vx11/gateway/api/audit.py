@@ -98,6 +98,6 @@ def blueprint(settings: Settings) -> Blueprint:
         cursor this server did not hand out is 400 ``bad_cursor``.
         """
         page = services().audit.page(**query)
-        return {"entries": page.entries, "next_cursor": page.next_cursor}
+        return {"entries": page.rows, "next_cursor": page.next_cursor}
 
     return blp

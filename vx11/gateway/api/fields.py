@@ -7,7 +7,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from vx11.core.cursor import CURSOR_MAX
+from vx11.core.ledger.paging import CURSOR_MAX
 
 
 class FullMatch(validate.Regexp):

@@ -344,6 +344,6 @@ def blueprint(settings: Settings) -> Blueprint:
         ``bad_cursor``."""
         query["filters"] = replace(query["filters"], owner=owner_filter())
         page = services().ledger.page(**query)
-        return {"spawns": page.records, "next_cursor": page.next_cursor}
+        return {"spawns": page.rows, "next_cursor": page.next_cursor}
 
     return blp

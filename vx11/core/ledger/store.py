@@ -1,0 +1,349 @@
+"""The spawn store: every spawn's durable record, from acceptance to its terminal state.
+
+The only module that queries the ``spawns`` table. The gateway adds records and reads
+them; workers move them through :mod:`vx11.core.states`, and their sweeper asks which
+ones are stranded. Records outlive Celery's result expiry and any restart.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from vx11.core.errors import IllegalTransition, NotFound
+from vx11.core.ledger.paging import Keyset, Page, Position
+from vx11.core.ledger.schema import DATABASE_UNAVAILABLE, create_schema, make_engine, spawns
+from vx11.core.states import ALLOWED_SOURCES, TERMINAL_STATES, SpawnStatus
+from vx11.core.times import as_utc, utcnow
+
+HEAVY_FIELDS = ("code", "stdin", "stdout", "stderr")
+"""Columns a history page leaves out: they can be large; ``get`` has them."""
+_SUMMARY_COLUMNS = [c for c in spawns.c if c.name not in HEAVY_FIELDS]
+_ID_ATTEMPTS = 8
+_INSERT = insert(spawns)
+
+PURGE_BATCH = 2000
+"""Rows deleted per transaction, so a large purge never holds SQLite's write lock for
+long (the gateway and the workers keep writing meanwhile)."""
+
+
+def _is_canonical_uuid(value: Any) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except (ValueError, TypeError, AttributeError):
+        return False
+
+
+PAGES = Keyset(spawns.c.created_at, spawns.c.spawn_uuid, _is_canonical_uuid)
+"""History pages: newest first by (created_at, spawn_uuid)."""
+
+
+class Ledger:
+    """The spawn records in one database; the engine is passed in.
+
+    ``patience``: seconds a state change is tried again while the database does not
+    answer (a restart), before the error is raised. The workers wait, so that what a
+    spawn did is recorded once the database is back; the gateway does not (0), and
+    answers 503 at once."""
+
+    def __init__(self, engine: Engine, *, patience: float = 0.0) -> None:
+        self.engine, self.patience = engine, patience
+
+    @classmethod
+    def from_url(cls, url: str, *, patience: float = 0.0) -> Ledger:
+        """A ledger whose connections, too, wait up to ``patience`` for the database."""
+        return cls(make_engine(url, connect_patience=patience), patience=patience)
+
+    def create_schema(self) -> None:
+        """Create the ledger's tables, or upgrade them (:func:`schema.create_schema`)."""
+        create_schema(self.engine)
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(select(1))
+
+    def add(
+        self,
+        fields: Mapping[str, Any],
+        also: Callable[[Connection, dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Record a new QUEUED spawn. Its uuid is fresh and its short ``spawn_id`` (the
+        uuid's first 8 hex digits) unique: a rare clash draws a new uuid. ``also(conn,
+        record)`` writes what must stand or fall with it (its audit entry) in the same
+        transaction."""
+        for _ in range(_ID_ATTEMPTS):
+            spawn_uuid = str(uuid.uuid4())
+            row = {
+                "published": False,
+                "stdout_truncated": False,
+                "stderr_truncated": False,
+                **fields,
+                "spawn_uuid": spawn_uuid,
+                "spawn_id": f"spawn-{spawn_uuid[:8]}",
+                "status": SpawnStatus.QUEUED.value,
+                "created_at": utcnow(),
+            }
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(_INSERT, row)  # parameters, not .values(): cached compile
+                    if also is not None:
+                        also(conn, _complete(row))
+            except IntegrityError:
+                continue
+            return _complete(row)
+        raise RuntimeError("could not draw a unique spawn_id")  # pragma: no cover
+
+    def mark_published(self, spawn_uuid: str) -> None:
+        """Its job has reached the broker: the sweeper need not publish it again."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(spawns).where(spawns.c.spawn_uuid == spawn_uuid).values(published=True)
+            )
+
+    def running_under(self, window_id: str) -> list[str]:
+        """The uuids of the spawns running under the policy window ``window_id``."""
+        query = select(spawns.c.spawn_uuid).where(
+            spawns.c.window_id == window_id, spawns.c.status == SpawnStatus.RUNNING.value
+        )
+        with self.engine.connect() as conn:
+            return [row.spawn_uuid for row in conn.execute(query)]
+
+    def spawn_ids(self, spawn_uuids: list[str]) -> dict[str, str]:
+        """The short ``spawn_id`` of each of ``spawn_uuids`` that has a record."""
+        query = select(spawns.c.spawn_uuid, spawns.c.spawn_id).where(
+            spawns.c.spawn_uuid.in_(spawn_uuids)
+        )
+        with self.engine.connect() as conn:
+            return {row.spawn_uuid: row.spawn_id for row in conn.execute(query)}
+
+    def get(self, ident: str, *, owner: str | None = None) -> dict[str, Any]:
+        """The record whose ``spawn_id`` or ``spawn_uuid`` is ``ident``; with ``owner``,
+        only if that token submitted it (another's is "not found", so ids cannot be
+        probed)."""
+        column = spawns.c.spawn_id if ident.startswith("spawn-") else spawns.c.spawn_uuid
+        query = select(spawns).where(column == ident)
+        if owner is not None:
+            query = query.where(spawns.c.owner == owner)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        if row is None:
+            raise NotFound(f"no spawn {ident}")
+        return _complete(row)
+
+    def count_active(self, owner: str) -> int:
+        """How many of ``owner``'s spawns are QUEUED or RUNNING."""
+        active = [SpawnStatus.QUEUED.value, SpawnStatus.RUNNING.value]
+        query = select(func.count()).where(spawns.c.owner == owner, spawns.c.status.in_(active))
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar_one()
+
+    def transition(
+        self, spawn_uuid: str, target: SpawnStatus, *, attempt: int | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Move a spawn to ``target``, setting ``fields``, if its current state allows it
+        (and, with ``attempt``, if that is how many times it has started).
+
+        A compare-and-set on the current state, so two processes racing on one spawn
+        cannot both win; the loser gets :class:`~vx11.core.errors.IllegalTransition`.
+        """
+        sources = [s.value for s in ALLOWED_SOURCES[target]]
+        values = {**fields, "status": target.value}
+        if target.is_terminal:
+            values.setdefault("finished_at", utcnow())
+        conditions = [spawns.c.spawn_uuid == spawn_uuid, spawns.c.status.in_(sources)]
+        if attempt is not None:
+            conditions.append(func.coalesce(spawns.c.attempts, 0) == attempt)
+        stmt = update(spawns).where(*conditions).values(values).returning(*spawns.c)
+        row, retried = self._change(stmt)
+        if row is None:
+            current = self.get(spawn_uuid)
+            if retried and current["status"] == target.value:
+                return current  # a try whose answer was lost had committed it
+            raise IllegalTransition(SpawnStatus(current["status"]), target)
+        return _complete(row)
+
+    def _change(self, stmt: Any) -> tuple[Mapping[str, Any] | None, bool]:
+        """The first row of ``stmt``, run in a transaction of its own and tried again
+        while the database does not answer, for up to :attr:`patience` seconds; and
+        whether it was tried more than once."""
+        deadline, retried = time.monotonic() + self.patience, False
+        while True:
+            try:
+                with self.engine.begin() as conn:
+                    return conn.execute(stmt).mappings().first(), retried
+            except DATABASE_UNAVAILABLE:
+                if time.monotonic() >= deadline:
+                    raise
+                retried = True
+                time.sleep(0.5)
+
+    def page(
+        self, filters: SpawnFilter | None = None, limit: int = 50, cursor: str | None = None
+    ) -> Page:
+        """Up to ``limit`` records matching ``filters``, newest first, without the
+        :data:`HEAVY_FIELDS`; ``cursor`` (a page's ``next_cursor``) continues after that
+        page (:mod:`vx11.core.ledger.paging`)."""
+        page = PAGES.page(
+            self.engine, lambda limit, after: page_query(filters, limit, after), limit, cursor
+        )
+        return Page([_summary(row) for row in page.rows], page.next_cursor)
+
+    # --- what the sweeper, the callbacks and the metrics ask ---------------------------
+
+    def running_since_before(self, started_before: datetime) -> list[str]:
+        """The uuids of the RUNNING spawns started before ``started_before``."""
+        return self._uuids(
+            spawns.c.status == SpawnStatus.RUNNING.value,
+            spawns.c.started_at < as_utc(started_before),
+        )
+
+    def queued_before(self, created_before: datetime, *, published: bool) -> list[str]:
+        """The uuids of the QUEUED spawns accepted before ``created_before`` whose job
+        has (``published``) or has not yet been recorded as reaching the broker."""
+        return self._uuids(
+            spawns.c.status == SpawnStatus.QUEUED.value,
+            spawns.c.published.is_(published),
+            spawns.c.created_at < as_utc(created_before),
+        )
+
+    def _uuids(self, *conditions: ColumnElement[bool]) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.scalars(select(spawns.c.spawn_uuid).where(*conditions)))
+
+    def append_callback(self, spawn_uuid: str, entry: Mapping[str, Any]) -> None:
+        """Append ``entry`` to the spawn's ``callbacks``. One delivery task runs per
+        spawn at a time, so a read-then-write in one transaction (row locked where the
+        database can) is enough."""
+        row = spawns.c.spawn_uuid == spawn_uuid
+        with self.engine.begin() as conn:
+            query = select(spawns.c.callbacks).where(row).with_for_update()
+            current = conn.execute(query).scalar()
+            conn.execute(update(spawns).where(row).values(callbacks=[*(current or []), entry]))
+
+    def count_by_status(self) -> dict[str, int]:
+        """``{state: records}`` for every spawn state, 0 for those with none."""
+        query = select(spawns.c.status, func.count()).group_by(spawns.c.status)
+        with self.engine.connect() as conn:
+            counts: dict[str, int] = {status: count for status, count in conn.execute(query)}
+        return {state.value: counts.get(state.value, 0) for state in SpawnStatus}
+
+    def count_errors_by_reason(self) -> dict[str | None, int]:
+        """``{reason: records}`` of the spawns in state ERROR. Read through the status
+        index: its cost is the ERROR records', which a healthy deployment keeps few."""
+        query = (
+            select(spawns.c.reason, func.count())
+            .where(spawns.c.status == SpawnStatus.ERROR.value)
+            .group_by(spawns.c.reason)
+        )
+        with self.engine.connect() as conn:
+            return {reason: count for reason, count in conn.execute(query)}
+
+    def purge(self, before: datetime, *, dry_run: bool = False) -> int:
+        """Delete the terminal records created before ``before`` (a queued or running
+        spawn is kept whatever its age); how many (with ``dry_run``, how many would be,
+        deleting nothing)."""
+        old = spawns.c.status.in_(sorted(s.value for s in TERMINAL_STATES)) & (
+            spawns.c.created_at < as_utc(before)
+        )
+        return delete_in_batches(self.engine, spawns.c.spawn_uuid, old, dry_run=dry_run)
+
+
+def delete_in_batches(
+    engine: Engine, key: Column[Any], condition: ColumnElement[bool], *, dry_run: bool = False
+) -> int:
+    """Delete the rows of ``key``'s table that meet ``condition``, :data:`PURGE_BATCH`
+    at a time; how many (with ``dry_run``, how many would be, deleting nothing)."""
+    table = key.table
+    if dry_run:
+        with engine.connect() as conn:
+            query = select(func.count()).select_from(table).where(condition)
+            return int(conn.execute(query).scalar_one())
+    deleted = 0
+    while True:
+        batch = select(key).where(condition).limit(PURGE_BATCH).scalar_subquery()
+        with engine.begin() as conn:
+            count = conn.execute(delete(table).where(key.in_(batch))).rowcount
+        deleted += count
+        if count < PURGE_BATCH:
+            return deleted
+
+
+def page_query(filters: SpawnFilter | None, limit: int, after: Position | None) -> Select[Any]:
+    """The newest ``limit`` spawns selected by ``filters`` created before ``after``:
+    one index walk, or one per status merged (:meth:`Keyset.merged`)."""
+    filters = filters or SpawnFilter()
+    if len(filters.statuses) > 1:
+        walks = [
+            page_query(replace(filters, statuses=(status,)), limit, after)
+            for status in dict.fromkeys(filters.statuses)
+        ]
+        return PAGES.merged(walks, limit)
+    return PAGES.newest(filters.apply(select(*_SUMMARY_COLUMNS)), limit, after)
+
+
+@dataclass(frozen=True)
+class SpawnFilter:
+    """What a history page selects; every criterion left empty selects all."""
+
+    statuses: tuple[SpawnStatus, ...] = ()
+    owner: str | None = None
+    """Only the spawns this token (its ``token_id``) submitted."""
+    task_type: str | None = None
+    correlation_id: str | None = None
+    since: datetime | None = None
+    """Created at or after this instant."""
+    until: datetime | None = None
+    """Created strictly before this instant."""
+
+    def apply(self, stmt: Select) -> Select:
+        """``stmt`` narrowed to the spawns this filter selects."""
+        if len(self.statuses) == 1:  # an equality, so the status index also gives the order
+            stmt = stmt.where(spawns.c.status == self.statuses[0].value)
+        elif self.statuses:  # page_query merges one walk per status instead
+            stmt = stmt.where(spawns.c.status.in_([s.value for s in self.statuses]))
+        if self.owner is not None:
+            stmt = stmt.where(spawns.c.owner == self.owner)
+        if self.task_type is not None:
+            stmt = stmt.where(spawns.c.task_type == self.task_type)
+        if self.correlation_id is not None:
+            stmt = stmt.where(spawns.c.correlation_id == self.correlation_id)
+        if self.since is not None:
+            stmt = stmt.where(spawns.c.created_at >= as_utc(self.since))
+        if self.until is not None:
+            stmt = stmt.where(spawns.c.created_at < as_utc(self.until))
+        return stmt
+
+
+def _summary(row: Mapping[str, Any]) -> dict[str, Any]:
+    record = _complete(row)
+    for name in HEAVY_FIELDS:
+        del record[name]
+    return record
+
+
+def _complete(row: Mapping[str, Any]) -> dict[str, Any]:
+    record = {c.name: None for c in spawns.c}
+    record.update(row)
+    for key in ("created_at", "started_at", "finished_at"):
+        value = record[key]
+        if value is not None and value.tzinfo is None:  # SQLite keeps no zone: it is UTC
+            record[key] = value.replace(tzinfo=UTC)
+    return record
