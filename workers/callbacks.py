@@ -31,7 +31,7 @@ from vx11.core.ledger import Ledger
 from vx11.core.record import SpawnRecord
 from vx11.core.times import iso_z, utcnow
 from workers.celery import app
-from workers.spawner import ledger, settings
+from workers.resources import ledger, settings
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -14,20 +13,24 @@ from typing import Any
 import redis.exceptions
 from celery import Task
 from celery.exceptions import Reject
-from celery.signals import worker_process_init
-from redis import Redis
 
 from vx11.core import logs
 from vx11.core.config import Settings
-from vx11.core.connections import make_redis
 from vx11.core.dispatch import SPAWN_TASK, publish_callback
 from vx11.core.errors import IllegalTransition
 from vx11.core.events import LIVE_TTL, SpawnEvents
-from vx11.core.ledger import DATABASE_UNAVAILABLE, Ledger, make_engine
-from vx11.core.policy import SPAWN_TARGET, Window, WindowStore
+from vx11.core.ledger import Ledger
+from vx11.core.policy import SPAWN_TARGET, Window
 from vx11.core.states import SpawnStatus
 from vx11.core.times import utcnow
 from workers.celery import app
+from workers.resources import (
+    events,
+    ledger,
+    requeued_while_database_down,
+    settings,
+    windows,
+)
 from workers.sandbox import ACTIVE, Limits, Outcome, SandboxConfig, Watcher, run_sandboxed
 from workers.sandbox.levels import choose
 
@@ -51,61 +54,6 @@ SUMMARY_FIELDS = (
     "peak_memory_kb",
     "sandbox",
 )
-
-
-@functools.cache
-def settings() -> Settings:
-    return Settings.from_env()
-
-
-DATABASE_PATIENCE = 10.0
-"""Seconds a worker's ledger waits for a database that does not answer (one restarting)
-before it gives up: a spawn that ran is recorded once the database is back, not lost."""
-
-
-@functools.cache
-def ledger() -> Ledger:
-    """One ledger per worker process, made after the fork, whose connections wait for
-    the database (:data:`DATABASE_PATIENCE`)."""
-    url = settings().effective_database_url
-    with _requeued_while_database_down():
-        schema = make_engine(url)  # without patience: create_schema retries by itself
-        try:
-            Ledger(schema).create_schema()
-        finally:
-            schema.dispose()
-    return Ledger.from_url(url, patience=DATABASE_PATIENCE)
-
-
-@contextlib.contextmanager
-def _requeued_while_database_down():
-    """Give the job back to the broker, to be delivered again, when the ledger cannot be
-    reached before its spawn has started: acknowledged, it would be lost, and its record
-    left QUEUED for good."""
-    try:
-        yield
-    except DATABASE_UNAVAILABLE as exc:
-        raise Reject(f"the ledger is unavailable: {exc}", requeue=True) from exc
-
-
-@functools.cache
-def redis_client() -> Redis:
-    """The Redis of windows, events and cancel requests, one per worker process."""
-    return make_redis(settings())
-
-
-def windows() -> WindowStore:
-    return WindowStore(redis_client())
-
-
-def events() -> SpawnEvents:
-    return SpawnEvents(redis_client())
-
-
-@worker_process_init.connect
-def _fresh_connections_after_fork(**_: Any) -> None:
-    ledger.cache_clear()
-    redis_client.cache_clear()
 
 
 class SpawnWatcher(Watcher):
@@ -360,7 +308,7 @@ def _end_unstarted(
     store: Ledger, spawn_uuid: str, status: SpawnStatus, reason: str
 ) -> dict[str, Any]:
     try:
-        with _requeued_while_database_down():
+        with requeued_while_database_down():
             record = store.transition(spawn_uuid, status, reason=reason)
     except IllegalTransition:
         return summary(store.get(spawn_uuid))
@@ -371,7 +319,7 @@ def _end_unstarted(
 def _claim(store: Ledger, spawn_uuid: str, attempt: int, worker: str) -> dict[str, Any]:
     """QUEUED -> RUNNING as the ``attempt``-th start: a stale delivery of an earlier
     attempt cannot claim it (IllegalTransition)."""
-    with _requeued_while_database_down():
+    with requeued_while_database_down():
         return store.transition(
             spawn_uuid,
             SpawnStatus.RUNNING,

@@ -45,6 +45,7 @@ class SweeperStep(bootsteps.StartStopStep):
         args = (
             Ledger.from_url(settings.effective_database_url),
             SpawnEvents(make_redis(settings)),
+            worker.app,
             self.stop_event,
         )
         threading.Thread(

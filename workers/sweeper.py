@@ -37,8 +37,7 @@ from vx11.core.ledger import Ledger
 from vx11.core.policy import OpenWindows
 from vx11.core.states import SpawnStatus
 from vx11.core.times import utcnow
-from workers.celery import app
-from workers.spawner import settings
+from workers.resources import settings
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ def end_unpublished(store: Ledger, events: SpawnEvents) -> list[str]:
     return ended
 
 
-def sweep(store: Ledger, events: SpawnEvents, stop: threading.Event) -> list[str]:
+def sweep(store: Ledger, events: SpawnEvents, celery: Celery, stop: threading.Event) -> list[str]:
     """End the spawns whose worker is lost; their uuids."""
     candidates = lost_candidates(store, events)
     if not candidates or stop.wait(RECHECK_AFTER):
@@ -90,12 +89,12 @@ def sweep(store: Ledger, events: SpawnEvents, stop: threading.Event) -> list[str
     still_lost = set(lost_candidates(store, events)) & set(candidates)
     ended = []
     for spawn_uuid in sorted(still_lost):
-        if _retry_or_end(store, events, spawn_uuid):
+        if _retry_or_end(store, events, celery, spawn_uuid):
             ended.append(spawn_uuid)
     return ended
 
 
-def _retry_or_end(store: Ledger, events: SpawnEvents, spawn_uuid: str) -> bool:
+def _retry_or_end(store: Ledger, events: SpawnEvents, celery: Celery, spawn_uuid: str) -> bool:
     """A lost spawn with retries left goes back to QUEUED with a new job for its next
     attempt; otherwise it ends ERROR worker_lost. Both are compare-and-sets on the
     attempt that was lost, so a redelivered job racing this changes nothing twice."""
@@ -107,7 +106,7 @@ def _retry_or_end(store: Ledger, events: SpawnEvents, spawn_uuid: str) -> bool:
                 spawn_uuid, SpawnStatus.QUEUED, attempt=attempt, reason="retry: worker_lost"
             )
             try:
-                publish_spawn(app, queued, settings(), attempt=attempt + 1)
+                publish_spawn(celery, queued, settings(), attempt=attempt + 1)
             except ServiceUnavailable:  # never leave it QUEUED without a job
                 store.transition(spawn_uuid, SpawnStatus.ERROR, reason="broker_unavailable")
                 events.finish(spawn_uuid, {"spawn_uuid": spawn_uuid, "status": "ERROR"})
@@ -122,7 +121,7 @@ def _retry_or_end(store: Ledger, events: SpawnEvents, spawn_uuid: str) -> bool:
         return False
     events.finish(spawn_uuid, {"spawn_uuid": spawn_uuid, "status": "ERROR"})
     if ended.get("callback_url"):
-        publish_callback(app, spawn_uuid)
+        publish_callback(celery, spawn_uuid)
     log.warning("spawn %s: its worker was lost; ended ERROR worker_lost", spawn_uuid)
     return True
 
@@ -194,16 +193,18 @@ def recover_lost_jobs(store: Ledger, celery: Celery, stop: threading.Event) -> l
     return recovered
 
 
-def run_forever(store: Ledger, events: SpawnEvents, stop: threading.Event) -> None:
+def run_forever(store: Ledger, events: SpawnEvents, celery: Celery, stop: threading.Event) -> None:
+    """Sweep every :data:`SWEEP_EVERY` seconds until ``stop`` is set; ``celery`` is the
+    worker's app, which publishes the retries and callbacks."""
     audit_log, open_windows = AuditLog(store.engine), OpenWindows(events.redis)
     while not stop.wait(SWEEP_EVERY):
         try:
-            sweep(store, events, stop)
+            sweep(store, events, celery, stop)
             end_unpublished(store, events)
         except Exception:  # a down database, Redis or broker: try again next round
             log.exception("sweeping lost spawns failed")
         try:
-            recover_lost_jobs(store, app, stop)
+            recover_lost_jobs(store, celery, stop)
         except Exception:  # the same
             log.exception("recovering lost jobs failed")
         try:

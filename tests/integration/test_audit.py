@@ -485,7 +485,9 @@ def test_the_workers_sweeper_records_expired_windows(client, ops, svc, monkeypat
     window = open_briefly(client, ops)
     monkeypatch.setattr(sweeper, "SWEEP_EVERY", 0.1)
     stop = threading.Event()
-    thread = threading.Thread(target=sweeper.run_forever, args=(svc.ledger, svc.events, stop))
+    thread = threading.Thread(
+        target=sweeper.run_forever, args=(svc.ledger, svc.events, svc.celery, stop)
+    )
     thread.start()
     try:
         expired = wait_for(
