@@ -15,7 +15,6 @@ import json
 import re
 import sqlite3
 import statistics
-import threading
 import time
 import uuid
 from collections import Counter
@@ -27,7 +26,7 @@ from urllib.parse import urlencode
 import redis
 
 from bench.cpu import difference
-from bench.measure import SHELL_TRUE, TERMINAL, ApiClient
+from bench.measure import SHELL_TRUE, TERMINAL, ApiClient, submit_all
 from bench.memory import MB, MemorySampler, children
 from bench.report import Figure
 from bench.stack import BenchStack, parse_timestamp
@@ -149,7 +148,7 @@ def _queue(stack: BenchStack, phase: Phase, clients: int) -> None:
         memory_before = client.info("memory")["used_memory"]
     request = {**SHELL_TRUE, "correlation_id": phase.correlation_id}
     started = time.perf_counter()
-    phase.uuids = _submit(stack, request, phase.depth, clients)
+    phase.uuids = submit_all(stack, [request] * phase.depth, clients)
     phase.submitted = time.perf_counter() - started
     queued = broker_task_ids(stack.settings.effective_broker_url, stack.settings.spawn_queue)
     if Counter(queued) != Counter(phase.uuids):
@@ -161,31 +160,6 @@ def _queue(stack: BenchStack, phase: Phase, clients: int) -> None:
         if client.hlen("unacked"):
             raise RuntimeError("queue drain: a worker took jobs while it was not consuming")
         phase.redis_memory = (memory_before, client.info("memory")["used_memory"])
-
-
-def _submit(stack: BenchStack, request: dict[str, Any], count: int, clients: int) -> list[str]:
-    """``count`` times ``request`` from ``clients`` threads; the accepted spawns' uuids."""
-    accepted: list[list[str]] = [[] for _ in range(clients)]
-    failures: list[BaseException] = []
-
-    def submit(index: int) -> None:
-        client = ApiClient(stack.host, stack.port)
-        try:
-            for _ in range(index, count, clients):
-                accepted[index].append(client.spawn(request))
-        except BaseException as exc:
-            failures.append(exc)
-        finally:
-            client.close()
-
-    threads = [threading.Thread(target=submit, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
-    return [spawn_uuid for share in accepted for spawn_uuid in share]
 
 
 def _drain(stack: BenchStack, phase: Phase, progress: Callable[[str], None]) -> None:

@@ -7,9 +7,9 @@ import http.client
 import json
 import os
 import statistics
-import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,6 +58,22 @@ class ApiClient:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def submit_all(stack: BenchStack, requests: list[dict[str, Any]], clients: int) -> list[str]:
+    """Submit ``requests`` from ``clients`` threads, each with a connection of its own;
+    the accepted spawns' uuids (the first refusal or error is raised)."""
+
+    def submit(share: list[dict[str, Any]]) -> list[str]:
+        client = ApiClient(stack.host, stack.port)
+        try:
+            return [client.spawn(request) for request in share]
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(clients) as pool:
+        shares = pool.map(submit, [requests[i::clients] for i in range(clients)])
+        return [spawn_uuid for share in shares for spawn_uuid in share]
 
 
 def percentile(values: list[float], percent: int) -> float:
@@ -188,26 +204,7 @@ def _submit_and_wait(stack: BenchStack, requests: list[dict[str, Any]], clients:
     many more terminal records; the seconds submission took."""
     before = stack.count_rows(terminal_only=True)
     started = time.perf_counter()
-    failures: list[BaseException] = []
-
-    def submit(share: list[dict[str, Any]]) -> None:
-        client = ApiClient(stack.host, stack.port)
-        try:
-            for request in share:
-                client.spawn(request)
-        except BaseException as exc:
-            failures.append(exc)
-        finally:
-            client.close()
-
-    shares = [requests[i::clients] for i in range(clients)]
-    threads = [threading.Thread(target=submit, args=(share,)) for share in shares]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
+    submit_all(stack, requests, clients)
     submitted = time.perf_counter() - started
     target = before + len(requests)
     deadline = time.monotonic() + 120 + len(requests)
@@ -281,19 +278,13 @@ def end_to_end_latency(
     ]
     figures = [
         Figure(
-            "end-to-end latency p50: python `print(1)`",
+            f"end-to-end latency p{rank}: python `print(1)`",
             "ms",
-            percentile(vx11, 50) * 1000,
-            percentile(bare_times, 50) * 1000,
+            percentile(vx11, rank) * 1000,
+            percentile(bare_times, rank) * 1000,
             "difference",
-            15,
-        ),
-        Figure(
-            "end-to-end latency p90: python `print(1)`",
-            "ms",
-            percentile(vx11, 90) * 1000,
-            percentile(bare_times, 90) * 1000,
-            "difference",
-        ),
+            goal,
+        )
+        for rank, goal in ((50, 15), (90, None))
     ]
     return figures, notes
