@@ -54,7 +54,9 @@ if _AMQP_BROKER:
     # the longest spawn on RabbitMQ 3.12 and later (older versions ignore it: set
     # consumer_timeout on the server, docs/deploy.md). Classic durable queues (Celery's
     # default): one broker node, and no native delayed delivery for countdown retries.
-    _SPAWN_CONSUMER_ARGUMENTS = {"x-consumer-timeout": _LONGEST_UNACKED * 1000}
+    _SPAWN_CONSUMER_ARGUMENTS: dict[str, int] | None = {
+        "x-consumer-timeout": _LONGEST_UNACKED * 1000
+    }
     broker_transport_options = {}
 else:
     # Redis redelivers an unacknowledged job after visibility_timeout: it must be longer

@@ -6,6 +6,9 @@ modules. Logging is VX11's (:mod:`vx11.core.logs`), not Celery's.
 """
 
 import logging
+from collections.abc import Mapping
+from contextvars import Token
+from typing import Any
 
 from celery import Celery, signals
 
@@ -46,7 +49,7 @@ def _log_as_vx11(loglevel=None, **_) -> None:
     logs.configure(Settings.from_env(), "worker", logging.getLevelName(loglevel or logging.INFO))
 
 
-_TASK_LOG_TOKENS: dict[str, object] = {}
+_TASK_LOG_TOKENS: dict[str, Token[Mapping[str, Any]]] = {}
 """The binding of each running task (by id), undone when it ends."""
 
 

@@ -182,9 +182,10 @@ def spawn(
     try:
         _claim(store, spawn_uuid, attempt, self.request.hostname)
     except IllegalTransition:
-        attempt = _after_lost_worker(store, spawn_uuid, attempt)
-        if attempt is None:
+        retry = _after_lost_worker(store, spawn_uuid, attempt)
+        if retry is None:
             return summary(store.get(spawn_uuid))
+        attempt = retry
         _claim(store, spawn_uuid, attempt, self.request.hostname)
         logs.bind(attempt=attempt)  # this run's lines: the retry's number
     log.info(
@@ -206,7 +207,7 @@ def spawn(
         )
     except Exception as exc:
         log.exception("spawn %s: the sandbox failed", spawn_uuid)
-        reason = f"sandbox_error: {type(exc).__name__}"[:128]
+        reason: str | None = f"sandbox_error: {type(exc).__name__}"[:128]
         record = _end_run(store, spawn_uuid, attempt, SpawnStatus.ERROR, reason=reason)
         return finished(record) if record else summary(store.get(spawn_uuid))
     status, reason = terminal_state(outcome)

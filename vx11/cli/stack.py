@@ -302,6 +302,7 @@ def run_stack(options: StackOptions, environ: dict[str, str] | None = None) -> i
     try:
         if "VX11_REDIS_URL" not in env:
             redis_port = urlsplit(DEFAULT_REDIS_URL).port
+            assert redis_port is not None  # the default URL names its port
             argv = redis_server_argv(redis_port, Path(settings.data_dir) / "redis")
             require_free_port("127.0.0.1", redis_port, "private Redis")
             stack.start("redis-server", argv, env)

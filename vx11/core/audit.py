@@ -93,7 +93,7 @@ class AuditFilter:
     until: datetime | None = None
     """Written strictly before this instant."""
 
-    def apply(self, stmt: Select) -> Select:
+    def apply(self, stmt: Select[Any]) -> Select[Any]:
         """``stmt`` narrowed to the entries this filter selects."""
         if len(self.events) == 1:
             stmt = stmt.where(audit.c.event == self.events[0].value)
@@ -127,7 +127,9 @@ class AuditLog:
         for entry in entries:
             row = {**asdict(entry), "event": AuditEvent(entry.event).value}
             result = conn.execute(insert(audit), {**row, "at": at})
-            written.append({"id": result.inserted_primary_key[0], "at": at, **row})
+            key = result.inserted_primary_key
+            assert key is not None  # one row inserted into a table with a primary key
+            written.append({"id": key[0], "at": at, **row})
         return written
 
     def page(

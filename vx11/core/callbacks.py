@@ -357,4 +357,5 @@ def verify(
 def backoff(attempt: int, base: float) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (from 1): ``base``,
     doubling each time, never above :data:`BACKOFF_CAP`."""
-    return min(base * 2 ** (attempt - 1), BACKOFF_CAP)
+    delay: float = base * 2 ** (attempt - 1)  # int ** int is typed Any: a negative power is a float
+    return min(delay, BACKOFF_CAP)

@@ -291,7 +291,7 @@ def _split(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
-def _parse(f: dataclasses.Field, raw: str) -> Any:
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     kind = type(f.default)
     try:
         if kind is tuple:

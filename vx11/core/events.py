@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis import Redis
 
@@ -80,7 +80,12 @@ class SpawnEvents:
     def read(self, spawn_uuid: str, after: str = "0", block_ms: int | None = None) -> list[Event]:
         """Events after ``after`` (an event id; ``0`` from the start), waiting up to
         ``block_ms`` for the first one when there is none yet."""
-        reply = self.redis.xread({stream_key(spawn_uuid): after}, block=block_ms, count=500)
+        # make_redis's client speaks RESP2, where the answer is always a list:
+        # [[stream, [(id, fields), ...]], ...], all in bytes.
+        reply = cast(
+            list[list[Any]],
+            self.redis.xread({stream_key(spawn_uuid): after}, block=block_ms, count=500),
+        )
         events = []
         for _key, entries in reply or []:
             for entry_id, fields in entries:

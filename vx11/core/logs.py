@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar, Token
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TextIO
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
@@ -35,14 +35,14 @@ _STANDARD = frozenset(RESERVED_ATTRS) | {"taskName"}
 # --- what every line carries ---------------------------------------------------------------
 
 
-def bind(**fields: Any) -> Token:
+def bind(**fields: Any) -> Token[Mapping[str, Any]]:
     """Add ``fields`` (None ones are left out) to every line logged from here on, in this
     thread or task; :func:`unbind` with the returned token undoes it."""
     merged = {**_CONTEXT.get(), **{k: v for k, v in fields.items() if v is not None}}
     return _CONTEXT.set(MappingProxyType(merged))
 
 
-def unbind(token: Token) -> None:
+def unbind(token: Token[Mapping[str, Any]]) -> None:
     _CONTEXT.reset(token)
 
 
@@ -120,12 +120,13 @@ class CeleryTaskLines(logging.Filter):
                 key: self.HIDDEN if key in ("args", "kwargs", "return_value") else value
                 for key, value in record.args.items()
             }
-        record.task_id, record.task_name = data.get("id"), data.get("name")
+        task_id, task_name = data.get("id"), data.get("name")
+        record.task_id, record.task_name = task_id, task_name
         if data.get("runtime") is not None:
             record.runtime_s = round(data["runtime"], 3)
-        if record.task_name == self.SPAWN_TASK and isinstance(record.task_id, str):
-            record.__dict__.setdefault("spawn_uuid", record.task_id)
-            record.__dict__.setdefault("spawn_id", spawn_id_of(record.task_id))
+        if task_name == self.SPAWN_TASK and isinstance(task_id, str):
+            record.__dict__.setdefault("spawn_uuid", task_id)
+            record.__dict__.setdefault("spawn_id", spawn_id_of(task_id))
         return True
 
 
@@ -177,18 +178,18 @@ def _text_value(value: Any) -> str:
 # --- where lines go ------------------------------------------------------------------------
 
 
-class _StderrHandler(logging.StreamHandler):
+class _StderrHandler(logging.StreamHandler[TextIO]):
     """Writes to whatever ``sys.stderr`` is when a line is written (as the logging
     module's last-resort handler does), so a replaced stderr (a test's) is followed."""
 
     vx11 = True
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, value) -> None:
+    def stream(self, value: TextIO) -> None:
         pass
 
 

@@ -12,6 +12,7 @@ import json
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 from redis import Redis
 
@@ -166,9 +167,11 @@ class OpenWindows:
     def expired(self, now: datetime | None = None) -> list[TrackedWindow]:
         """The tracked windows whose end has passed."""
         instant = (now or utcnow()).timestamp()
+        # The client does not decode responses (make_redis): every reply is bytes.
+        windows = cast(dict[bytes, bytes], self.redis.hgetall(OPEN_WINDOWS_KEY))
         tracked = [
             TrackedWindow(window_id.decode(), **json.loads(raw))
-            for window_id, raw in self.redis.hgetall(OPEN_WINDOWS_KEY).items()
+            for window_id, raw in windows.items()
         ]
         return [window for window in tracked if window.expires <= instant]
 

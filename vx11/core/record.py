@@ -3,6 +3,7 @@ the same serialisation, made here for the gateway and the workers alike."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from marshmallow import Schema, fields
@@ -10,10 +11,12 @@ from marshmallow import Schema, fields
 from vx11.core.times import iso_z
 
 
-class UTCDateTime(fields.Field):
+class UTCDateTime(fields.Field[datetime]):
     """A datetime written as ISO 8601 UTC with ``Z``."""
 
-    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+    def _serialize(
+        self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any
+    ) -> str | None:
         return iso_z(value)
 
 

@@ -4,6 +4,7 @@ with a ``Z``."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import overload
 
 
 def utcnow() -> datetime:
@@ -17,6 +18,12 @@ def as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+@overload
+def iso_z(value: datetime, timespec: str = ...) -> str: ...
+@overload
+def iso_z(value: None, timespec: str = ...) -> None: ...
+@overload
+def iso_z(value: datetime | None, timespec: str = ...) -> str | None: ...
 def iso_z(value: datetime | None, timespec: str = "milliseconds") -> str | None:
     """ISO 8601 in UTC with a ``Z``, to the millisecond (or ``timespec``); None stays
     None."""

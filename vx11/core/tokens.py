@@ -17,9 +17,10 @@ import secrets
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast, overload
 
 from redis import Redis
+from redis.typing import EncodableT, FieldT
 
 from vx11.core.times import iso_z, utcnow
 
@@ -63,6 +64,12 @@ def key_for(token_hash: str) -> str:
     return f"{KEY_PREFIX}{token_hash}"
 
 
+@overload
+def _iso_s(value: datetime) -> str: ...
+@overload
+def _iso_s(value: None) -> None: ...
+@overload
+def _iso_s(value: datetime | None) -> str | None: ...
 def _iso_s(value: datetime | None) -> str | None:
     return iso_z(value, timespec="seconds")
 
@@ -157,22 +164,24 @@ class TokenStore:
             raise ValueError("a token needs at least one scope")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token_hash = hash_token(token)
+        created_at = utcnow().replace(microsecond=0)
+        expires_at = expires_at.replace(microsecond=0) if expires_at else None
         info = TokenInfo(
             token_id=token_hash[:TOKEN_ID_LENGTH],
             label=label,
             scopes=scopes,
-            created_at=utcnow().replace(microsecond=0),
-            expires_at=expires_at.replace(microsecond=0) if expires_at else None,
+            created_at=created_at,
+            expires_at=expires_at,
             rate_limit_per_second=rate_limit_per_second,
             max_active_spawns=max_active_spawns,
         )
-        mapping = {
+        mapping: dict[FieldT, EncodableT] = {
             "label": label,
             "scopes": ",".join(scopes),
-            "created_at": _iso_s(info.created_at),
+            "created_at": _iso_s(created_at),
         }
-        if info.expires_at:
-            mapping["expires_at"] = _iso_s(info.expires_at)
+        if expires_at:
+            mapping["expires_at"] = _iso_s(expires_at)
         if rate_limit_per_second is not None:
             mapping["rate_limit_per_second"] = repr(float(rate_limit_per_second))
         if max_active_spawns is not None:
@@ -193,7 +202,8 @@ class TokenStore:
         ):
             return DEVELOPMENT
         token_hash = hash_token(token)
-        data = self.redis.hgetall(key_for(token_hash))
+        # The client does not decode responses (make_redis): every reply is bytes.
+        data = cast(dict[bytes, bytes], self.redis.hgetall(key_for(token_hash)))
         if not data:
             return None
         info = TokenInfo.from_redis(token_hash, data)
@@ -208,11 +218,11 @@ class TokenStore:
         token_hash = self._resolve(token_id)
         if token_hash is None:
             return None
-        data = self.redis.hgetall(key_for(token_hash))
+        data = cast(dict[bytes, bytes], self.redis.hgetall(key_for(token_hash)))
         return TokenInfo.from_redis(token_hash, data) if data else None
 
     def list(self) -> list[TokenInfo]:
-        hashes = sorted(h.decode() for h in self.redis.smembers(INDEX_KEY))
+        hashes = sorted(h.decode() for h in cast(set[bytes], self.redis.smembers(INDEX_KEY)))
         pipe = self.redis.pipeline()
         for token_hash in hashes:
             pipe.hgetall(key_for(token_hash))
@@ -228,9 +238,8 @@ class TokenStore:
         """The one stored hash starting with ``token_id`` (at least 8 hex digits)."""
         if len(token_id) < 8 or not all(c in "0123456789abcdef" for c in token_id):
             return None
-        matches = [
-            h.decode() for h in self.redis.smembers(INDEX_KEY) if h.decode().startswith(token_id)
-        ]
+        members = cast(set[bytes], self.redis.smembers(INDEX_KEY))
+        matches = [h.decode() for h in members if h.decode().startswith(token_id)]
         return matches[0] if len(matches) == 1 else None
 
     def revoke(self, token_id: str) -> bool:

@@ -147,6 +147,7 @@ class IdempotencyKeys:
             time.sleep(POLL_INTERVAL)
 
     def _let_go(self, attempt: Attempt) -> None:
+        assert attempt.marker is not None  # only an attempt holding the key lets it go
         try:
             self._release_script(keys=[attempt.redis_key], args=[attempt.marker])
         except RedisError:  # the request's own outcome matters more; the marker expires

@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,8 +65,8 @@ def multiprocess_dir() -> str | None:
 # expects; in multiprocess mode their values go to this process's files, otherwise to
 # LOCAL, which a scrape reads directly. A missing directory would make the first
 # write fail, so it is created (empty) if the variable names one that does not exist.
-if multiprocess_dir():
-    os.makedirs(multiprocess_dir(), exist_ok=True)
+if _directory := multiprocess_dir():
+    os.makedirs(_directory, exist_ok=True)
 disable_created_metrics()  # multiprocess mode has no *_created series: neither does this
 LOCAL = CollectorRegistry(auto_describe=True)
 
@@ -323,8 +323,8 @@ class Scraper:
 
 
 class _Forward(Collector):
-    def __init__(self, collect: Callable[[], Iterator[Metric]]) -> None:
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
         self._collect = collect
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterable[Metric]:
         return self._collect()

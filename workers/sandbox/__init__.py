@@ -17,6 +17,7 @@ import shutil
 from workers.sandbox import basic, bwrap
 from workers.sandbox.launch import SANDBOX_PATH
 from workers.sandbox.process import (
+    Exit,
     Identity,
     Watcher,
     become_subreaper,
@@ -119,10 +120,12 @@ def run_sandboxed(
         if cgroup is not None:
             cgroup.kill()
             cgroup.remove()
-        if adopting and cgroup is not None:
-            reap_adopted(identity.uid)  # the cgroup kill left nothing alive
-        elif adopting:
-            end_adopted(identity.uid)
+        if adopting:
+            assert identity is not None  # adopting is only ever true with an identity
+            if cgroup is not None:
+                reap_adopted(identity.uid)  # the cgroup kill left nothing alive
+            else:
+                end_adopted(identity.uid)
     exit_code, term_signal = decode_status(done.status)
     if config.level == "bwrap":
         exit_code, term_signal = bwrap.decode_exit(exit_code, term_signal)
@@ -150,7 +153,9 @@ def run_sandboxed(
     )
 
 
-def _limit_hit(done, term_signal: str | None, cpu_ms: int, limits: Limits, oom: bool):
+def _limit_hit(
+    done: Exit, term_signal: str | None, cpu_ms: int, limits: Limits, oom: bool
+) -> str | None:
     if done.ended_by == "timeout":
         return "wall_time_limit"
     if done.ended_by == "output":

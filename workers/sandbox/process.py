@@ -16,9 +16,9 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from workers.sandbox.cgroups import SpawnCgroup
 from workers.sandbox.spec import Limits
@@ -110,7 +110,9 @@ def rlimits(limits: Limits, *, cgroup: bool, max_open_files: int) -> dict[int, i
     }
 
 
-def _preexec(limits: dict[int, int], cgroup: SpawnCgroup | None, identity: Identity | None):
+def _preexec(
+    limits: dict[int, int], cgroup: SpawnCgroup | None, identity: Identity | None
+) -> Callable[[], None]:
     def preexec() -> None:  # in the child, after setsid, before exec
         if cgroup is not None:
             cgroup.attach_self()  # first: everything the run starts is born inside
@@ -167,15 +169,21 @@ def run_process(
     return Exit(status, rusage, time.monotonic() - started, ended_by, out, err)
 
 
-def _stdin_file(data: bytes):
+def _stdin_file(data: bytes) -> IO[bytes]:
     handle = tempfile.TemporaryFile()  # noqa: SIM115 - the caller's with-statement closes it
     handle.write(data)
     handle.seek(0)
     return handle
 
 
-def _supervise(proc, deadline: float, out: _Capture, err: _Capture, drain_bytes: int,
-               watcher: Watcher):  # fmt: skip
+def _supervise(
+    proc: subprocess.Popen[bytes],
+    deadline: float,
+    out: _Capture,
+    err: _Capture,
+    drain_bytes: int,
+    watcher: Watcher,
+) -> tuple[int, resource.struct_rusage, str | None]:
     """Pump output until the process exits, the deadline passes, the output passes
     ``drain_bytes`` or the watcher asks to stop; then kill what is left of its group and
     drain briefly. Returns ``(wait status, rusage, ended_by)``: ``ended_by`` is None
@@ -184,6 +192,7 @@ def _supervise(proc, deadline: float, out: _Capture, err: _Capture, drain_bytes:
     The group is killed while the leader is still an unreaped zombie, so its pid (the
     group id) cannot have been reused by then.
     """
+    assert proc.stdout is not None and proc.stderr is not None  # run_process made them pipes
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, out)
     sel.register(proc.stderr, selectors.EVENT_READ, err)
@@ -234,7 +243,9 @@ def _supervise(proc, deadline: float, out: _Capture, err: _Capture, drain_bytes:
     return status, rusage, ended_by
 
 
-def _end(pid: int, sel: selectors.BaseSelector, pidfd: int):
+def _end(
+    pid: int, sel: selectors.BaseSelector, pidfd: int
+) -> tuple[int, int, resource.struct_rusage]:
     """Kill the run's process group, then reap its leader."""
     kill_group(pid)
     sel.unregister(pidfd)
@@ -250,7 +261,8 @@ def become_subreaper() -> bool:
     behind (a daemon that called ``setsid()``, bwrap's own init) is adopted here, where
     :func:`end_adopted` can kill and reap it, instead of by PID 1."""
     libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    result: int = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # c_int, the default restype
+    return result == 0
 
 
 _running_leaders: set[int] = set()
@@ -262,7 +274,7 @@ PR_GET_CHILD_SUBREAPER = 37
 
 
 @contextlib.contextmanager
-def adopting_orphans(uid: int | None):
+def adopting_orphans(uid: int | None) -> Iterator[None]:
     """Be the reaper of orphans only while the block runs, then end those running as
     ``uid`` (for a process that must not stay a subreaper, such as a worker's main
     process probing its sandbox before its pool starts)."""

@@ -8,6 +8,8 @@ import functools
 import logging
 import random
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -26,7 +28,9 @@ from sqlalchemy import (
     event,
     inspect,
 )
+from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, ProgrammingError
+from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.schema import DDL, CreateColumn
 
 log = logging.getLogger(__name__)
@@ -130,7 +134,9 @@ def make_engine(url: str, *, connect_patience: float = 0.0) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no branch - runs per connection
+        def _sqlite_pragmas(  # pragma: no branch - runs per connection
+            dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry
+        ) -> None:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
@@ -146,7 +152,13 @@ def make_engine(url: str, *, connect_patience: float = 0.0) -> Engine:
     return engine
 
 
-def _connect(patience: float, dialect, _record, cargs, cparams):
+def _connect(
+    patience: float,
+    dialect: Dialect,
+    _record: ConnectionPoolEntry,
+    cargs: Sequence[Any],
+    cparams: dict[str, Any],
+) -> DBAPIConnection:
     """A DBAPI connection, tried every half second for up to ``patience`` seconds."""
     deadline, warned = time.monotonic() + patience, False
     while True:
@@ -186,7 +198,10 @@ def _create_or_upgrade(engine: Engine) -> None:
             # get NULL.
             for column in (c for c in table.c if c.name not in present):
                 spec = CreateColumn(column).compile(dialect=conn.dialect)
-                add = DDL(f"ALTER TABLE %(fullname)s ADD COLUMN {spec}")
+                # SQLAlchemy leaves DDL's constructor unannotated
+                add = DDL(  # type: ignore[no-untyped-call]
+                    f"ALTER TABLE %(fullname)s ADD COLUMN {spec}"
+                )
                 conn.execute(add.against(table))
             # create_all skips an existing table's indexes: add those it lacks.
             for index in table.indexes:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    RowMapping,
     Select,
     delete,
     func,
@@ -47,7 +48,8 @@ long (the gateway and the workers keep writing meanwhile)."""
 
 def _is_canonical_uuid(value: Any) -> bool:
     try:
-        return str(uuid.UUID(value)) == value
+        same: bool = str(uuid.UUID(value)) == value  # == with an Any operand is typed Any
+        return same
     except (ValueError, TypeError, AttributeError):
         return False
 
@@ -180,7 +182,7 @@ class Ledger:
             raise IllegalTransition(SpawnStatus(current["status"]), target)
         return _complete(row)
 
-    def _change(self, stmt: Any) -> tuple[Mapping[str, Any] | None, bool]:
+    def _change(self, stmt: Any) -> tuple[RowMapping | None, bool]:
         """The first row of ``stmt``, run in a transaction of its own and tried again
         while the database does not answer, for up to :attr:`patience` seconds; and
         whether it was tried more than once."""
@@ -313,7 +315,7 @@ class SpawnFilter:
     until: datetime | None = None
     """Created strictly before this instant."""
 
-    def apply(self, stmt: Select) -> Select:
+    def apply(self, stmt: Select[Any]) -> Select[Any]:
         """``stmt`` narrowed to the spawns this filter selects."""
         if len(self.statuses) == 1:  # an equality, so the status index also gives the order
             stmt = stmt.where(spawns.c.status == self.statuses[0].value)
@@ -339,8 +341,8 @@ def _summary(row: Mapping[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _complete(row: Mapping[str, Any]) -> dict[str, Any]:
-    record = {c.name: None for c in spawns.c}
+def _complete(row: Mapping[str, Any] | RowMapping) -> dict[str, Any]:
+    record: dict[str, Any] = {c.name: None for c in spawns.c}
     record.update(row)
     for key in ("created_at", "started_at", "finished_at"):
         value = record[key]

@@ -40,7 +40,7 @@ UNAVAILABLE = (
 )
 
 
-def error_response(status: int, code: str, message: str, **extra):
+def error_response(status: int, code: str, message: str | None, **extra):
     response = jsonify({"error": code, "message": message, **extra})
     response.status_code = status
     return response

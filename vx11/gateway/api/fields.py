@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
@@ -15,7 +15,11 @@ class FullMatch(validate.Regexp):
     before a final newline (``"abc\\n"``); the pattern is published as it is, and JSON
     Schema's ``$`` means the end."""
 
-    def __call__(self, value: str) -> str:
+    @overload
+    def __call__(self, value: str) -> str: ...
+    @overload
+    def __call__(self, value: bytes) -> bytes: ...
+    def __call__(self, value: Any) -> Any:
         if self.regex.fullmatch(value) is None:
             raise ValidationError(self._format_error(value))
         return value
