@@ -18,14 +18,14 @@ again, closing again: both harmless) writes it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, insert, select
 
-from vx11.core.ledger.paging import Keyset, Page, Position
+from vx11.core.ledger.paging import Keyset, Page, Position, Selection
 from vx11.core.ledger.schema import audit
 from vx11.core.ledger.store import delete_in_batches
 from vx11.core.times import as_utc, utcnow
@@ -93,21 +93,14 @@ class AuditFilter:
     until: datetime | None = None
     """Written strictly before this instant."""
 
-    def apply(self, stmt: Select[Any]) -> Select[Any]:
-        """``stmt`` narrowed to the entries this filter selects."""
-        if len(self.events) == 1:
-            stmt = stmt.where(audit.c.event == self.events[0].value)
-        elif self.events:  # page_query merges one walk per event instead
-            stmt = stmt.where(audit.c.event.in_([e.value for e in self.events]))
-        for name in ("target", "token_label", "token_id", "spawn_id", "spawn_uuid"):
-            value = getattr(self, name)
-            if value is not None:
-                stmt = stmt.where(audit.c[name] == value)
-        if self.since is not None:
-            stmt = stmt.where(audit.c.at >= as_utc(self.since))
-        if self.until is not None:
-            stmt = stmt.where(audit.c.at < as_utc(self.until))
-        return stmt
+    def selection(self) -> Selection:
+        names = ("target", "token_label", "token_id", "spawn_id", "spawn_uuid")
+        return Selection(
+            {name: getattr(self, name) for name in names},
+            ("event", tuple(event.value for event in self.events)),
+            self.since,
+            self.until,
+        )
 
 
 class AuditLog:
@@ -151,13 +144,5 @@ class AuditLog:
 
 
 def page_query(filters: AuditFilter | None, limit: int, after: Position | None) -> Select[Any]:
-    """The newest ``limit`` entries selected by ``filters`` written before ``after``:
-    one index walk, or one per event merged (:meth:`Keyset.merged`)."""
-    filters = filters or AuditFilter()
-    if len(filters.events) > 1:
-        walks = [
-            page_query(replace(filters, events=(event,)), limit, after)
-            for event in dict.fromkeys(filters.events)
-        ]
-        return PAGES.merged(walks, limit)
-    return PAGES.newest(filters.apply(select(audit)), limit, after)
+    """The newest ``limit`` entries selected by ``filters`` written before ``after``."""
+    return PAGES.query(select(audit), (filters or AuditFilter()).selection(), limit, after)

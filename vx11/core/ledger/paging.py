@@ -14,8 +14,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +50,20 @@ class Page:
 
 
 @dataclass(frozen=True)
+class Selection:
+    """What a page selects, each criterion left empty selecting all: columns equal to
+    a value (None: any), one column among several values (each walked on its own
+    index, then merged), and a time range on the keyset's instant."""
+
+    equal: Mapping[str, Any]
+    among: tuple[str, tuple[Any, ...]]
+    since: datetime | None = None
+    """At or after this instant."""
+    until: datetime | None = None
+    """Strictly before this instant."""
+
+
+@dataclass(frozen=True)
 class Keyset:
     """How one table is paged: by ``at`` then ``key``, both descending; ``valid_key``
     tells a key :meth:`Position.encode` could have written."""
@@ -76,22 +90,36 @@ class Keyset:
         except (binascii.Error, ValueError, TypeError, AttributeError, OverflowError):
             raise BadCursor() from None
 
-    def newest(self, stmt: Select[Any], limit: int, after: Position | None) -> Select[Any]:
-        """``stmt``'s newest ``limit`` rows before ``after``. The row comparison and the
-        order match an index on (…, at, key), so the database walks it backwards and
-        stops after ``limit`` rows."""
+    def query(
+        self, columns: Select[Any], selection: Selection, limit: int, after: Position | None
+    ) -> Select[Any]:
+        """The newest ``limit`` rows of ``columns`` that ``selection`` selects, before
+        ``after``. The row comparison and the order match an index on (…, at, key), so
+        the database walks it backwards and stops after ``limit`` rows; a selection of
+        several values of one column is one such walk per value, merged, where one
+        ``IN`` would read every row of the rare values' history, or sort them all."""
+        name, values = selection.among
+        if len(values) > 1:
+            walks = [
+                self.query(columns, replace(selection, among=(name, (value,))), limit, after)
+                for value in dict.fromkeys(values)
+            ]
+            subqueries = [walk.subquery() for walk in walks]
+            union = union_all(*(select(*sub.c) for sub in subqueries)).subquery()
+            order = (union.c[self.at.name].desc(), union.c[self.key.name].desc())
+            return select(*union.c).order_by(*order).limit(limit)
+        table = self.at.table.c
+        equal = {**selection.equal, name: values[0] if values else None}
+        stmt = columns.where(
+            *(table[n] == value for n, value in equal.items() if value is not None)
+        )
+        if selection.since is not None:
+            stmt = stmt.where(self.at >= as_utc(selection.since))
+        if selection.until is not None:
+            stmt = stmt.where(self.at < as_utc(selection.until))
         if after is not None:
             stmt = stmt.where(tuple_(self.at, self.key) < (after.at, after.key))
         return stmt.order_by(self.at.desc(), self.key.desc()).limit(limit)
-
-    def merged(self, walks: Sequence[Select[Any]], limit: int) -> Select[Any]:
-        """The newest ``limit`` rows of several :meth:`newest` walks (one per value of
-        a filter that selects several): each walk is one bounded index scan, where one
-        ``IN`` would read every row of the rare values' history, or sort them all."""
-        subqueries = [walk.subquery() for walk in walks]
-        union = union_all(*(select(*sub.c) for sub in subqueries)).subquery()
-        order = (union.c[self.at.name].desc(), union.c[self.key.name].desc())
-        return select(*union.c).order_by(*order).limit(limit)
 
     def page(
         self,

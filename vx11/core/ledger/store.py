@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from vx11.core.errors import IllegalTransition, NotFound
-from vx11.core.ledger.paging import Keyset, Page, Position
+from vx11.core.ledger.paging import Keyset, Page, Position, Selection
 from vx11.core.ledger.schema import DATABASE_UNAVAILABLE, create_schema, make_engine, spawns
 from vx11.core.states import ALLOWED_SOURCES, TERMINAL_STATES, SpawnStatus
 from vx11.core.times import as_utc, utcnow
@@ -289,16 +289,9 @@ def delete_in_batches(
 
 
 def page_query(filters: SpawnFilter | None, limit: int, after: Position | None) -> Select[Any]:
-    """The newest ``limit`` spawns selected by ``filters`` created before ``after``:
-    one index walk, or one per status merged (:meth:`Keyset.merged`)."""
-    filters = filters or SpawnFilter()
-    if len(filters.statuses) > 1:
-        walks = [
-            page_query(replace(filters, statuses=(status,)), limit, after)
-            for status in dict.fromkeys(filters.statuses)
-        ]
-        return PAGES.merged(walks, limit)
-    return PAGES.newest(filters.apply(select(*_SUMMARY_COLUMNS)), limit, after)
+    """The newest ``limit`` spawns selected by ``filters`` created before ``after``."""
+    selection = (filters or SpawnFilter()).selection()
+    return PAGES.query(select(*_SUMMARY_COLUMNS), selection, limit, after)
 
 
 @dataclass(frozen=True)
@@ -315,23 +308,17 @@ class SpawnFilter:
     until: datetime | None = None
     """Created strictly before this instant."""
 
-    def apply(self, stmt: Select[Any]) -> Select[Any]:
-        """``stmt`` narrowed to the spawns this filter selects."""
-        if len(self.statuses) == 1:  # an equality, so the status index also gives the order
-            stmt = stmt.where(spawns.c.status == self.statuses[0].value)
-        elif self.statuses:  # page_query merges one walk per status instead
-            stmt = stmt.where(spawns.c.status.in_([s.value for s in self.statuses]))
-        if self.owner is not None:
-            stmt = stmt.where(spawns.c.owner == self.owner)
-        if self.task_type is not None:
-            stmt = stmt.where(spawns.c.task_type == self.task_type)
-        if self.correlation_id is not None:
-            stmt = stmt.where(spawns.c.correlation_id == self.correlation_id)
-        if self.since is not None:
-            stmt = stmt.where(spawns.c.created_at >= as_utc(self.since))
-        if self.until is not None:
-            stmt = stmt.where(spawns.c.created_at < as_utc(self.until))
-        return stmt
+    def selection(self) -> Selection:
+        return Selection(
+            {
+                "owner": self.owner,
+                "task_type": self.task_type,
+                "correlation_id": self.correlation_id,
+            },
+            ("status", tuple(status.value for status in self.statuses)),
+            self.since,
+            self.until,
+        )
 
 
 def _summary(row: Mapping[str, Any]) -> dict[str, Any]:
