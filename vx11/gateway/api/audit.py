@@ -10,9 +10,9 @@ from vx11.core.audit import AuditEvent, AuditFilter
 from vx11.core.config import Settings
 from vx11.core.record import UTCDateTime
 from vx11.core.tokens import Scope
-from vx11.gateway.api.auth import authenticate, requires
+from vx11.gateway.api.auth import authenticated_blueprint, requires
 from vx11.gateway.api.blueprint import Blueprint
-from vx11.gateway.api.fields import PageQuery
+from vx11.gateway.api.fields import PageQuery, page_schema
 from vx11.gateway.services import services
 
 """Most entries one audit page holds."""
@@ -64,14 +64,11 @@ class AuditEntrySchema(Schema):
     detail = fields.Dict(allow_none=True)
 
 
-class AuditPage(Schema):
-    entries = fields.List(fields.Nested(AuditEntrySchema), required=True)
-    next_cursor = fields.String(required=True, allow_none=True)
+AuditPage = page_schema("AuditPage", "entries", AuditEntrySchema)
 
 
 def blueprint(settings: Settings) -> Blueprint:
-    blp = Blueprint("audit", __name__, url_prefix="/vx11", description=__doc__)
-    blp.before_request(authenticate)
+    blp = authenticated_blueprint("audit", __name__, __doc__)
 
     @blp.get("/audit")
     @requires(Scope.ADMIN)

@@ -47,6 +47,15 @@ def requires(scope: Scope) -> Callable[[Callable[..., Any]], Callable[..., Any]]
     return mark
 
 
+def authenticated_blueprint(
+    name: str, import_name: str, description: str | None, url_prefix: str | None = "/vx11"
+) -> Blueprint:
+    """A resource's blueprint, every view of it behind :func:`authenticate`."""
+    blp = Blueprint(name, import_name, url_prefix=url_prefix, description=description)
+    blp.before_request(authenticate)
+    return blp
+
+
 def authenticate() -> None:
     """A ``before_request`` hook: the caller's token, checked against the view's scope,
     is kept as ``g.token`` for the view."""

@@ -69,3 +69,11 @@ class PageQuery(Schema):
     def _since_before_until(self, data: dict[str, Any], **kwargs: Any) -> None:
         if "since" in data and "until" in data and data["since"] >= data["until"]:
             raise ValidationError("must be later than since", "until")
+
+
+def page_schema(name: str, key: str, item: type[Schema]) -> type[Schema]:
+    """A paged listing's answer, ``{key: [item, ...], "next_cursor": str | null}``,
+    named ``name`` in the OpenAPI document."""
+    rows = fields.List(fields.Nested(item), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+    return Schema.from_dict({key: rows, "next_cursor": next_cursor}, name=name)

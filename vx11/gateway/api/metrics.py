@@ -12,7 +12,7 @@ from flask import Response, g, request
 from vx11.core.config import Settings
 from vx11.core.tokens import Scope
 from vx11.gateway import metrics
-from vx11.gateway.api.auth import authenticate, requires
+from vx11.gateway.api.auth import authenticated_blueprint, requires
 from vx11.gateway.api.blueprint import Blueprint
 from vx11.gateway.services import services
 
@@ -28,8 +28,7 @@ EXPOSITION = {
 
 
 def blueprint(settings: Settings) -> Blueprint:
-    blp = Blueprint("metrics", __name__, description=__doc__)
-    blp.before_request(authenticate)
+    blp = authenticated_blueprint("metrics", __name__, __doc__, url_prefix=None)
     scraper = metrics.Scraper(settings.metrics_cache_seconds, settings.metrics_timeout)
 
     @blp.get("/metrics")

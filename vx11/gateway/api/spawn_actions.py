@@ -15,7 +15,7 @@ from vx11.core.config import Settings
 from vx11.core.events import END
 from vx11.core.record import RECORD, SpawnRecord
 from vx11.core.tokens import Scope
-from vx11.gateway.api.auth import authenticate, owner_filter, requires
+from vx11.gateway.api.auth import authenticated_blueprint, owner_filter, requires
 from vx11.gateway.api.blueprint import Blueprint
 from vx11.gateway.lifecycle import BLOCK_SLICE, cancel, is_terminal
 from vx11.gateway.services import Services, services
@@ -30,8 +30,7 @@ EVENT_STREAM = {
 
 
 def blueprint(settings: Settings) -> Blueprint:
-    blp = Blueprint("spawn_actions", __name__, url_prefix="/vx11/spawn", description=__doc__)
-    blp.before_request(authenticate)
+    blp = authenticated_blueprint("spawn_actions", __name__, __doc__, url_prefix="/vx11/spawn")
 
     @blp.post("/<ident>/cancel")
     @requires(Scope.SPAWN)

@@ -18,9 +18,9 @@ from vx11.core.ledger import SpawnFilter
 from vx11.core.record import SpawnRecord, UTCDateTime
 from vx11.core.states import SpawnStatus
 from vx11.core.tokens import Scope
-from vx11.gateway.api.auth import authenticate, caller, owner_filter, requires
+from vx11.gateway.api.auth import authenticated_blueprint, caller, owner_filter, requires
 from vx11.gateway.api.blueprint import Blueprint
-from vx11.gateway.api.fields import FullMatch, PageQuery
+from vx11.gateway.api.fields import FullMatch, PageQuery, page_schema
 from vx11.gateway.idempotency import HEADER as IDEMPOTENCY_KEY
 from vx11.gateway.idempotency import is_valid_key
 from vx11.gateway.lifecycle import is_terminal, wait_for_end
@@ -246,14 +246,11 @@ class SpawnSummary(SpawnRecord):
         exclude = ("stdout", "stderr", "processes")
 
 
-class SpawnPage(Schema):
-    spawns = fields.List(fields.Nested(SpawnSummary), required=True)
-    next_cursor = fields.String(required=True, allow_none=True)
+SpawnPage = page_schema("SpawnPage", "spawns", SpawnSummary)
 
 
 def blueprint(settings: Settings) -> Blueprint:
-    blp = Blueprint("spawns", __name__, url_prefix="/vx11", description=__doc__)
-    blp.before_request(authenticate)
+    blp = authenticated_blueprint("spawns", __name__, __doc__)
 
     @blp.post("/spawn")
     @requires(Scope.SPAWN)
@@ -282,7 +279,20 @@ def blueprint(settings: Settings) -> Blueprint:
             return accept(svc, spawn_request)
         return accept_once(svc, spawn_request, key)
 
-    def read_spawn(query: dict[str, Any], ident: str):
+    @blp.get("/spawn/<ident>")
+    @blp.get("/result/<ident>")
+    @requires(Scope.READ)
+    @blp.arguments(RecordQuery, location="query")
+    @blp.response(200, SpawnRecord)
+    @blp.alt_response(404, response="NOT_FOUND")
+    def get_spawn(query, ident: str):
+        """Read a spawn
+
+        The spawn's record, by ``spawn_id`` or ``spawn_uuid`` (``/vx11/result/<ident>``
+        is the MVP's path to the same). ``?wait=<seconds>`` (up to 60) answers as soon as
+        the spawn is terminal, or when the wait runs out. While it runs, ``processes``
+        shows its live processes. Another token's spawn is 404, as an unknown one (admin
+        reads all)."""
         svc = services()
         record = svc.ledger.get(ident, owner=owner_filter())
         if query["wait"] and not is_terminal(record):
@@ -293,31 +303,6 @@ def blueprint(settings: Settings) -> Blueprint:
             else None
         )
         return record
-
-    @blp.get("/spawn/<ident>")
-    @requires(Scope.READ)
-    @blp.arguments(RecordQuery, location="query")
-    @blp.response(200, SpawnRecord)
-    @blp.alt_response(404, response="NOT_FOUND")
-    def get_spawn(query, ident: str):
-        """Read a spawn
-
-        The spawn's record, by ``spawn_id`` or ``spawn_uuid``. ``?wait=<seconds>`` (up
-        to 60) answers as soon as the spawn is terminal, or when the wait runs out.
-        While it runs, ``processes`` shows its live processes. Another token's spawn is
-        404, as an unknown one (admin reads all)."""
-        return read_spawn(query, ident)
-
-    @blp.get("/result/<ident>")
-    @requires(Scope.READ)
-    @blp.arguments(RecordQuery, location="query")
-    @blp.response(200, SpawnRecord)
-    @blp.alt_response(404, response="NOT_FOUND")
-    def get_result(query, ident: str):
-        """Read a spawn (the MVP's path)
-
-        The same as ``GET /vx11/spawn/<ident>``."""
-        return read_spawn(query, ident)
 
     @blp.get("/spawns")
     @requires(Scope.READ)

@@ -8,7 +8,7 @@ from marshmallow import Schema, fields
 from vx11.core.config import Settings
 from vx11.core.policy import POLICY
 from vx11.core.tokens import Scope
-from vx11.gateway.api.auth import authenticate, requires
+from vx11.gateway.api.auth import authenticated_blueprint, requires
 from vx11.gateway.api.blueprint import Blueprint
 from vx11.gateway.api.windows import WindowView, window_view
 from vx11.gateway.probes import probe_all
@@ -39,8 +39,7 @@ class Status(Schema):
 
 
 def blueprint(settings: Settings) -> Blueprint:
-    blp = Blueprint("status", __name__, url_prefix="/vx11", description=__doc__)
-    blp.before_request(authenticate)
+    blp = authenticated_blueprint("status", __name__, __doc__)
 
     @blp.get("/status")
     @requires(Scope.READ)

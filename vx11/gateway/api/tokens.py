@@ -14,7 +14,7 @@ from vx11.core.audit import AuditEvent
 from vx11.core.config import Settings
 from vx11.core.errors import NotFound
 from vx11.core.tokens import SCOPES, Scope
-from vx11.gateway.api.auth import authenticate, caller, requires
+from vx11.gateway.api.auth import authenticated_blueprint, caller, requires
 from vx11.gateway.api.blueprint import Blueprint
 from vx11.gateway.audit import record_token_event
 from vx11.gateway.services import services
@@ -68,8 +68,7 @@ class Revoked(Schema):
 
 
 def blueprint(settings: Settings) -> Blueprint:
-    blp = Blueprint("tokens", __name__, url_prefix="/vx11", description=__doc__)
-    blp.before_request(authenticate)
+    blp = authenticated_blueprint("tokens", __name__, __doc__)
 
     @blp.post("/tokens")
     @requires(Scope.ADMIN)

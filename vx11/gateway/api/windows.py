@@ -13,7 +13,7 @@ from vx11.core.errors import NotFound
 from vx11.core.policy import Window
 from vx11.core.times import iso_z
 from vx11.core.tokens import Scope
-from vx11.gateway.api.auth import authenticate, requires
+from vx11.gateway.api.auth import authenticated_blueprint, requires
 from vx11.gateway.api.blueprint import Blueprint
 from vx11.gateway.audit import record_window_closed, record_window_opened
 from vx11.gateway.services import services
@@ -89,8 +89,7 @@ def window_view(target: str, window: Window | None) -> dict[str, Any]:
 
 
 def blueprint(settings: Settings) -> Blueprint:
-    blp = Blueprint("windows", __name__, url_prefix="/vx11/window", description=__doc__)
-    blp.before_request(authenticate)
+    blp = authenticated_blueprint("windows", __name__, __doc__, url_prefix="/vx11/window")
     open_schema, close_schema = request_schemas(settings)
 
     @blp.post("/open")
