@@ -170,6 +170,14 @@ def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True))
 
 
+def echo_answer(answer: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    """``answer`` as JSON with ``--json``, else as ``text`` writes it for a person."""
+    if as_json:
+        echo_json(answer)
+    else:
+        click.echo(text(answer))
+
+
 # --- formatting ----------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from vx11.cli.common import (
     Moment,
     client_command,
     duration,
+    echo_answer,
     echo_json,
     table,
     when,
@@ -138,10 +139,7 @@ def run_spawn(client: Client, task_type: str, options: dict[str, Any]) -> None:
             ExitCode.REFUSED,
         )
     if not options["wait"]:
-        if as_json:
-            echo_json(answer)
-        else:
-            click.echo(answer["spawn_id"])
+        echo_answer(answer, as_json, lambda answer: answer["spawn_id"])
         return
     record = follow(client, answer["spawn_id"], live_output=not as_json)
     if as_json:
@@ -218,10 +216,7 @@ def record_text(record: dict[str, Any]) -> str:
 def spawn_show(client: Client, spawn_id: str, as_json: bool) -> None:
     """A spawn's record and output, by spawn id or uuid."""
     record = client.get_spawn(spawn_id)
-    if as_json:
-        echo_json(record)
-    else:
-        click.echo(record_text(record))
+    echo_answer(record, as_json, record_text)
 
 
 @spawn.command("cancel")
@@ -230,10 +225,7 @@ def spawn_show(client: Client, spawn_id: str, as_json: bool) -> None:
 def spawn_cancel(client: Client, spawn_id: str, as_json: bool) -> None:
     """Cancel a queued or running spawn (a running one is killed within a second)."""
     record = client.cancel_spawn(spawn_id)
-    if as_json:
-        echo_json(record)
-    else:
-        click.echo(outcome_line(record))
+    echo_answer(record, as_json, outcome_line)
 
 
 @click.group()

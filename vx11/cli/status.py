@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from vx11.cli.client import Client
-from vx11.cli.common import client_command, echo_json
+from vx11.cli.common import client_command, echo_answer, echo_json
 
 SERVICES = (
     ("redis", "redis"),
@@ -67,10 +67,7 @@ def status_text(client: Client, status: dict[str, Any]) -> str:
 def status(client: Client, as_json: bool) -> None:
     """The gateway, its dependencies, the live workers and the open windows."""
     answer = client.status()
-    if as_json:
-        echo_json(answer)
-    else:
-        click.echo(status_text(client, answer))
+    echo_answer(answer, as_json, lambda answer: status_text(client, answer))
 
 
 @click.group()
@@ -89,10 +86,7 @@ def window_open(
 ) -> None:
     """Open TARGET's window (or replace it: a new id and TTL)."""
     answer = client.open_window(target, ttl, reason)
-    if as_json:
-        echo_json(answer)
-    else:
-        click.echo(window_line(answer))
+    echo_answer(answer, as_json, window_line)
 
 
 @window.command("close")
@@ -124,7 +118,4 @@ def window_close(
 def window_status(client: Client, target: str, as_json: bool) -> None:
     """Whether TARGET's window is open, and for how long."""
     answer = client.window_status(target)
-    if as_json:
-        echo_json(answer)
-    else:
-        click.echo(window_line(answer))
+    echo_answer(answer, as_json, window_line)

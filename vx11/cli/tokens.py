@@ -17,6 +17,7 @@ from vx11.cli.common import (
     Connection,
     ExitCode,
     Span,
+    echo_answer,
     echo_json,
     pass_connection,
     table,
@@ -180,10 +181,7 @@ def token_revoke(connection: Connection, token_id: str, local: bool, as_json: bo
         answer = {"token_id": token_id, "revoked": True}
     else:
         answer = connection.client.revoke_token(token_id)
-    if as_json:
-        echo_json(answer)
-    else:
-        click.echo(f"revoked {answer['token_id']}")
+    echo_answer(answer, as_json, lambda answer: f"revoked {answer['token_id']}")
 
 
 @token.command("whoami")
