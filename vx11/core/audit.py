@@ -78,29 +78,19 @@ class AuditEntry:
     detail: Mapping[str, Any] | None = None
 
 
-@dataclass(frozen=True)
-class AuditFilter:
-    """What an audit page selects; every criterion left empty selects all."""
+@dataclass(frozen=True, kw_only=True)
+class AuditFilter(Selection):
+    """What an audit page selects (written at or after ``since``, before ``until``);
+    every criterion left empty selects all."""
 
+    EQUAL = ("target", "token_label", "token_id", "spawn_id", "spawn_uuid")
+    AMONG = ("event", "events")
     events: tuple[AuditEvent, ...] = ()
     target: str | None = None
     token_label: str | None = None
     token_id: str | None = None
     spawn_id: str | None = None
     spawn_uuid: str | None = None
-    since: datetime | None = None
-    """Written at or after this instant."""
-    until: datetime | None = None
-    """Written strictly before this instant."""
-
-    def selection(self) -> Selection:
-        names = ("target", "token_label", "token_id", "spawn_id", "spawn_uuid")
-        return Selection(
-            {name: getattr(self, name) for name in names},
-            ("event", tuple(event.value for event in self.events)),
-            self.since,
-            self.until,
-        )
 
 
 class AuditLog:
@@ -145,4 +135,4 @@ class AuditLog:
 
 def page_query(filters: AuditFilter | None, limit: int, after: Position | None) -> Select[Any]:
     """The newest ``limit`` entries selected by ``filters`` written before ``after``."""
-    return PAGES.query(select(audit), (filters or AuditFilter()).selection(), limit, after)
+    return PAGES.query(select(audit), filters or AuditFilter(), limit, after)

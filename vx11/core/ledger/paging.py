@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import Column, Engine, Select, select, tuple_, union_all
 
@@ -49,18 +49,24 @@ class Page:
     next_cursor: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Selection:
-    """What a page selects, each criterion left empty selecting all: columns equal to
-    a value (None: any), one column among several values (each walked on its own
-    index, then merged), and a time range on the keyset's instant."""
+    """What a page selects, each criterion left empty selecting all. A subclass adds
+    its criteria as fields and names them: ``EQUAL``, the fields whose column (of the
+    same name) must equal them; ``AMONG``, (column, field) of the one field that may
+    hold several values, each walked on its own index, then merged."""
 
-    equal: Mapping[str, Any]
-    among: tuple[str, tuple[Any, ...]]
+    EQUAL: ClassVar[tuple[str, ...]] = ()
+    AMONG: ClassVar[tuple[str, str]]
     since: datetime | None = None
     """At or after this instant."""
     until: datetime | None = None
     """Strictly before this instant."""
+
+    def values_among(self) -> tuple[Any, ...]:
+        """The values of the ``AMONG`` field, as the column holds them, once each."""
+        values = getattr(self, self.AMONG[1])
+        return tuple(dict.fromkeys(getattr(value, "value", value) for value in values))
 
 
 @dataclass(frozen=True)
@@ -98,21 +104,21 @@ class Keyset:
         the database walks it backwards and stops after ``limit`` rows; a selection of
         several values of one column is one such walk per value, merged, where one
         ``IN`` would read every row of the rare values' history, or sort them all."""
-        name, values = selection.among
+        column, field = selection.AMONG
+        values = selection.values_among()
         if len(values) > 1:
+            one_each: list[dict[str, Any]] = [{field: (value,)} for value in values]
             walks = [
-                self.query(columns, replace(selection, among=(name, (value,))), limit, after)
-                for value in dict.fromkeys(values)
+                self.query(columns, replace(selection, **one), limit, after) for one in one_each
             ]
             subqueries = [walk.subquery() for walk in walks]
             union = union_all(*(select(*sub.c) for sub in subqueries)).subquery()
             order = (union.c[self.at.name].desc(), union.c[self.key.name].desc())
             return select(*union.c).order_by(*order).limit(limit)
         table = self.at.table.c
-        equal = {**selection.equal, name: values[0] if values else None}
-        stmt = columns.where(
-            *(table[n] == value for n, value in equal.items() if value is not None)
-        )
+        equal = {name: getattr(selection, name) for name in selection.EQUAL}
+        equal[column] = values[0] if values else None
+        stmt = columns.where(*(table[n] == v for n, v in equal.items() if v is not None))
         if selection.since is not None:
             stmt = stmt.where(self.at >= as_utc(selection.since))
         if selection.until is not None:

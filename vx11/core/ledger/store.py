@@ -290,35 +290,21 @@ def delete_in_batches(
 
 def page_query(filters: SpawnFilter | None, limit: int, after: Position | None) -> Select[Any]:
     """The newest ``limit`` spawns selected by ``filters`` created before ``after``."""
-    selection = (filters or SpawnFilter()).selection()
-    return PAGES.query(select(*_SUMMARY_COLUMNS), selection, limit, after)
+    return PAGES.query(select(*_SUMMARY_COLUMNS), filters or SpawnFilter(), limit, after)
 
 
-@dataclass(frozen=True)
-class SpawnFilter:
-    """What a history page selects; every criterion left empty selects all."""
+@dataclass(frozen=True, kw_only=True)
+class SpawnFilter(Selection):
+    """What a history page selects (created at or after ``since``, before ``until``);
+    every criterion left empty selects all."""
 
+    EQUAL = ("owner", "task_type", "correlation_id")
+    AMONG = ("status", "statuses")
     statuses: tuple[SpawnStatus, ...] = ()
     owner: str | None = None
     """Only the spawns this token (its ``token_id``) submitted."""
     task_type: str | None = None
     correlation_id: str | None = None
-    since: datetime | None = None
-    """Created at or after this instant."""
-    until: datetime | None = None
-    """Created strictly before this instant."""
-
-    def selection(self) -> Selection:
-        return Selection(
-            {
-                "owner": self.owner,
-                "task_type": self.task_type,
-                "correlation_id": self.correlation_id,
-            },
-            ("status", tuple(status.value for status in self.statuses)),
-            self.since,
-            self.until,
-        )
 
 
 def _summary(row: Mapping[str, Any]) -> dict[str, Any]:
