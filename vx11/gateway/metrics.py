@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -227,53 +227,51 @@ def worker_infos(svc: Services, timeout: float) -> dict[str, dict[str, Any]]:
     return {name: info for reply in replies or [] for name, info in reply.items()}
 
 
+def _gauge(name: str, documentation: str, label: str, values: Mapping[str, float]) -> Metric:
+    """A gauge family with one sample per ``label`` value."""
+    family = GaugeMetricFamily(name, documentation, labels=[label])
+    for key, value in values.items():
+        family.add_metric([key], value)
+    return family
+
+
 def snapshot_metrics(snapshot: Snapshot) -> Iterator[Metric]:
     """The gauge families of one snapshot."""
-    up = GaugeMetricFamily(
+    yield _gauge(
         "vx11_up",
         "1 if the gateway could read this dependency when it last read the figures "
         "(at most VX11_METRICS_CACHE_SECONDS ago), else 0.",
-        labels=["dependency"],
+        "dependency",
+        {dependency: 1 if snapshot.up.get(dependency) else 0 for dependency in DEPENDENCIES},
     )
-    for dependency in DEPENDENCIES:
-        up.add_metric([dependency], 1 if snapshot.up.get(dependency) else 0)
-    yield up
     if snapshot.spawns is not None:
-        by_state = GaugeMetricFamily(
+        yield _gauge(
             "vx11_spawns",
             "Spawn records in the ledger, by state: QUEUED and RUNNING now, the others "
             "finished (until purged by retention).",
-            labels=["status"],
+            "status",
+            snapshot.spawns,
         )
-        for state, count in snapshot.spawns.items():
-            by_state.add_metric([state], count)
-        yield by_state
     if snapshot.errors is not None:
-        errors = GaugeMetricFamily(
+        yield _gauge(
             "vx11_spawn_errors",
             "Spawn records in state ERROR (VX11 failed them), by reason: worker_lost, "
             "gateway_lost, broker_unavailable, policy_unavailable, sandbox_error, ...",
-            labels=["reason"],
+            "reason",
+            dict(sorted(snapshot.errors.items())),
         )
-        for reason, count in sorted(snapshot.errors.items()):
-            errors.add_metric([reason], count)
-        yield errors
     if snapshot.queues is not None:
-        queues = GaugeMetricFamily(
+        yield _gauge(
             "vx11_queue_messages",
             "Jobs waiting in a broker queue, not yet delivered to any worker.",
-            labels=["queue"],
+            "queue",
+            snapshot.queues,
         )
-        for queue, depth in snapshot.queues.items():
-            queues.add_metric([queue], depth)
-        yield queues
     if snapshot.windows is not None:
-        windows = GaugeMetricFamily(
-            "vx11_window_open", "1 while the target's policy window is open.", labels=["target"]
+        windows = {target: 1 if is_open else 0 for target, is_open in snapshot.windows.items()}
+        yield _gauge(
+            "vx11_window_open", "1 while the target's policy window is open.", "target", windows
         )
-        for target, is_open in snapshot.windows.items():
-            windows.add_metric([target], 1 if is_open else 0)
-        yield windows
     if snapshot.workers is not None:
         yield GaugeMetricFamily(
             "vx11_workers", "Workers that answered the scrape's broadcast.", len(snapshot.workers)
