@@ -1,5 +1,6 @@
 """Real services for the tests: a private redis-server, gunicorn and Celery workers as
-subprocesses, an HTTP helper and waiting helpers. Whoever starts a process stops it."""
+subprocesses, an HTTP helper, waiting helpers, and pages of the API read through a Flask
+test client. Whoever starts a process stops it."""
 
 from __future__ import annotations
 
@@ -18,14 +19,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from base64 import b64encode
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from vx11.cli.stack import gunicorn_argv, redis_server_argv, worker_argv
+from vx11.cli.stack import gateway_env, gunicorn_argv, redis_server_argv, worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("VX11_TEST_DATABASE_URL")
@@ -134,13 +135,24 @@ def service_env(config: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def start_gateway(config: dict[str, str], log_dir: Path, workers: int = 2) -> tuple[Process, str]:
+def start_gateway(
+    config: dict[str, str],
+    log_dir: Path,
+    workers: int = 2,
+    *,
+    name: str = "gateway",
+    metrics_dir: Path | None = None,
+) -> tuple[Process, str]:
+    """gunicorn serving the gateway configured by ``config``, logging to ``name``.log in
+    ``log_dir``; with ``metrics_dir`` (an empty directory), its workers share it as
+    prometheus-client's multiprocess directory, as ``vx11 up`` starts them."""
     port = free_port()
-    gateway = Process(
-        "gateway", gunicorn_argv("127.0.0.1", port, workers, 4), service_env(config), log_dir
-    ).start()
+    env = service_env(config)
+    if metrics_dir is not None:
+        env = gateway_env(env, str(metrics_dir))
+    gateway = Process(name, gunicorn_argv("127.0.0.1", port, workers, 4), env, log_dir).start()
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: http("GET", f"{base}/health")[0] == 200, timeout=30)
+    wait_for(lambda: http("GET", f"{base}/health")[0] == 200, timeout=60)
     return gateway, base
 
 
@@ -187,6 +199,36 @@ def wait_terminal(base: str, spawn_id: str, timeout: float = 60.0) -> dict[str, 
     return wait_for(terminal, timeout=timeout, interval=0.1)
 
 
+def api_page(client, auth: dict[str, str], path: str, query: str = "", status: int = 200) -> Any:
+    """The JSON answer to ``GET path?query`` through a Flask test client, whose status must
+    be ``status``."""
+    response = client.get(f"{path}{'?' + query if query else ''}", headers=auth)
+    assert response.status_code == status, response.json
+    return response.json
+
+
+def every_page(
+    client,
+    auth: dict[str, str],
+    path: str,
+    items: Callable[[dict[str, Any]], list[Any]],
+    query: str = "",
+    between: Callable[[], Any] | None = None,
+) -> list[Any]:
+    """The ``items`` of every page of ``path?query``, following ``next_cursor`` to the
+    last page; ``between``, if given, runs before each page after the first."""
+    seen: list[Any] = []
+    page = api_page(client, auth, path, query)
+    while True:
+        seen += items(page)
+        if page["next_cursor"] is None:
+            return seen
+        if between:
+            between()
+        cursor = f"cursor={urllib.parse.quote(page['next_cursor'])}"
+        page = api_page(client, auth, path, f"{query}&{cursor}" if query else cursor)
+
+
 def child_pids(pid: int) -> set[int]:
     """The pids of ``pid``'s children (a gunicorn master's workers, say), from /proc."""
     children: set[int] = set()
@@ -196,8 +238,10 @@ def child_pids(pid: int) -> set[int]:
     return children
 
 
-def connected_ports(pid: int) -> list[int]:
-    """The remote ports of ``pid``'s established IPv4 TCP connections: whom it talks to."""
+def connected_ports(pid: int, end: str = "remote") -> list[int]:
+    """The ports of ``pid``'s established IPv4 TCP connections: at the ``"remote"`` end
+    (whom it talks to) or the ``"local"`` one (its own)."""
+    column = {"local": 1, "remote": 2}[end]
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         with contextlib.suppress(OSError):
@@ -208,8 +252,23 @@ def connected_ports(pid: int) -> list[int]:
     for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         if fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
-            ports.append(int(fields[2].rsplit(":", 1)[1], 16))
+            ports.append(int(fields[column].rsplit(":", 1)[1], 16))
     return ports
+
+
+def gateway_workers(stack, count: int = 2, without: Iterable[int] = ()) -> set[int]:
+    """The ``count`` workers of the gunicorn master ``stack.gateway``, once none of
+    ``without`` (a killed one is its child until reaped) is among them, and the gateway
+    at ``stack.base`` answers."""
+    master, without = stack.gateway.proc.pid, set(without)
+
+    def settled() -> set[int] | None:
+        workers = child_pids(master)
+        return workers if len(workers) == count and not workers & without else None
+
+    workers = wait_for(settled, timeout=60, interval=0.1)
+    wait_for(lambda: http("GET", f"{stack.base}/health", timeout=5)[0] == 200, timeout=60)
+    return workers
 
 
 # --- the broker ---------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """A real VX11 for end-to-end tests: its own redis-servers (one for policy and results,
-one as the broker, so the broker can fail alone), gunicorn and a Celery worker.
+one as the broker, so the broker can fail alone), gunicorn and a Celery worker. Each test
+module gets one (:func:`stack`), configured by its :func:`stack_settings`.
 
 With ``VX11_TEST_BROKER_URL`` set to a RabbitMQ (``.ci/run``'s second run), the broker is
 that RabbitMQ instead, in a virtual host of each test module's own, reached through a
@@ -94,6 +95,8 @@ class Stack:
     gateway: Process
     worker: Process
     log_dir: Path
+    metrics_dir: Path
+    """The gateway's prometheus-client multiprocess directory, as ``vx11 up`` gives it."""
 
     def open_window(self, ttl: int = 600) -> dict:
         status, window = http(
@@ -111,7 +114,16 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, rabbitmq_vhost) -> Stack:
+def stack_settings() -> dict[str, str]:
+    """Settings (``VX11_*`` without the prefix, lower case) of this module's :func:`stack`,
+    over its own: a module that needs others overrides this fixture, module-scoped."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, rabbitmq_vhost, stack_settings) -> Stack:
+    """A real VX11 of the module's own, started with :func:`stack_settings`. Tests may stop
+    or replace its gateway and worker: the stack's end stops whichever runs then."""
     root = tmp_path_factory.mktemp("stack")
     # Sandboxed code runs as nobody, who cannot traverse pytest's private temp dir.
     sandbox_root = tempfile.mkdtemp(prefix="vx11-e2e-sandbox-")
@@ -129,12 +141,21 @@ def stack(tmp_path_factory, rabbitmq_vhost) -> Stack:
         "database_url": f"sqlite:///{root / 'ledger.db'}",
         "sandbox_root": sandbox_root,
         "test_secret": "s3cr3t-worker-only",
+        **stack_settings,
     }
-    worker = start_worker(config, root)
-    gateway, base = start_gateway(config, root)
-    stack = Stack(base, config, redis, broker, gateway, worker, root)
-    yield stack
-    # Tests replace the worker (restarts, kills): stop whichever runs now, too.
-    for process in (stack.gateway, stack.worker, gateway, worker, broker, redis):
-        process.stop()
-    shutil.rmtree(sandbox_root, ignore_errors=True)
+    metrics_dir = root / "metrics"
+    metrics_dir.mkdir()
+    worker = gateway = None
+    try:
+        worker = start_worker(config, root)
+        gateway, base = start_gateway(config, root, metrics_dir=metrics_dir)
+        stack = Stack(base, config, redis, broker, gateway, worker, root, metrics_dir)
+        yield stack
+        # Tests replace the worker (restarts, kills): stop whichever runs now, too.
+        stack.gateway.stop()
+        stack.worker.stop()
+    finally:
+        for process in (gateway, worker, broker, redis):
+            if process is not None:
+                process.stop()
+        shutil.rmtree(sandbox_root, ignore_errors=True)

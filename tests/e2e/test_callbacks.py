@@ -1,29 +1,17 @@
 """Result callbacks end to end: gunicorn, a Celery worker consuming the spawner and
-callbacks queues, and a receiver the test runs on 127.0.0.1 (the only address any of
-it talks to)."""
+callbacks queues (the shared stack's, with callbacks configured), and a receiver the test
+runs on 127.0.0.1 (the only address any of it talks to)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from typing import Any
 
 import pytest
 
 from tests.integration.test_callbacks import Receiver
-from tests.support import (
-    TOKEN,
-    RedisServer,
-    free_port,
-    http,
-    start_gateway,
-    start_worker,
-    wait_for,
-    wait_terminal,
-)
+from tests.support import TOKEN, http, wait_for, wait_terminal
 from vx11.core.callbacks import verify
 
 pytestmark = pytest.mark.e2e
@@ -33,39 +21,9 @@ BACKOFF = 0.2
 MAX_ATTEMPTS = 3
 
 
-class CallbackStack:
-    def __init__(self, base: str) -> None:
-        self.base = base
-
-    def spawn_with_callback(self, url: str, code: str = "echo called back") -> dict[str, Any]:
-        body = {"task_type": "shell", "code": code, "callback_url": url}
-        status, accepted = http("POST", f"{self.base}/vx11/spawn", body, TOKEN)
-        assert status == 200 and accepted["status"] == "QUEUED", accepted
-        return accepted
-
-    def delivered_or_failed(self, spawn_id: str, timeout: float = 60.0) -> dict[str, Any]:
-        """The spawn's record once its callback's last attempt is recorded."""
-
-        def settled():
-            status, record = http("GET", f"{self.base}/vx11/spawn/{spawn_id}", headers=TOKEN)
-            assert status == 200, record
-            last = (record["callbacks"] or [{}])[-1]
-            return record if last.get("outcome") in ("delivered", "failed") else None
-
-        return wait_for(settled, timeout=timeout, interval=0.1)
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    root = tmp_path_factory.mktemp("callback-stack")
-    sandbox_root = tempfile.mkdtemp(prefix="vx11-e2e-sandbox-")
-    os.chmod(sandbox_root, 0o711)  # sandboxed code runs as nobody
-    redis = RedisServer(free_port(), root / "redis").start()
-    config = {
-        "redis_url": redis.url,
-        "data_dir": str(root / "data"),
-        "database_url": f"sqlite:///{root / 'ledger.db'}",
-        "sandbox_root": sandbox_root,
+def stack_settings() -> dict[str, str]:
+    return {
         "callback_secret": SECRET,
         "callback_allowed_hosts": "127.0.0.1",
         "callback_allow_private": "127.0.0.0/8",
@@ -73,16 +31,29 @@ def stack(tmp_path_factory):
         "callback_max_attempts": str(MAX_ATTEMPTS),
         "callback_timeout": "2",
     }
-    worker = start_worker(config, root)
-    gateway, base = start_gateway(config, root)
-    status, window = http(
-        "POST", f"{base}/vx11/window/open", {"target": "spawner", "ttl_seconds": 3600}, TOKEN
-    )
-    assert status == 200, window
-    yield CallbackStack(base)
-    for process in (gateway, worker, redis):
-        process.stop()
-    shutil.rmtree(sandbox_root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def window(stack) -> None:
+    stack.open_window(ttl=3600)
+
+
+def spawn_with_callback(stack, url: str, code: str = "echo called back") -> dict[str, Any]:
+    accepted = stack.spawn("shell", code, callback_url=url)
+    assert accepted["status"] == "QUEUED", accepted
+    return accepted
+
+
+def delivered_or_failed(stack, spawn_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    """The spawn's record once its callback's last attempt is recorded."""
+
+    def settled():
+        status, record = http("GET", f"{stack.base}/vx11/spawn/{spawn_id}", headers=TOKEN)
+        assert status == 200, record
+        last = (record["callbacks"] or [{}])[-1]
+        return record if last.get("outcome") in ("delivered", "failed") else None
+
+    return wait_for(settled, timeout=timeout, interval=0.1)
 
 
 def signed(request: dict[str, Any]) -> bool:
@@ -94,8 +65,8 @@ def signed(request: dict[str, Any]) -> bool:
 
 def test_a_finished_spawn_is_posted_once_signed_to_its_callback(stack):
     with Receiver() as receiver:
-        accepted = stack.spawn_with_callback(receiver.url("/hooks/vx11?from=e2e"))
-        record = stack.delivered_or_failed(accepted["spawn_id"])
+        accepted = spawn_with_callback(stack, receiver.url("/hooks/vx11?from=e2e"))
+        record = delivered_or_failed(stack, accepted["spawn_id"])
         time.sleep(1.0)  # room for a second POST, which must not come
     [request] = receiver.requests
     assert request["path"] == "/hooks/vx11?from=e2e"
@@ -110,8 +81,8 @@ def test_a_finished_spawn_is_posted_once_signed_to_its_callback(stack):
 
 def test_a_receiver_failing_twice_gets_the_record_on_the_third_attempt_after_backoff(stack):
     with Receiver([500, 500]) as receiver:
-        accepted = stack.spawn_with_callback(receiver.url())
-        record = stack.delivered_or_failed(accepted["spawn_id"])
+        accepted = spawn_with_callback(stack, receiver.url())
+        record = delivered_or_failed(stack, accepted["spawn_id"])
     assert [(d["attempt"], d["status_code"], d["outcome"]) for d in record["callbacks"]] == [
         (1, 500, "retrying"),
         (2, 500, "retrying"),
@@ -128,8 +99,8 @@ def test_a_receiver_failing_twice_gets_the_record_on_the_third_attempt_after_bac
 
 def test_a_receiver_that_keeps_failing_is_given_up_after_the_last_attempt(stack):
     with Receiver([503] * 10) as receiver:
-        accepted = stack.spawn_with_callback(receiver.url(), code="exit 3")
-        record = stack.delivered_or_failed(accepted["spawn_id"])
+        accepted = spawn_with_callback(stack, receiver.url(), code="exit 3")
+        record = delivered_or_failed(stack, accepted["spawn_id"])
         time.sleep(1.0)  # no fourth attempt
     assert record["status"] == "FAILED"  # a failed spawn is called back like any other
     assert [d["outcome"] for d in record["callbacks"]] == ["retrying", "retrying", "failed"]
@@ -138,8 +109,8 @@ def test_a_receiver_that_keeps_failing_is_given_up_after_the_last_attempt(stack)
 
 def test_a_4xx_answer_is_final(stack):
     with Receiver([404]) as receiver:
-        accepted = stack.spawn_with_callback(receiver.url())
-        record = stack.delivered_or_failed(accepted["spawn_id"])
+        accepted = spawn_with_callback(stack, receiver.url())
+        record = delivered_or_failed(stack, accepted["spawn_id"])
         time.sleep(1.0)
     [delivery] = record["callbacks"]
     assert (delivery["status_code"], delivery["outcome"]) == (404, "failed")

@@ -4,8 +4,10 @@ inside its database transaction.
 
 One stack for the module: a private redis-server (AOF on, so the queue survives a
 SIGKILL), the ledger on a private PostgreSQL cluster made here (SQLite when PostgreSQL
-is not installed), gunicorn and a real Celery worker. No test restarts the gateway or
-the worker: they must recover by themselves, and each test ends by proving they did."""
+is not installed), gunicorn and a real Celery worker. It is its own, not the shared
+``stack`` of conftest.py, because its one Redis is the broker too, killed under load,
+and its ledger is a PostgreSQL it stops and starts. No test restarts the gateway or the
+worker: they must recover by themselves, and each test ends by proving they did."""
 
 from __future__ import annotations
 
@@ -37,8 +39,9 @@ from tests.support import (
     TOKEN,
     Process,
     RedisServer,
-    child_pids,
+    connected_ports,
     free_port,
+    gateway_workers,
     http,
     start_gateway,
     start_worker,
@@ -379,6 +382,24 @@ class Load:
         wait_for(lambda: chaos.status_of(first.body["spawn_uuid"]) == "DONE", timeout=90)
 
 
+def every_answer_200_or_503(answers: list[Answer]) -> None:
+    failures = [a for a in answers if a.failure or a.status not in (200, 503)]
+    assert not failures, f"{len(failures)} answers neither 200 nor 503: {failures[:5]}"
+
+
+def every_accepted_spawn_done(
+    chaos: Chaos, answers: list[Answer], cid: str
+) -> tuple[set[str], dict[str, dict[str, Any]]]:
+    """The uuids of the spawns accepted (``answers``), and the records of ``cid`` once all
+    have ended: each accepted spawn has one, and ended DONE."""
+    accepted = {a.body["spawn_uuid"] for a in answers if a.queued}
+    records = chaos.settle(cid, timeout=120)
+    assert accepted <= set(records)
+    outcome = Counter((r["status"], r["reason"]) for u, r in records.items() if u in accepted)
+    assert outcome == {("DONE", None): len(accepted)}, outcome
+    return accepted, records
+
+
 def summary(answers: list[Answer]) -> str:
     counts = Counter(f"{a.status} {a.code}" if a.code else str(a.status) for a in answers)
     return f"{len(answers)} answers ({', '.join(f'{k}: {n}' for k, n in sorted(counts.items()))})"
@@ -419,8 +440,7 @@ def test_redis_killed_under_load_is_503_and_gateway_and_worker_recover_by_themse
             load.runs_again(chaos, round_)
     answers = list(load.answers)
 
-    failures = [a for a in answers if a.failure or a.status not in (200, 503)]
-    assert not failures, f"{len(failures)} answers neither 200 nor 503: {failures[:5]}"
+    every_answer_200_or_503(answers)
     while_down = Counter(
         (a.status, a.code)
         for a in answers
@@ -432,11 +452,7 @@ def test_redis_killed_under_load_is_503_and_gateway_and_worker_recover_by_themse
     assert all(a.queued for a in answers if a.status == 200)
 
     # Every spawn the gateway accepted ends, and runs: none is lost with the queue.
-    accepted = {a.body["spawn_uuid"] for a in answers if a.queued}
-    records = chaos.settle(cid, timeout=120)
-    assert accepted <= set(records)
-    outcome = Counter((r["status"], r["reason"]) for u, r in records.items() if u in accepted)
-    assert outcome == {("DONE", None): len(accepted)}, outcome
+    accepted, records = every_accepted_spawn_done(chaos, answers, cid)
     # A spawn refused for the broker was recorded and ended at once, never run.
     others = Counter((r["status"], r["reason"]) for u, r in records.items() if u not in accepted)
     assert set(others) <= {("ERROR", "broker_unavailable")}, others
@@ -476,8 +492,7 @@ def test_postgres_restarted_under_load_is_503_and_spawns_complete_after(chaos, c
         load.runs_again(chaos, "pg")
     answers = list(load.answers)
 
-    failures = [a for a in answers if a.failure or a.status not in (200, 503)]
-    assert not failures, f"{len(failures)} answers neither 200 nor 503: {failures[:5]}"
+    every_answer_200_or_503(answers)
     while_down = Counter(
         (a.status, a.code) for a in answers if a.sent_in == a.answered_in == "down-pg"
     )
@@ -485,11 +500,7 @@ def test_postgres_restarted_under_load_is_503_and_spawns_complete_after(chaos, c
     assert all(a.code == "database_unavailable" for a in answers if a.status == 503)
     assert all(a.queued for a in answers if a.status == 200)
 
-    accepted = {a.body["spawn_uuid"] for a in answers if a.queued}
-    records = chaos.settle(cid, timeout=120)
-    assert accepted <= set(records)
-    outcome = Counter((r["status"], r["reason"]) for u, r in records.items() if u in accepted)
-    assert outcome == {("DONE", None): len(accepted)}, outcome
+    accepted, records = every_accepted_spawn_done(chaos, answers, cid)
     # A refused request leaves a record only if the database went down between writing
     # it and marking its job published (a millisecond or two): the gateway cannot end
     # it then, the sweeper does (gateway_lost), unless a worker claims its job first.
@@ -530,36 +541,6 @@ KILL_REQUESTS = 4
 each reaches the database whichever worker accepted it."""
 
 
-def gateway_workers(chaos: Chaos, without: frozenset[int] = frozenset()) -> set[int]:
-    """The gunicorn master's two workers, once it has two, none of ``without`` (a killed
-    one is its child until reaped), and the gateway answers."""
-    master = chaos.gateway.proc.pid
-
-    def two() -> set[int] | None:
-        workers = child_pids(master)
-        return workers if len(workers) == 2 and not workers & without else None
-
-    workers = wait_for(two, timeout=60)
-    wait_for(lambda: http("GET", f"{chaos.base}/health", timeout=5)[0] == 200, 60)
-    return workers
-
-
-def socket_ports(pid: int, field_index: int) -> set[int]:
-    """The ports (1: local, 2: remote) of ``pid``'s established IPv4 TCP sockets."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                inodes.add(target[len("socket:[") : -1])
-    ports = set()
-    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
-            ports.add(int(fields[field_index].rsplit(":", 1)[1], 16))
-    return ports
-
-
 def waiting_on_audit(chaos: Chaos, workers: set[int]) -> set[int]:
     """The client ports of the gateway ``workers``' database sessions that wait on a lock
     to insert an audit entry."""
@@ -569,7 +550,7 @@ def waiting_on_audit(chaos: Chaos, workers: set[int]) -> set[int]:
     )
     with chaos.ledger.engine.connect() as conn:
         waiting = {row.client_port for row in conn.execute(query)}
-    return waiting & set().union(*(socket_ports(pid, 1) for pid in workers))
+    return waiting & set().union(*(connected_ports(pid, "local") for pid in workers))
 
 
 def sessions_from(chaos: Chaos, ports: set[int]) -> int:
@@ -633,11 +614,11 @@ def test_a_gateway_worker_killed_inside_its_transaction_leaves_no_half_written_s
             wait_for(lambda n=n: len(waiting_on_audit(chaos, workers)) == n + 1, timeout=60)
         assert len(chaos.records(cid)) == 0  # written, not committed: invisible
         owner = {
-            request.port: next(pid for pid in workers if request.port in socket_ports(pid, 2))
+            request.port: next(pid for pid in workers if request.port in connected_ports(pid))
             for request in held
         }
         victim = Counter(owner.values()).most_common(1)[0][0]
-        victim_db_ports = socket_ports(victim, 1)
+        victim_db_ports = set(connected_ports(victim, "local"))
         os.kill(victim, signal.SIGKILL)
         locker.commit()
     finally:

@@ -4,6 +4,7 @@ one line and a documented exit code, never a traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -49,6 +51,24 @@ def vx11(stack, *args: str, token: str | None = DEV_TOKEN, stdin: str | None = N
         text=True,
         timeout=60,
     )
+
+
+@contextlib.contextmanager
+def vx11_running(stack, *args: str) -> Iterator[subprocess.Popen]:
+    """``vx11 ARGS`` started and left running (text, stdout and stderr piped); killed at
+    the end of the block if it has not ended."""
+    proc = subprocess.Popen(
+        [str(VX11), *args],
+        env=cli_env(stack),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def one_error_line(done: subprocess.CompletedProcess, starts: str) -> None:
@@ -129,23 +149,13 @@ def test_a_waited_spawn_prints_its_output_and_exits_with_its_exit_code(stack, wi
 def test_output_is_streamed_while_the_spawn_still_runs(stack, window):
     code = "import time\nprint('first', flush=True)\ntime.sleep(3)\nprint('second')"
     tag = f"live-{uuid.uuid4().hex[:8]}"
-    proc = subprocess.Popen(
-        [str(VX11), "spawn", "python", code, "--wait", "--correlation-id", tag],
-        env=cli_env(stack),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with vx11_running(stack, "spawn", "python", code, "--wait", "--correlation-id", tag) as proc:
         assert proc.stdout.readline() == "first\n"
         spawn = spawn_by_correlation(stack, tag)
         assert status_of(stack, spawn["spawn_id"]) == "RUNNING"  # "first" came before the end
         assert proc.stdout.readline() == "second\n"
         assert proc.wait(timeout=30) == 0
         assert "DONE" in proc.stderr.read()
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_a_spinner_shows_on_a_terminal_and_never_in_a_pipe(stack, window):
@@ -242,14 +252,9 @@ def test_a_timeout_exits_124(stack, window):
 
 def test_a_waited_spawn_cancelled_from_elsewhere_exits_130(stack, window):
     tag = f"cancel-{uuid.uuid4().hex[:8]}"
-    proc = subprocess.Popen(
-        [str(VX11), "spawn", "shell", "echo started; sleep 60", "-w", "--correlation-id", tag],
-        env=cli_env(stack),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with vx11_running(
+        stack, "spawn", "shell", "echo started; sleep 60", "-w", "--correlation-id", tag
+    ) as proc:
         assert proc.stdout.readline() == "started\n"
         spawn_id = spawn_by_correlation(stack, tag)["spawn_id"]
         cancelled = vx11(stack, "spawn", "cancel", spawn_id)
@@ -257,9 +262,6 @@ def test_a_waited_spawn_cancelled_from_elsewhere_exits_130(stack, window):
         assert cancelled.stdout.startswith(f"{spawn_id} CANCELLED")
         assert proc.wait(timeout=30) == 130
         assert "CANCELLED" in proc.stderr.read()
-    finally:
-        proc.kill()
-        proc.wait()
     finished = vx11(stack, "spawn", "shell", "true", "--wait")
     spawn_id = finished.stderr.split()[1]
     again = vx11(stack, "spawn", "cancel", spawn_id)
@@ -270,21 +272,13 @@ def test_a_waited_spawn_cancelled_from_elsewhere_exits_130(stack, window):
 
 def test_ctrl_c_while_waiting_leaves_the_spawn_running_and_says_how_to_cancel(stack, window):
     tag = f"sigint-{uuid.uuid4().hex[:8]}"
-    proc = subprocess.Popen(
-        [str(VX11), "spawn", "shell", "echo up; sleep 60", "--wait", "--correlation-id", tag],
-        env=cli_env(stack),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with vx11_running(
+        stack, "spawn", "shell", "echo up; sleep 60", "--wait", "--correlation-id", tag
+    ) as proc:
         assert proc.stdout.readline() == "up\n"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 130
         stderr = proc.stderr.read()
-    finally:
-        proc.kill()
-        proc.wait()
     spawn_id = spawn_by_correlation(stack, tag)["spawn_id"]
     assert stderr == (
         f"vx11: error: interrupted; {spawn_id} goes on (vx11 spawn cancel {spawn_id} stops it)\n"

@@ -1,7 +1,8 @@
-"""Hostile HTTP through real gunicorn (no Celery worker needed): bodies far over the
-limit leave the workers' memory flat, oversized request lines and headers and
-ambiguous message framing are refused by gunicorn itself, and the gateway stays up
-with the same worker processes. Raw sockets, since no HTTP client sends these.
+"""Hostile HTTP through real gunicorn (the shared stack's; its Celery worker is not
+needed): bodies far over the limit leave the workers' memory flat, oversized request
+lines and headers and ambiguous message framing are refused by gunicorn itself, and the
+gateway stays up with the same worker processes. Raw sockets, since no HTTP client sends
+these.
 
 Not tested here (it takes minutes by nature): a client that stalls mid-headers or
 mid-body holds one gthread thread until it disconnects (docs/security.md)."""
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import TOKEN, child_pids, http, start_gateway
+from tests.support import TOKEN, child_pids, http
 
 MIB = 1 << 20
 LIMIT = MIB
@@ -53,24 +54,21 @@ class Gateway:
 
 
 @pytest.fixture(scope="module")
-def gateway(redis_server, tmp_path_factory):
-    root = tmp_path_factory.mktemp("hostile-http")
-    config = {
-        "redis_url": redis_server.url,
-        "data_dir": str(root / "data"),
-        "database_url": f"sqlite:///{root / 'ledger.db'}",
-        "sandbox_root": str(root / "sandbox"),
+def stack_settings() -> dict[str, str]:
+    return {
         "max_body_bytes": str(LIMIT),
         "rate_limit_per_second": "0",  # the tests close the window dozens of times a second
     }
-    process, base = start_gateway(config, root)
-    gateway = Gateway(base, process.proc.pid)
+
+
+@pytest.fixture(scope="module")
+def gateway(stack):
+    gateway = Gateway(stack.base, stack.gateway.proc.pid)
     workers = gateway.workers()
     assert len(workers) == 2
     yield gateway
-    still_up = http("GET", f"{base}/health")[0] == 200 and gateway.workers() == workers
-    process.stop()
-    assert still_up, "the gateway went down or restarted a worker:\n" + process.log()
+    still_up = http("GET", f"{stack.base}/health")[0] == 200 and gateway.workers() == workers
+    assert still_up, "the gateway went down or restarted a worker:\n" + stack.gateway.log()
 
 
 @pytest.fixture

@@ -14,11 +14,10 @@ import threading
 import time
 from collections import Counter
 from http.client import HTTPConnection
-from pathlib import Path
 
 import pytest
 
-from tests.support import TOKEN, RedisServer, free_port, http, start_gateway
+from tests.support import TOKEN, http, start_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -29,34 +28,22 @@ SPAWN = b'{"task_type": "shell", "code": "true"}'
 
 
 @pytest.fixture(scope="module")
-def gateways(tmp_path_factory) -> list[str]:
-    """The base URLs of two gateways sharing a Redis and a ledger; the spawner window is
-    open and no worker runs, so every accepted spawn stays QUEUED."""
-    root: Path = tmp_path_factory.mktemp("replicas")
-    redis = RedisServer(free_port(), root / "redis").start()
-    config = {
-        "redis_url": redis.url,
-        "data_dir": str(root / "data"),
-        "database_url": f"sqlite:///{root / 'ledger.db'}",
-        "sandbox_root": str(root / "sandbox"),
-        "rate_limit_per_second": str(RATE),
-    }
-    started = []
+def stack_settings() -> dict[str, str]:
+    return {"rate_limit_per_second": str(RATE)}
+
+
+@pytest.fixture(scope="module")
+def gateways(stack) -> list[str]:
+    """The base URLs of two gateways sharing a Redis and a ledger: the stack's, and a second
+    one started here; the spawner window is open and no worker runs (the stack's is shut
+    down), so every accepted spawn stays QUEUED."""
+    stack.worker.shut_down()
+    second, base = start_gateway(stack.config, stack.log_dir, name="gateway-b")
     try:
-        for name in ("a", "b"):
-            (root / name).mkdir()
-            started.append(start_gateway(config, root / name))
-        bases = [base for _process, base in started]
-        status, window = http(
-            "POST", f"{bases[0]}/vx11/window/open", {"target": "spawner", "ttl_seconds": 3600},
-            TOKEN,
-        )  # fmt: skip
-        assert status == 200, window
-        yield bases
+        stack.open_window(ttl=3600)
+        yield [stack.base, base]
     finally:
-        for process, _base in started:
-            process.stop()
-        redis.stop()
+        second.stop()
 
 
 def new_token(base: str, **limits) -> dict[str, str]:

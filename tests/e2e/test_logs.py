@@ -1,28 +1,17 @@
-"""Logs that correlate, end to end: real gunicorn and a real Celery worker logging JSON
-(at DEBUG, the most they ever say), one spawn with a correlation id and a callback, then
-the two log files, read as an operator's log collector would read them."""
+"""Logs that correlate, end to end: the shared stack's gunicorn and Celery worker logging
+JSON (at DEBUG, the most they ever say), one spawn with a correlation id and a callback,
+then the two log files, read as an operator's log collector would read them."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from tests.integration.test_callbacks import Receiver
-from tests.support import (
-    TOKEN,
-    RedisServer,
-    free_port,
-    http,
-    start_gateway,
-    start_worker,
-    wait_for,
-)
+from tests.support import TOKEN, http, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -65,59 +54,52 @@ class Followed:
 
 
 @pytest.fixture(scope="module")
-def followed(tmp_path_factory, rabbitmq_vhost) -> Followed:
-    root = tmp_path_factory.mktemp("logs")
-    sandbox_root = tempfile.mkdtemp(prefix="vx11-e2e-sandbox-")
-    os.chmod(sandbox_root, 0o711)  # sandboxed code runs as nobody
-    redis = RedisServer(free_port(), root / "redis").start()
-    config = {
-        "redis_url": redis.url,
-        "data_dir": str(root / "data"),
-        "database_url": f"sqlite:///{root / 'ledger.db'}",
-        "sandbox_root": sandbox_root,
+def stack_settings() -> dict[str, str]:
+    return {
         "log_format": "json",
         "log_level": "DEBUG",
         "callback_secret": CALLBACK_SECRET,
         "callback_allowed_hosts": "127.0.0.1",
         "callback_allow_private": "127.0.0.0/8",
     }
-    worker = gateway = None
-    try:
-        with Receiver() as receiver:
-            worker = start_worker(config, root)
-            gateway, base = start_gateway(config, root)
-            status, _ = http("POST", f"{base}/vx11/window/open", {"target": "spawner"}, TOKEN)
-            assert status == 200
-            status, made = http(
-                "POST", f"{base}/vx11/tokens", {"label": "logs", "scopes": ["spawn", "read"]},
-                TOKEN,
-            )  # fmt: skip
-            assert status == 201, made
-            mine = {"X-VX11-Token": made["token"]}
-            body = {
-                "task_type": "python",
-                "code": CODE,
-                "stdin": STDIN_MARKER,
-                "args": [ARG_MARKER],
-                "correlation_id": CORRELATION_ID,
-                "callback_url": receiver.url("/hook"),
-            }
-            status, accepted = http("POST", f"{base}/vx11/spawn", body, mine)
-            assert status == 200 and accepted["status"] == "QUEUED", accepted
 
-            def called_back():
-                record = http("GET", f"{base}/vx11/spawn/{accepted['spawn_id']}", headers=mine)[1]
-                return record if (record["callbacks"] or [{}])[-1].get("outcome") else None
 
-            record = wait_for(called_back, timeout=90, interval=0.2)
-            assert record["status"] == "DONE" and OUTPUT_MARKER in record["stdout"]
-            assert record["callbacks"][-1]["outcome"] == "delivered"
-    finally:
-        for process in (gateway, worker, redis):
-            if process is not None:
-                process.stop()
-        shutil.rmtree(sandbox_root, ignore_errors=True)
-    return Followed(record, made["token"], made["token_id"], gateway.log(), worker.log())
+@pytest.fixture(scope="module")
+def followed(stack) -> Followed:
+    """The spawn, run on the module's stack, whose gateway and worker are then stopped:
+    their logs are read whole, to their last line."""
+    with Receiver() as receiver:
+        status, _ = http("POST", f"{stack.base}/vx11/window/open", {"target": "spawner"}, TOKEN)
+        assert status == 200
+        status, made = http(
+            "POST", f"{stack.base}/vx11/tokens", {"label": "logs", "scopes": ["spawn", "read"]},
+            TOKEN,
+        )  # fmt: skip
+        assert status == 201, made
+        mine = {"X-VX11-Token": made["token"]}
+        body = {
+            "task_type": "python",
+            "code": CODE,
+            "stdin": STDIN_MARKER,
+            "args": [ARG_MARKER],
+            "correlation_id": CORRELATION_ID,
+            "callback_url": receiver.url("/hook"),
+        }
+        status, accepted = http("POST", f"{stack.base}/vx11/spawn", body, mine)
+        assert status == 200 and accepted["status"] == "QUEUED", accepted
+
+        def called_back():
+            record = http("GET", f"{stack.base}/vx11/spawn/{accepted['spawn_id']}", headers=mine)[1]
+            return record if (record["callbacks"] or [{}])[-1].get("outcome") else None
+
+        record = wait_for(called_back, timeout=90, interval=0.2)
+        assert record["status"] == "DONE" and OUTPUT_MARKER in record["stdout"]
+        assert record["callbacks"][-1]["outcome"] == "delivered"
+    stack.gateway.stop()
+    stack.worker.stop()
+    return Followed(
+        record, made["token"], made["token_id"], stack.gateway.log(), stack.worker.log()
+    )
 
 
 def test_every_line_of_gunicorn_the_gateway_and_the_worker_is_one_json_object(followed):

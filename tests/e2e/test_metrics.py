@@ -1,36 +1,22 @@
-"""``/metrics`` on a real gateway: gunicorn with two worker processes sharing a
-prometheus-client multiprocess directory, as ``vx11 up`` starts it. Spawns accepted by
-both processes add up in one scrape; while no worker runs, the queue's depth is the
-number of jobs queued; once a real worker has run them, the ledger's figures by state
-show how each ended, and the worker shows with its sandbox level.
+"""``/metrics`` on a real gateway, the shared stack's: gunicorn with two worker processes
+sharing a prometheus-client multiprocess directory, as ``vx11 up`` starts it. Spawns
+accepted by both processes add up in one scrape; while no worker runs (the stack's is
+shut down), the queue's depth is the number of jobs queued; once a real worker has run
+them, the ledger's figures by state show how each ended, and the worker shows with its
+sandbox level.
 
 Runs with a Redis broker, and with RabbitMQ when ``VX11_TEST_BROKER_URL`` is set."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import (
-    TOKEN,
-    Process,
-    RedisServer,
-    child_pids,
-    free_port,
-    http,
-    service_env,
-    start_worker,
-    wait_for,
-)
-from vx11.cli.stack import gateway_env, gunicorn_argv
+from tests.support import TOKEN, child_pids, http, start_worker, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -66,79 +52,51 @@ def accepted_by(metrics_dir: Path, pid: int) -> float:
     return 0
 
 
-@dataclass
-class Gateway:
-    base: str
-    config: dict[str, str]
-    process: Process
-    metrics_dir: Path
-    log_dir: Path
-
-    def spawn(self, task_type: str, code: str) -> str:
-        body = {"task_type": task_type, "code": code, "ttl_seconds": 30}
-        status, answer = http("POST", f"{self.base}/vx11/spawn", body, TOKEN)
-        assert status == 200 and answer["error"] is None, answer
-        return answer["spawn_id"]
+def spawn(stack, task_type: str, code: str) -> str:
+    answer = stack.spawn(task_type, code, ttl_seconds=30)
+    assert answer["error"] is None, answer
+    return answer["spawn_id"]
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory, rabbitmq_vhost) -> Gateway:
-    root = tmp_path_factory.mktemp("metrics")
-    sandbox_root = tempfile.mkdtemp(prefix="vx11-e2e-sandbox-")  # nobody must traverse it
-    os.chmod(sandbox_root, 0o711)
-    metrics_dir = Path(tempfile.mkdtemp(prefix="vx11-e2e-metrics-"))
-    redis = RedisServer(free_port(), root / "redis").start()
-    config = {
-        "redis_url": redis.url,
-        "data_dir": str(root / "data"),
-        "database_url": f"sqlite:///{root / 'ledger.db'}",
-        "sandbox_root": sandbox_root,
+def stack_settings() -> dict[str, str]:
+    return {
         "rate_limit_per_second": "0",
         "max_active_spawns": "0",
         "metrics_cache_seconds": "0",  # every scrape reads the ledger and the broker anew
         "probe_timeout": "1.5",  # how long a scrape waits for the worker's reply
         "metrics_timeout": "5",
     }
-    port = free_port()
-    env = gateway_env(service_env(config), str(metrics_dir))
-    process = Process("gateway", gunicorn_argv("127.0.0.1", port, 2, 4), env, root).start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: http("GET", f"{base}/health")[0] == 200, timeout=60)
-        yield Gateway(base, config, process, metrics_dir, root)
-    finally:
-        process.stop()
-        redis.stop()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        shutil.rmtree(sandbox_root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def queued(gateway: Gateway) -> dict[str, list[str]]:
-    """Spawns queued while no worker runs, in batches until both gunicorn processes have
-    accepted some: ``{"DONE": [ids], "FAILED": [ids]}``, as each will end."""
-    status, window = http("POST", f"{gateway.base}/vx11/window/open", {"target": "spawner"}, TOKEN)
+def queued(stack) -> dict[str, list[str]]:
+    """Spawns queued while no worker runs (the stack's is shut down first), in batches
+    until both gunicorn processes have accepted some: ``{"DONE": [ids], "FAILED": [ids]}``,
+    as each will end."""
+    stack.worker.shut_down()
+    status, window = http("POST", f"{stack.base}/vx11/window/open", {"target": "spawner"}, TOKEN)
     assert status == 200, window
-    ids = {"DONE": [], "FAILED": [gateway.spawn("shell", FAILED_CODE)]}
-    processes = child_pids(gateway.process.proc.pid)
+    ids = {"DONE": [], "FAILED": [spawn(stack, "shell", FAILED_CODE)]}
+    processes = child_pids(stack.gateway.proc.pid)
     assert len(processes) == 2, processes
     with ThreadPoolExecutor(BATCH) as pool:
         for _ in range(20):
-            batch = [pool.submit(gateway.spawn, "python", DONE_CODE) for _ in range(BATCH)]
+            batch = [pool.submit(spawn, stack, "python", DONE_CODE) for _ in range(BATCH)]
             ids["DONE"] += [future.result() for future in batch]
-            if all(accepted_by(gateway.metrics_dir, pid) for pid in processes):
+            if all(accepted_by(stack.metrics_dir, pid) for pid in processes):
                 break
-    assert all(accepted_by(gateway.metrics_dir, pid) for pid in processes), "one process took all"
+    assert all(accepted_by(stack.metrics_dir, pid) for pid in processes), "one process took all"
     return ids
 
 
-def test_spawns_accepted_by_both_gateway_processes_add_up_in_one_scrape(gateway, queued):
+def test_spawns_accepted_by_both_gateway_processes_add_up_in_one_scrape(stack, queued):
     queued_count = len(queued["DONE"]) + len(queued["FAILED"])
-    processes = child_pids(gateway.process.proc.pid)
-    shares = [accepted_by(gateway.metrics_dir, pid) for pid in processes]
+    processes = child_pids(stack.gateway.proc.pid)
+    shares = [accepted_by(stack.metrics_dir, pid) for pid in processes]
     assert all(shares) and sum(shares) == queued_count
 
-    samples = scrape(gateway.base)
+    samples = scrape(stack.base)
 
     assert value(samples, "vx11_spawns_accepted_total") == queued_count
     assert value(samples, "vx11_spawn_request_seconds_count", outcome="accepted") == queued_count
@@ -149,13 +107,13 @@ def test_spawns_accepted_by_both_gateway_processes_add_up_in_one_scrape(gateway,
     assert {value(samples, "vx11_up", dependency=d) for d in ("redis", "database", "broker")} == {1}
 
 
-def test_a_real_worker_runs_them_and_the_figures_by_state_show_how_each_ended(gateway, queued):
-    worker = start_worker(gateway.config, gateway.log_dir, name="metrics")
+def test_a_real_worker_runs_them_and_the_figures_by_state_show_how_each_ended(stack, queued):
+    worker = start_worker(stack.config, stack.log_dir, name="metrics")
     try:
         expected = {state: len(ids) for state, ids in queued.items()}
 
         def finished():
-            samples = scrape(gateway.base)
+            samples = scrape(stack.base)
             ended = {state: value(samples, "vx11_spawns", status=state) for state in expected}
             # a loaded machine may answer the scrape's broadcast late: scrape again
             return samples if ended == expected and value(samples, "vx11_workers") else None
@@ -163,7 +121,7 @@ def test_a_real_worker_runs_them_and_the_figures_by_state_show_how_each_ended(ga
         samples = wait_for(finished, timeout=90, interval=0.5)
     finally:
         worker.shut_down()
-    status, record = http("GET", f"{gateway.base}/vx11/spawn/{queued['DONE'][0]}", headers=TOKEN)
+    status, record = http("GET", f"{stack.base}/vx11/spawn/{queued['DONE'][0]}", headers=TOKEN)
     assert status == 200, record
     level = record["sandbox"]  # the level the worker ran it at
 

@@ -3,7 +3,8 @@ machine linked to the root namespace by a veth pair; Redis (policy, events, brok
 results) and a private PostgreSQL (the ledger) listen on the root namespace's end of
 each link, as they would on a main host's private address. Setting a link down cuts its
 host off from all of them at once, as losing a real host would (a SQLite file shared by
-path would stay reachable from a host whose network is gone).
+path would stay reachable from a host whose network is gone). So the stack is its own,
+not the shared ``stack`` of conftest.py, which listens on 127.0.0.1 and keeps SQLite.
 
 What the design promises when a host is lost (README, workers/sweeper.py): its running
 spawns are ended by a live host's sweeper, ERROR ``worker_lost`` or, with

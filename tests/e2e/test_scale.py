@@ -29,8 +29,8 @@ from tests.support import (
     TOKEN,
     Process,
     broker_task_ids,
-    child_pids,
     connected_ports,
+    gateway_workers,
     http,
     start_gateway,
     start_worker,
@@ -282,20 +282,6 @@ def show(capsys, line: str) -> None:
 # --- gunicorn ------------------------------------------------------------------------
 
 
-def gateway_workers(stack, count: int = 2, without: Iterable[int] = ()) -> set[int]:
-    """The gunicorn master's ``count`` workers once none of ``without`` is among them,
-    and the gateway answers."""
-    master, without = stack.gateway.proc.pid, set(without)
-
-    def settled() -> set[int] | None:
-        workers = child_pids(master)
-        return workers if len(workers) == count and not workers & without else None
-
-    workers = wait_for(settled, timeout=60, interval=0.1)
-    wait_for(lambda: http("GET", f"{stack.base}/health", timeout=5)[0] == 200, timeout=30)
-    return workers
-
-
 @pytest.fixture(scope="module")
 def started(stack):
     """Gateways and workers a test started in place of the stack's: stopped at the end."""
@@ -305,14 +291,12 @@ def started(stack):
         process.stop()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def without_limits(stack):
+@pytest.fixture(scope="module")
+def stack_settings() -> dict[str, str]:
     """A gateway whose per-token limits are off: these tests send a thousand spawns from
     one token as fast as fifty clients can, which its default rate (20/s) and quota (100
     QUEUED or RUNNING) would refuse; the limits have tests of their own (test_limits)."""
-    stack.gateway.stop()
-    stack.config.update(rate_limit_per_second="0", max_active_spawns="0")
-    stack.gateway, stack.base = start_gateway(stack.config, stack.log_dir)
+    return {"rate_limit_per_second": "0", "max_active_spawns": "0"}
 
 
 # --- 1. a thousand spawns ------------------------------------------------------------

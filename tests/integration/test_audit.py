@@ -21,7 +21,8 @@ import sqlalchemy.exc
 from click.testing import CliRunner
 from sqlalchemy import create_engine, func, insert, inspect, select, text, update
 
-from tests.support import DATABASES, PG_URL, free_port, wait_for
+from tests import support
+from tests.support import DATABASES, PG_URL, api_page, free_port, wait_for
 from vx11.cli import main
 from vx11.core.audit import (
     AuditEntry,
@@ -89,9 +90,7 @@ def call(client, method: str, path: str, headers, body=None):
 
 
 def entries(client, auth, query: str = "", status: int = 200) -> dict:
-    response = client.get(f"/vx11/audit{'?' + query if query else ''}", headers=auth)
-    assert response.status_code == status, response.json
-    return response.json
+    return api_page(client, auth, "/vx11/audit", query, status)
 
 
 def events(page: dict) -> list[str]:
@@ -279,14 +278,12 @@ T0 = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def every_page(client, auth, query: str, between=None) -> list[int]:
-    seen, page = [], entries(client, auth, query)
-    while True:
-        seen += [entry["id"] for entry in page["entries"]]
-        if page["next_cursor"] is None:
-            return seen
-        if between:
-            between()
-        page = entries(client, auth, f"{query}&cursor={quote(page['next_cursor'])}")
+    """The entry ids of every page, following ``next_cursor``."""
+    return support.every_page(client, auth, "/vx11/audit", entry_ids, query, between)
+
+
+def entry_ids(page: dict) -> list[int]:
+    return [entry["id"] for entry in page["entries"]]
 
 
 def test_pages_run_newest_first_and_following_cursors_repeats_and_skips_nothing(client, auth, svc):

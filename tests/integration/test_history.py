@@ -7,6 +7,8 @@ from urllib.parse import quote
 
 import pytest
 
+from tests import support
+from tests.support import api_page
 from vx11.core.ledger import Ledger
 from vx11.core.states import SpawnStatus
 
@@ -32,9 +34,7 @@ def post_spawn(client, auth, **fields) -> dict:
 
 
 def history(client, auth, query: str = "", status: int = 200) -> dict:
-    response = client.get(f"/vx11/spawns{'?' + query if query else ''}", headers=auth)
-    assert response.status_code == status, response.json
-    return response.json
+    return api_page(client, auth, "/vx11/spawns", query, status)
 
 
 def ids(page: dict) -> list[str]:
@@ -43,16 +43,7 @@ def ids(page: dict) -> list[str]:
 
 def every_page(client, auth, query: str = "", between=None) -> list[str]:
     """The spawn ids of every page, following ``next_cursor``."""
-    seen: list[str] = []
-    page = history(client, auth, query)
-    while True:
-        seen += ids(page)
-        if page["next_cursor"] is None:
-            return seen
-        if between:
-            between()
-        cursor = quote(page["next_cursor"])
-        page = history(client, auth, f"{query}&cursor={cursor}" if query else f"cursor={cursor}")
+    return support.every_page(client, auth, "/vx11/spawns", ids, query, between)
 
 
 def test_the_history_requires_a_token(client):

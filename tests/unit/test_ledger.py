@@ -135,6 +135,23 @@ def test_limits_and_args_round_trip(ledger):
     assert (running["limits"], running["args"]) == (limits, args)
 
 
+def older_table(
+    table: Table, without: tuple[str, ...] = (), indexes: tuple[Index, ...] = ()
+) -> Table:
+    """``table`` as an older VX11 made it: its columns but those named ``without``, and of
+    indexes only ``indexes``."""
+    return Table(
+        table.name,
+        MetaData(),
+        *(
+            Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+            for c in table.c
+            if c.name not in without
+        ),
+        *indexes,
+    )
+
+
 OLD_ROW = {
     "spawn_uuid": "0badc0de-0000-4000-8000-000000000000",
     "spawn_id": "spawn-0badc0de",
@@ -149,15 +166,7 @@ OLD_ROW = {
 
 
 def test_a_ledger_made_before_limits_existed_gains_the_new_columns(empty_ledger):
-    old = Table(
-        "spawns",
-        MetaData(),
-        *(
-            Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
-            for c in spawns.c
-            if c.name not in ("limits", "args")
-        ),
-    )
+    old = older_table(spawns, without=("limits", "args"))
     old.create(empty_ledger.engine)
     with empty_ledger.engine.begin() as conn:
         conn.execute(old.insert(), OLD_ROW)
@@ -391,14 +400,14 @@ def query_plan(ledger: Ledger, stmt) -> str:
 def test_an_older_ledger_gains_the_history_indexes_and_drops_the_ones_they_replace(
     empty_ledger,
 ):
-    old = Table(
-        "spawns",
-        MetaData(),
-        *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable) for c in spawns.c),
-        Index("ix_spawns_created_at", "created_at"),
-        Index("ix_spawns_status_created_at", "status", "created_at"),
-        Index("ix_spawns_correlation_id", "correlation_id"),
-        Index("ix_spawns_kept_by_someone", "worker"),
+    old = older_table(
+        spawns,
+        indexes=(
+            Index("ix_spawns_created_at", "created_at"),
+            Index("ix_spawns_status_created_at", "status", "created_at"),
+            Index("ix_spawns_correlation_id", "correlation_id"),
+            Index("ix_spawns_kept_by_someone", "worker"),
+        ),
     )
     old.create(empty_ledger.engine)
     empty_ledger.create_schema()
@@ -415,15 +424,7 @@ def test_an_older_ledger_gains_the_history_indexes_and_drops_the_ones_they_repla
 def test_an_audit_log_made_before_token_ids_gains_the_column(empty_ledger):
     from vx11.core.audit import AuditEntry, AuditEvent, AuditLog, audit
 
-    old = Table(
-        "audit",
-        MetaData(),
-        *(
-            Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
-            for c in audit.c
-            if c.name != "token_id"
-        ),
-    )
+    old = older_table(audit, without=("token_id",))
     old.create(empty_ledger.engine)
     empty_ledger.create_schema()
     log = AuditLog(empty_ledger.engine)
