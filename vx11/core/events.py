@@ -45,6 +45,9 @@ def live_key(spawn_uuid: str) -> str:
 
 @dataclass(frozen=True)
 class Event:
+    """One entry of a spawn's stream: its stream id (what ``Last-Event-ID`` names), its
+    kind (``state``, ``stdout``, ``stderr``, ``end``) and its data."""
+
     id: str
     kind: str
     data: dict[str, Any]
