@@ -1,5 +1,6 @@
 """SOLO_MADRE holds after acceptance: a spawn accepted under a window never starts once
-that window has closed or expired, even if another window has opened since."""
+that window has closed or expired, even if another window has opened since; and it
+runs while its window stays open, however often that window is opened again."""
 
 from __future__ import annotations
 
@@ -47,3 +48,18 @@ def test_a_spawn_under_the_open_window_still_runs(stack):
     record = wait_terminal(stack.base, stack.spawn("shell", "echo fine")["spawn_id"])
     assert (record["status"], record["stdout"]) == ("DONE", "fine\n")
     assert wait_for(lambda: stack.worker.alive())
+
+
+def test_spawns_queued_under_a_window_extended_meanwhile_all_run(stack):
+    stack.worker.stop()
+    try:
+        first = stack.open_window(ttl=60)
+        accepted = [stack.spawn("shell", f"echo {n}") for n in range(5)]
+        extended = stack.open_window(ttl=600)  # an operator extends it
+        shortened = stack.open_window(ttl=300)  # and changes their mind
+    finally:
+        resume(stack)
+    assert first["window_id"] == extended["window_id"] == shortened["window_id"]
+    for n, spawn in enumerate(accepted):
+        record = wait_terminal(stack.base, spawn["spawn_id"])
+        assert (record["status"], record["stdout"]) == ("DONE", f"{n}\n")

@@ -127,11 +127,37 @@ def test_opening_a_window_reports_it_open_with_its_ttl(client, auth):
     assert status["is_open"] is True and status["window_id"] == window["window_id"]
 
 
-def test_reopening_a_window_replaces_it(client, auth):
+def test_opening_an_open_window_extends_it_says_so_and_audits_it(client, auth):
+    first = open_window(client, auth, ttl=60)
+    assert (first["extended"], first["previous_expires_at"]) == (False, None)
+    longer = open_window(client, auth, ttl=600)
+    assert longer["extended"] is True
+    assert (longer["window_id"], longer["opened_at"]) == (first["window_id"], first["opened_at"])
+    assert longer["previous_expires_at"] == first["expires_at"] < longer["expires_at"]
+    assert 598 <= longer["ttl_remaining_seconds"] <= 600
+    (entry,) = client.get("/vx11/audit?event=window_extended", headers=auth).json["entries"]
+    assert entry["window_id"] == first["window_id"]
+    assert entry["detail"] == {
+        "ttl_seconds": 600,
+        "expires_at": longer["expires_at"],
+        "previous_expires_at": first["expires_at"],
+    }
+
+
+def test_a_window_opened_again_with_a_shorter_ttl_ends_at_its_new_end(client, auth):
     first = open_window(client, auth, ttl=600)
-    second = open_window(client, auth, ttl=30)
-    assert second["window_id"] != first["window_id"]
-    assert second["ttl_remaining_seconds"] <= 30
+    shorter = open_window(client, auth, ttl=1)
+    assert shorter["window_id"] == first["window_id"] and shorter["extended"] is True
+    assert shorter["expires_at"] < first["expires_at"]
+    time.sleep(1.2)
+    assert client.get("/vx11/window/status/spawner", headers=auth).json["is_open"] is False
+
+
+def test_a_window_opened_after_a_close_is_a_new_window(client, auth):
+    first = open_window(client, auth)
+    client.post("/vx11/window/close", json={"target": "spawner"}, headers=auth)
+    second = open_window(client, auth)
+    assert second["window_id"] != first["window_id"] and second["extended"] is False
 
 
 def test_closing_a_window_says_whether_it_was_open(client, auth):

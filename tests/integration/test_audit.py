@@ -128,11 +128,7 @@ def test_opening_and_closing_a_window_records_who_from_where_and_why(client, ops
     by_id = entries(client, ops, f"token_id={opening['token_id']}")["entries"]
     assert {e["event"] for e in by_id} == {"window_opened", "window_closed"}
     assert opening["reason"] == "deploy 42"
-    assert opening["detail"] == {
-        "ttl_seconds": 120,
-        "expires_at": opened["expires_at"],
-        "replaced_window_id": None,
-    }
+    assert opening["detail"] == {"ttl_seconds": 120, "expires_at": opened["expires_at"]}
     assert opening["at"].endswith("Z") and opening["spawn_id"] is None
     assert closed["event"] == "window_closed"
     assert closed["window_id"] == opened["window_id"]
@@ -149,16 +145,18 @@ def test_closing_a_window_that_is_not_open_is_recorded_too(client, auth):
     assert entry["token_label"] == "development"
 
 
-def test_a_replaced_window_is_named_by_its_replacement_and_no_longer_tracked(
+def test_an_extended_window_is_recorded_as_such_and_tracked_once_with_its_new_end(
     client, auth, redis_url
 ):
     first = client.post("/vx11/window/open", json={"target": "switch"}, headers=auth).json
-    second = client.post("/vx11/window/open", json={"target": "switch"}, headers=auth).json
-    latest = entries(client, auth, "event=window_opened&limit=1")["entries"][0]
-    assert latest["window_id"] == second["window_id"]
-    assert latest["detail"]["replaced_window_id"] == first["window_id"]
-    tracked = redis.Redis.from_url(redis_url).hkeys(OPEN_WINDOWS_KEY)
-    assert tracked == [second["window_id"].encode()]
+    body = {"target": "switch", "ttl_seconds": 900}
+    second = client.post("/vx11/window/open", json=body, headers=auth).json
+    latest = entries(client, auth, "limit=1")["entries"][0]
+    assert (latest["event"], latest["window_id"]) == ("window_extended", first["window_id"])
+    assert latest["detail"]["previous_expires_at"] == first["expires_at"]
+    tracked = redis.Redis.from_url(redis_url).hgetall(OPEN_WINDOWS_KEY)
+    assert list(tracked) == [first["window_id"].encode()]
+    assert json.loads(tracked[first["window_id"].encode()])["expires_at"] == second["expires_at"]
 
 
 def test_an_accepted_spawn_is_recorded_with_its_ids_and_who_asked(client, ops):

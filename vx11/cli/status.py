@@ -27,6 +27,12 @@ def _health(check: dict[str, Any]) -> str:
     return f"{text}  {detail}".rstrip()
 
 
+def opened_line(window: dict[str, Any]) -> str:
+    if not window.get("extended"):
+        return window_line(window)
+    return f"{window_line(window)}; extended (it was to end {window['previous_expires_at']})"
+
+
 def window_line(window: dict[str, Any]) -> str:
     if not window.get("is_open"):
         return f"{window['target']} closed"
@@ -84,9 +90,10 @@ def window() -> None:
 def window_open(
     client: Client, target: str, ttl: int | None, reason: str | None, as_json: bool
 ) -> None:
-    """Open TARGET's window (or replace it: a new id and TTL)."""
+    """Open TARGET's window for --ttl seconds from now; an open one is extended (the
+    same window, ending then)."""
     answer = client.open_window(target, ttl, reason)
-    echo_answer(answer, as_json, window_line)
+    echo_answer(answer, as_json, opened_line)
 
 
 @window.command("close")

@@ -40,7 +40,10 @@ class AuditEvent(StrEnum):
     """What an audit entry records."""
 
     WINDOW_OPENED = "window_opened"
-    """A window was opened (or replaced an open one: ``detail.replaced_window_id``)."""
+    """A closed target's window was opened (a new ``window_id``)."""
+    WINDOW_EXTENDED = "window_extended"
+    """An open window was opened again: the same window, with a new end (later or
+    earlier: ``detail.previous_expires_at`` is the one it had)."""
     WINDOW_CLOSED = "window_closed"
     """A close was asked for; ``detail.was_open`` says whether a window was open."""
     WINDOW_EXPIRED = "window_expired"

@@ -31,6 +31,9 @@ def key_for(target: str) -> str:
 
 @dataclass(frozen=True)
 class Window:
+    """One target's open window: the same ``window_id`` from its opening to its close
+    or expiry, however often it is extended."""
+
     target: str
     window_id: str
     opened_at: datetime
@@ -55,24 +58,59 @@ class Window:
         return max(0, round(left))
 
 
+# Atomic, so two gateways opening one target at once agree on the window: an open one
+# is extended (its id and opening instant kept), a closed one opened anew.
+_OPEN = """
+local current = redis.call('GET', KEYS[1])
+local window = cjson.decode(ARGV[1])
+if current then
+  local open = cjson.decode(current)
+  window['window_id'] = open['window_id']
+  window['opened_at'] = open['opened_at']
+end
+local encoded = cjson.encode(window)
+redis.call('SET', KEYS[1], encoded, 'EX', ARGV[2])
+return {encoded, current or false}
+"""
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What opening a target's window did: ``window`` is open now; ``previous`` is the
+    same window as it was before this open extended it (or shortened it), None when
+    the target was closed and this opened a new one."""
+
+    window: Window
+    previous: Window | None = None
+
+    @property
+    def extended(self) -> bool:
+        return self.previous is not None
+
+
 class WindowStore:
     """Open, close and read the policy windows kept in ``redis``."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._open_script = redis.register_script(_OPEN)
 
-    def open(self, target: str, ttl_seconds: int, reason: str | None = None) -> Window:
-        """Open ``target``'s window for ``ttl_seconds``, replacing any open one."""
+    def open(self, target: str, ttl_seconds: int, reason: str | None = None) -> Opened:
+        """Open ``target``'s window for ``ttl_seconds`` from now. A window already open
+        stays the same window (its id, its opening instant), now ending then: spawns
+        accepted under it stay startable, until the new end (later or earlier)."""
         now = datetime.now(UTC)
-        window = Window(
+        asked = Window(
             target=target,
             window_id=str(uuid.uuid4()),
             opened_at=now,
             expires_at=now + timedelta(seconds=ttl_seconds),
             reason=reason,
         )
-        self.redis.set(key_for(target), window.to_json(), ex=ttl_seconds)
-        return window
+        raw, previous = self._open_script(
+            keys=[key_for(target)], args=[asked.to_json(), ttl_seconds]
+        )
+        return Opened(Window.from_json(raw), Window.from_json(previous) if previous else None)
 
     def close(self, target: str) -> Window | None:
         """Close ``target``'s window; the window that was open, if any."""

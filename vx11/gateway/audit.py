@@ -11,7 +11,7 @@ from flask import g, has_request_context, request
 from sqlalchemy import Connection
 
 from vx11.core.audit import AuditEntry, AuditEvent
-from vx11.core.policy import SPAWN_TARGET, Window
+from vx11.core.policy import SPAWN_TARGET, Opened, Window
 from vx11.core.times import iso_z
 from vx11.gateway.services import Services
 
@@ -29,18 +29,18 @@ def request_origin() -> dict[str, str | None]:
     }
 
 
-def record_window_opened(svc: Services, window: Window) -> None:
-    """Track ``window`` until it is closed, replaced or expires, and record its opening."""
-    origin = request_origin()
-    replaced = svc.open_windows.track(window, origin["token_label"])
-    detail = {
-        "ttl_seconds": round((window.expires_at - window.opened_at).total_seconds()),
-        "expires_at": iso_z(window.expires_at),
-        "replaced_window_id": replaced,
-    }
+def record_window_opened(svc: Services, opened: Opened, ttl_seconds: int) -> None:
+    """Track the window until it is closed or expires, and record its opening, or its
+    extension (``window_extended``, with the end it had before)."""
+    window, origin = opened.window, request_origin()
+    svc.open_windows.track(window, origin["token_label"])
+    detail = {"ttl_seconds": ttl_seconds, "expires_at": iso_z(window.expires_at)}
+    if opened.previous is not None:
+        detail["previous_expires_at"] = iso_z(opened.previous.expires_at)
+    event = AuditEvent.WINDOW_EXTENDED if opened.extended else AuditEvent.WINDOW_OPENED
     svc.audit.record(
         AuditEntry(
-            AuditEvent.WINDOW_OPENED,
+            event,
             target=window.target,
             window_id=window.window_id,
             reason=window.reason,

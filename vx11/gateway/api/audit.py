@@ -80,11 +80,12 @@ def blueprint(settings: Settings) -> Blueprint:
 
         Newest first: ``{"entries": [...], "next_cursor": str|null}``.
 
-        Each entry is one decision: ``event`` (``window_opened``, ``window_closed``,
-        ``window_expired``, ``spawn_accepted``, ``spawn_refused``, ``spawn_cancelled``,
-        ``token_created``, ``token_revoked``), ``at`` (ISO 8601 UTC), who
-        (``token_label``, ``token_id``) from where (``remote_addr``), what (``target``,
-        ``window_id``, ``spawn_id``, ``spawn_uuid``), ``reason`` and ``detail``.
+        Each entry is one decision: ``event`` (``window_opened``, ``window_extended``,
+        ``window_closed``, ``window_expired``, ``spawn_accepted``, ``spawn_refused``,
+        ``spawn_cancelled``, ``token_created``, ``token_revoked``), ``at`` (ISO 8601
+        UTC), who (``token_label``, ``token_id``) from where (``remote_addr``), what
+        (``target``, ``window_id``, ``spawn_id``, ``spawn_uuid``), ``reason`` and
+        ``detail``.
 
         Query: ``event`` (repeat it or separate with commas for several), ``target``,
         ``token_label``, ``token_id``, ``spawn_id`` (a spawn_id or a spawn_uuid),

@@ -54,6 +54,21 @@ class WindowView(Schema):
     reason = fields.String(required=True, allow_none=True)
 
 
+class WindowOpened(WindowView):
+    extended = fields.Boolean(
+        required=True,
+        metadata={
+            "description": "True when the window was open already: the same window "
+            "(its window_id, opened_at), now ending at expires_at."
+        },
+    )
+    previous_expires_at = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"format": "date-time", "description": "Where an extended window ended."},
+    )
+
+
 class WindowClosed(Schema):
     target = fields.String(required=True)
     closed = fields.Boolean(required=True)
@@ -95,19 +110,28 @@ def blueprint(settings: Settings) -> Blueprint:
     @blp.post("/open")
     @requires(Scope.WINDOW)
     @blp.arguments(open_schema)
-    @blp.response(200, WindowView)
+    @blp.response(200, WindowOpened)
     def open_window(args):
         """Open a window
 
-        Open (or replace) the window of a target for ``ttl_seconds``.
+        Open the window of a target for ``ttl_seconds`` from now. A window already open
+        is extended, not replaced (``extended: true``): the same window, its
+        ``window_id`` and ``opened_at`` kept, ending at the new ``expires_at`` (later or
+        earlier: ``previous_expires_at`` is the end it had). Spawns accepted under it
+        stay startable while it stays open.
 
-        Audited (``window_opened``); if the audit entry cannot be written the answer is
-        503 ``database_unavailable`` although the window is open: opening again is
-        harmless."""
+        Audited (``window_opened``, or ``window_extended``); if the audit entry cannot
+        be written the answer is 503 ``database_unavailable`` although the window is
+        open: opening again is harmless."""
         svc = services()
-        window = svc.windows.open(args["target"], args["ttl_seconds"], args["reason"])
-        record_window_opened(svc, window)
-        return window_view(window.target, window)
+        opened = svc.windows.open(args["target"], args["ttl_seconds"], args["reason"])
+        record_window_opened(svc, opened, args["ttl_seconds"])
+        previous = opened.previous
+        return {
+            **window_view(opened.window.target, opened.window),
+            "extended": opened.extended,
+            "previous_expires_at": iso_z(previous.expires_at) if previous else None,
+        }
 
     @blp.post("/close")
     @requires(Scope.WINDOW)
