@@ -40,9 +40,6 @@ class BenchStack:
             "data_dir": str(root / "data"),
             "sandbox_root": str(root / "sandbox"),
             "database_url": f"sqlite:///{self.ledger_path}",
-            # the benchmark measures the spawn path, not the per-token limits
-            "rate_limit_per_second": 0,
-            "max_active_spawns": 0,
         }
 
     @property

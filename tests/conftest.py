@@ -5,17 +5,20 @@ workers as subprocesses."""
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import redis
+from sqlalchemy import create_engine, text
 
 # Every process the tests start (and celeryconfig, read at import) must point at the
 # private Redis, never at a developer's: set before anything reads the environment.
 os.environ.pop("VX11_DATABASE_URL", None)
 
-from tests.support import RedisServer, free_port
+from tests.support import DATABASES, PG_URL, RedisServer, free_port
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +78,21 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if contract is not None and any(contract.CASES.values()):
         cases = ", ".join(f"{n} {kind}" for kind, n in contract.CASES.items())
         terminalreporter.write_line(f"schemathesis fuzz: {cases} cases run")
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request, tmp_path):
+    """An empty database: a SQLite file, or a PostgreSQL schema of its own (its URL
+    puts the schema first on the search path)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        return
+    schema = f"vx11_test_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    separator = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{separator}options={quote(f'-csearch_path={schema}')}"
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()

@@ -249,8 +249,7 @@ def chaos(tmp_path_factory) -> Chaos:
         gateway, base = start_gateway(config, root)
         started.append(gateway)
         ledger = Ledger.from_url(config["database_url"])
-        body = {"label": "chaos", "scopes": ["spawn", "window", "read"],
-                "rate_limit_per_second": 1000}  # fmt: skip
+        body = {"label": "chaos", "scopes": ["spawn", "window", "read"]}
         status, made = http("POST", f"{base}/vx11/tokens", body, TOKEN)
         assert status == 201, made
         token = {"X-VX11-Token": made["token"]}

@@ -61,8 +61,6 @@ def spawn(stack, task_type: str, code: str) -> str:
 @pytest.fixture(scope="module")
 def stack_settings() -> dict[str, str]:
     return {
-        "rate_limit_per_second": "0",
-        "max_active_spawns": "0",
         "metrics_cache_seconds": "0",  # every scrape reads the ledger and the broker anew
         "probe_timeout": "1.5",  # how long a scrape waits for the worker's reply
         "metrics_timeout": "5",

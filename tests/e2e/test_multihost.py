@@ -294,8 +294,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                 "database_url": ledger_url.format(address=address),
                 "data_dir": str(tmp_path / "data"),
                 "sandbox_root": sandbox_root,
-                "rate_limit_per_second": "0",
-                "max_active_spawns": "0",
             }
 
         port = free_port()

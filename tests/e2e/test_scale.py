@@ -291,14 +291,6 @@ def started(stack):
         process.stop()
 
 
-@pytest.fixture(scope="module")
-def stack_settings() -> dict[str, str]:
-    """A gateway whose per-token limits are off: these tests send a thousand spawns from
-    one token as fast as fifty clients can, which its default rate (20/s) and quota (100
-    QUEUED or RUNNING) would refuse; the limits have tests of their own (test_limits)."""
-    return {"rate_limit_per_second": "0", "max_active_spawns": "0"}
-
-
 # --- 1. a thousand spawns ------------------------------------------------------------
 
 SPAWNS, CLIENTS = 1000, 50

@@ -19,10 +19,10 @@ import pytest
 import redis
 import sqlalchemy.exc
 from click.testing import CliRunner
-from sqlalchemy import create_engine, func, insert, inspect, select, text, update
+from sqlalchemy import func, insert, inspect, select, update
 
 from tests import support
-from tests.support import DATABASES, PG_URL, api_page, free_port, wait_for
+from tests.support import api_page, free_port, wait_for
 from vx11.cli import main
 from vx11.core.audit import (
     AuditEntry,
@@ -41,24 +41,6 @@ from workers import sweeper
 
 SPAWN = {"task_type": "python", "code": "print(1)", "ttl_seconds": 30}
 CLIENT_ADDR = "203.0.113.7"
-
-
-@pytest.fixture(params=DATABASES)
-def database_url(request, tmp_path):
-    """An empty database: a SQLite file, or a PostgreSQL schema of its own (its URL
-    puts the schema first on the search path)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}"
-        return
-    schema = f"vx11_test_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    separator = "&" if "?" in PG_URL else "?"
-    yield f"{PG_URL}{separator}options={quote(f'-csearch_path={schema}')}"
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
 
 
 @pytest.fixture

@@ -8,6 +8,10 @@ the second one within 20 s never does."""
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import redis
 
@@ -160,6 +164,33 @@ def test_refusals_by_policy_do_not_count_toward_the_quota(make_client, store, au
     assert spawn(client, mine).json["error"] == "quota_exceeded"
 
 
+def test_concurrent_requests_never_overshoot_the_quota(make_client, store, auth, database_url):
+    """50 requests of one token at once, against a quota of 10: exactly 10 accepted,
+    on SQLite and on PostgreSQL, each request served by a thread of its own."""
+    app = make_client(database_url=database_url).application
+    mine = token(store, "spawn", max_active_spawns=10)
+    open_window(app.test_client(), auth)
+    start = threading.Barrier(50)
+
+    def submit(_: int) -> int:
+        client = app.test_client()
+        start.wait()
+        return spawn(client, mine).status_code
+
+    with ThreadPoolExecutor(50) as pool:
+        answers = Counter(pool.map(submit, range(50)))
+    assert answers == {200: 10, 429: 40}
+    ledger = app.extensions["vx11"].ledger
+    assert len(ledger.page(limit=100).rows) == 10
+
+
+def test_the_limits_are_off_by_default(make_client, auth):
+    client = make_client()
+    open_window(client, auth)
+    answers = [spawn(client, auth) for _ in range(150)]
+    assert codes(answers) == [200] * 150
+
+
 def test_the_default_quota_holds_for_the_development_token(make_client, auth):
     client = make_client(max_active_spawns=1)
     open_window(client, auth)
@@ -191,7 +222,8 @@ def test_with_redis_down_rate_limited_endpoints_are_503_and_reads_still_answer(
 ):
     server = RedisServer(free_port(), tmp_path / "redis").start()
     try:
-        client = create_app({**test_config, "redis_url": server.url}).test_client()
+        config = {**test_config, "redis_url": server.url, "rate_limit_per_second": 100}
+        client = create_app(config).test_client()
         assert spawn(client, auth).status_code == 200  # the limiter's first count
     finally:
         server.stop()

@@ -102,16 +102,16 @@ class Settings:
     max_args: int = _setting(64, "Most `args` a spawn may pass.")
     # Per-token limits: a token's own value (set when it is made) replaces the default.
     rate_limit_per_second: float = _setting(
-        20.0,
+        0.0,
         "Spawn and window requests (submit, cancel, open, close) a token may make per "
         "second, counted in Redis across every gateway: at most this many in any second, "
         "a fractional rate over up to 10 s (0.5: 1 in any 2 s); over it, 429 "
-        "`rate_limited`. 0 means no limit.",
+        "`rate_limited`. 0 means no limit (production: see docs/configuration.md).",
     )
     max_active_spawns: int = _setting(
-        100,
+        0,
         "Spawns a token may have QUEUED or RUNNING at once; one more is 429 "
-        "`quota_exceeded`. 0 means no limit.",
+        "`quota_exceeded`. 0 means no limit (production: see docs/configuration.md).",
     )
     probe_timeout: float = _setting(0.5, "Timeout of each dependency probe in /vx11/status, s.")
     metrics_cache_seconds: float = _setting(

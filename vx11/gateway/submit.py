@@ -8,11 +8,9 @@ is left QUEUED without a job, and none runs that its client did not see accepted
 decision is audited (:mod:`vx11.core.audit`) before the publish too, so no spawn runs
 without its ``spawn_accepted`` entry.
 
-A token's quota of active (QUEUED or RUNNING) spawns is checked by counting them in the
-ledger just before the record is written. The count and the write are not one
-transaction, so requests from one token that arrive together may each see room for the
-last place: the quota can be overshot by the number of that token's spawn requests served
-at the same moment, which its rate limit (:mod:`vx11.gateway.ratelimit`) keeps few.
+A token's quota of active (QUEUED or RUNNING) spawns is checked by the ledger in the
+transaction that writes the record (:meth:`vx11.core.ledger.Ledger.add`), so requests
+that arrive together can never overshoot it.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from typing import Any
 from vx11.core.audit import AuditEvent
 from vx11.core.config import Settings
 from vx11.core.dispatch import publish_spawn
-from vx11.core.errors import QuotaExceeded, ServiceUnavailable
+from vx11.core.errors import ServiceUnavailable
 from vx11.core.logs import spawn_accepted
 from vx11.core.policy import SPAWN_TARGET
 from vx11.core.states import SpawnStatus
@@ -32,9 +30,6 @@ from vx11.gateway.audit import record_spawn_decision
 from vx11.gateway.services import Services
 
 log = logging.getLogger(__name__)
-
-QUOTA_RETRY_AFTER = 1
-"""Retry-After of a spawn refused for the quota, seconds: a spawn may end at any time."""
 
 
 def refusal(reason: str) -> dict[str, Any]:
@@ -75,7 +70,6 @@ def submit_spawn(svc: Services, request: dict[str, Any], token: TokenInfo) -> di
         reason = f"no open policy window for target {SPAWN_TARGET} (policy SOLO_MADRE)"
         record_spawn_decision(svc, AuditEvent.SPAWN_REFUSED, request, reason=reason)
         return refusal(reason)
-    check_quota(svc, token)
     limits = resolve_limits(request, svc.settings)
     fields = {name: value for name, value in request.items() if name not in limits}
     record = svc.ledger.add(
@@ -83,6 +77,7 @@ def submit_spawn(svc: Services, request: dict[str, Any], token: TokenInfo) -> di
         also=lambda conn, new: record_spawn_decision(
             svc, AuditEvent.SPAWN_ACCEPTED, new, conn=conn
         ),
+        max_active=quota_of(svc, token),
     )
     spawn_accepted(record)
     try:
@@ -98,19 +93,11 @@ def submit_spawn(svc: Services, request: dict[str, Any], token: TokenInfo) -> di
     return record
 
 
-def check_quota(svc: Services, token: TokenInfo) -> None:
-    """Raise :class:`~vx11.core.errors.QuotaExceeded` if ``token`` already has as many spawns
-    QUEUED or RUNNING as it may (its own limit, else ``VX11_MAX_ACTIVE_SPAWNS``; 0 is
-    none)."""
+def quota_of(svc: Services, token: TokenInfo) -> int:
+    """How many spawns ``token`` may have QUEUED or RUNNING: its own limit, else
+    ``VX11_MAX_ACTIVE_SPAWNS``; 0 is no limit."""
     limit = token.max_active_spawns
-    if limit is None:
-        limit = svc.settings.max_active_spawns
-    if limit and svc.ledger.count_active(token.token_id) >= limit:
-        raise QuotaExceeded(
-            f"this token already has {limit} spawn{'s' if limit != 1 else ''} queued or "
-            "running, its limit; retry when one has finished",
-            retry_after=QUOTA_RETRY_AFTER,
-        )
+    return svc.settings.max_active_spawns if limit is None else limit
 
 
 def _end_unpublished(svc: Services, spawn_uuid: str, reason: str) -> None:

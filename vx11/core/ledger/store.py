@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from vx11.core.errors import IllegalTransition, NotFound
+from vx11.core.errors import IllegalTransition, NotFound, QuotaExceeded
 from vx11.core.ledger.paging import Keyset, Page, Position, Selection
 from vx11.core.ledger.schema import DATABASE_UNAVAILABLE, create_schema, make_engine, spawns
 from vx11.core.states import ALLOWED_SOURCES, TERMINAL_STATES, SpawnStatus
@@ -40,6 +40,10 @@ HEAVY_FIELDS = ("code", "stdin", "stdout", "stderr")
 _SUMMARY_COLUMNS = [c for c in spawns.c if c.name not in HEAVY_FIELDS]
 _ID_ATTEMPTS = 8
 _INSERT = insert(spawns)
+
+QUOTA_RETRY_AFTER = 1
+"""Retry-After of a spawn refused for its owner's quota, seconds: a spawn may end at
+any time."""
 
 PURGE_BATCH = 2000
 """Rows deleted per transaction, so a large purge never holds SQLite's write lock for
@@ -86,11 +90,20 @@ class Ledger:
         self,
         fields: Mapping[str, Any],
         also: Callable[[Connection, dict[str, Any]], None] | None = None,
+        *,
+        max_active: int = 0,
     ) -> dict[str, Any]:
         """Record a new QUEUED spawn. Its uuid is fresh and its short ``spawn_id`` (the
         uuid's first 8 hex digits) unique: a rare clash draws a new uuid. ``also(conn,
         record)`` writes what must stand or fall with it (its audit entry) in the same
-        transaction."""
+        transaction.
+
+        With ``max_active``, the record's ``owner`` may have at most that many spawns
+        QUEUED or RUNNING, this one included; one more is
+        :class:`~vx11.core.errors.QuotaExceeded` and nothing is written. The count is
+        taken in the insert's transaction, after the insert, with the owner's other
+        inserts held back (SQLite's write lock; a per-owner advisory lock on
+        PostgreSQL), so concurrent requests can never overshoot it."""
         for _ in range(_ID_ATTEMPTS):
             spawn_uuid = str(uuid.uuid4())
             row = {
@@ -105,7 +118,16 @@ class Ledger:
             }
             try:
                 with self.engine.begin() as conn:
+                    if max_active:
+                        _hold_owner(conn, row["owner"])
                     conn.execute(_INSERT, row)  # parameters, not .values(): cached compile
+                    if max_active and _count_active(conn, row["owner"]) > max_active:
+                        raise QuotaExceeded(
+                            f"this token already has {max_active} "
+                            f"spawn{'s' * (max_active != 1)} queued or running, its "
+                            "limit; retry when one has finished",
+                            retry_after=QUOTA_RETRY_AFTER,
+                        )
                     if also is not None:
                         also(conn, _complete(row))
             except IntegrityError:
@@ -152,10 +174,8 @@ class Ledger:
 
     def count_active(self, owner: str) -> int:
         """How many of ``owner``'s spawns are QUEUED or RUNNING."""
-        active = [SpawnStatus.QUEUED.value, SpawnStatus.RUNNING.value]
-        query = select(func.count()).where(spawns.c.owner == owner, spawns.c.status.in_(active))
         with self.engine.connect() as conn:
-            return conn.execute(query).scalar_one()
+            return _count_active(conn, owner)
 
     def transition(
         self, spawn_uuid: str, target: SpawnStatus, *, attempt: int | None = None, **fields: Any
@@ -266,6 +286,20 @@ class Ledger:
             spawns.c.created_at < as_utc(before)
         )
         return delete_in_batches(self.engine, spawns.c.spawn_uuid, old, dry_run=dry_run)
+
+
+def _hold_owner(conn: Connection, owner: str | None) -> None:
+    """Hold back, until this transaction ends, every other quota-checked insert of
+    ``owner``'s. SQLite needs nothing: its write lock, taken by the insert, already
+    serializes writers."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(owner, 0))))
+
+
+def _count_active(conn: Connection, owner: str | None) -> int:
+    active = [SpawnStatus.QUEUED.value, SpawnStatus.RUNNING.value]
+    query = select(func.count()).where(spawns.c.owner == owner, spawns.c.status.in_(active))
+    return int(conn.execute(query).scalar_one())
 
 
 def delete_in_batches(
