@@ -23,6 +23,7 @@ from sqlalchemy import func, insert, inspect, select, update
 
 from tests import support
 from tests.support import api_page, free_port, wait_for
+from vx11 import create_app
 from vx11.cli import main
 from vx11.core.audit import (
     AuditEntry,
@@ -117,6 +118,21 @@ def test_opening_and_closing_a_window_records_who_from_where_and_why(client, ops
     assert (closed["token_label"], closed["remote_addr"]) == ("ops", CLIENT_ADDR)
     assert closed["reason"] == "deploy done"
     assert closed["detail"] == {"was_open": True, "cancelled": []}
+
+
+@pytest.mark.parametrize(("proxies", "recorded"), [(0, CLIENT_ADDR), (1, "198.51.100.9")])
+def test_behind_a_trusted_proxy_the_client_address_is_recorded(
+    test_config, auth, proxies, recorded, capsys
+):
+    """The gateway's peer is a proxy at CLIENT_ADDR that says whom it forwards for: with
+    VX11_TRUSTED_PROXIES unset that header is not believed, with 1 it is."""
+    client = create_app({**test_config, "trusted_proxies": proxies}).test_client()
+    forwarded = {**auth, "X-Forwarded-For": "10.9.9.9, 198.51.100.9"}
+    call(client, "post", "/vx11/window/open", forwarded, {"target": "hermes"})
+    (entry,) = entries(client, auth)["entries"]
+    assert entry["remote_addr"] == recorded
+    access = [line for line in capsys.readouterr().err.splitlines() if "/window/open" in line]
+    assert f"remote_addr={recorded}" in access[0]
 
 
 def test_closing_a_window_that_is_not_open_is_recorded_too(client, auth):

@@ -75,8 +75,8 @@ class AuditEntry:
     token_id: str | None = None
     """The same token's id: labels need not be unique, ids are."""
     remote_addr: str | None = None
-    """From where: the address of the client's connection (behind a reverse proxy,
-    the proxy's)."""
+    """From where: the client's address (behind a reverse proxy, the proxy's unless
+    ``VX11_TRUSTED_PROXIES`` says how many proxies to look through)."""
     reason: str | None = None
     detail: Mapping[str, Any] | None = None
 

@@ -52,6 +52,13 @@ class Settings:
     spawn_default_ttl: int = _setting(30, "Wall-clock limit of a spawn that gives none, seconds.")
     spawn_max_ttl: int = _setting(3600, "Longest wall-clock limit a spawn may ask for, seconds.")
     spawn_queue: str = _setting("spawner", "Celery queue the spawn jobs are published to.")
+    trusted_proxies: int = _setting(
+        0,
+        "Reverse proxies in front of the gateway that set `X-Forwarded-For` and "
+        "`X-Forwarded-Proto` (werkzeug's ProxyFix, that many hops): the client's address, "
+        "not the proxy's, is then what the audit log and the logs record. 0 trusts no "
+        "such header; never set it where clients reach the gateway directly.",
+    )
     max_body_bytes: int = _setting(1 << 20, "Largest request body; larger gets 413.")
     max_code_bytes: int = _setting(64 << 10, "Largest `code` of a spawn, bytes (UTF-8).")
     max_stdin_bytes: int = _setting(256 << 10, "Largest `stdin` of a spawn, bytes (UTF-8).")
@@ -224,6 +231,8 @@ class Settings:
             raise ValueError("VX11_RATE_LIMIT_PER_SECOND must be a number, 0 or more")
         if self.max_active_spawns < 0:
             raise ValueError("VX11_MAX_ACTIVE_SPAWNS must be 0 or more")
+        if self.trusted_proxies < 0:
+            raise ValueError("VX11_TRUSTED_PROXIES must be 0 or more")
         if not self.metrics_cache_seconds >= 0 or not self.metrics_timeout > 0:
             raise ValueError(
                 "VX11_METRICS_CACHE_SECONDS must be 0 or more, VX11_METRICS_TIMEOUT positive"

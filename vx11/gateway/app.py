@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from vx11.core.config import Settings
 from vx11.gateway import api, request_log
@@ -19,6 +20,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     its services, and the API."""
     settings = Settings.from_env(overrides=test_config)
     app = Flask("vx11")
+    if settings.trusted_proxies:
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     request_log.init_app(app, settings)  # first: start-up's own lines are formatted too
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     svc = Services.build(settings)
