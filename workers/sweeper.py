@@ -66,13 +66,17 @@ def end_unpublished(store: Ledger, events: SpawnEvents) -> list[str]:
     """End ERROR ``gateway_lost`` the QUEUED spawns whose gateway died before it could
     record their job as published; their uuids. Their client never got an answer (the
     gateway records the publish before it answers), so the spawn must not run: a job
-    that did reach the broker finds it ended and never starts, and the client's retry
-    (the same Idempotency-Key, once its pending mark lapses) makes a fresh spawn."""
+    that did reach the broker finds it ended and never starts. Its idempotency key is
+    let go with it: the client's retry (the same Idempotency-Key, once its pending mark
+    lapses) makes a fresh spawn, and a retry that came before this publishes this one
+    (:func:`vx11.gateway.submit.resume`)."""
     created_before = utcnow() - timedelta(seconds=UNPUBLISHED_AFTER)
     ended = []
     for spawn_uuid in store.queued_before(created_before, published=False):
         try:
-            store.transition(spawn_uuid, SpawnStatus.ERROR, reason="gateway_lost")
+            store.transition(
+                spawn_uuid, SpawnStatus.ERROR, reason="gateway_lost", idempotency_key=None
+            )
         except IllegalTransition:
             continue  # a worker claimed it meanwhile: it was published after all
         events.finish(spawn_uuid, {"spawn_uuid": spawn_uuid, "status": "ERROR"})

@@ -11,6 +11,7 @@ import redis
 from tests.support import free_port
 from vx11 import create_app
 from vx11.core.tokens import TokenStore
+from vx11.gateway import submit
 from vx11.gateway.api.spawns import request_schema
 from vx11.gateway.idempotency import ANSWER_TTL, KEY_PREFIX, PENDING_TTL
 
@@ -113,6 +114,57 @@ def test_a_failed_attempt_does_not_use_the_key_up(test_config, client, auth, red
     assert accepted.status_code == 200 and accepted.json["status"] == "QUEUED"
     assert post(client, auth, "k").json == accepted.json
     assert queued(redis_url) == 1
+
+
+def forget_in_redis(redis_url: str) -> None:
+    """What a gateway that died mid-request leaves once its pending mark has lapsed (or
+    a Redis that lost its data): no trace of the key in Redis."""
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(f"{KEY_PREFIX}*"):
+        client.delete(key)
+
+
+def test_a_key_whose_answer_redis_lost_still_makes_one_spawn(client, auth, redis_url):
+    open_window(client, auth)
+    first = post(client, auth, "order-9")
+    forget_in_redis(redis_url)
+    again = post(client, auth, "order-9")
+    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json == first.json
+    assert queued(redis_url) == 1
+    assert post(client, auth, "order-9").json == first.json  # answered from Redis again
+    forget_in_redis(redis_url)
+    other = post(client, auth, "order-9", {**SPAWN, "code": "print('twice')"})
+    assert other.status_code == 409 and other.json["error"] == "idempotency_key_reused"
+
+
+class Died(BaseException):
+    """The gateway process ending mid-request: no handler, no error answer, runs."""
+
+
+def test_a_retry_publishes_the_spawn_a_dead_request_wrote_but_never_published(
+    app, client, auth, redis_url, monkeypatch
+):
+    """The first try died between writing its record and publishing its job: the retry
+    publishes that spawn, and makes no second one."""
+    open_window(client, auth)
+    ledger = app.extensions["vx11"].ledger
+
+    def die(*args, **kwargs):
+        raise Died()
+
+    monkeypatch.setattr(submit, "publish_spawn", die)
+    with pytest.raises(Died):
+        post(client, auth, "order-10")
+    monkeypatch.undo()
+    (lost,) = ledger.page().rows
+    assert (lost["status"], lost["published"]) == ("QUEUED", False)
+    forget_in_redis(redis_url)
+    retry = post(client, auth, "order-10")
+    assert retry.status_code == 200 and retry.json["spawn_id"] == lost["spawn_id"]
+    assert queued(redis_url) == 1
+    assert ledger.get(lost["spawn_uuid"])["published"] is True
+    assert len(ledger.page().rows) == 1
 
 
 def test_simultaneous_requests_with_one_key_make_one_job(app, auth, redis_url):

@@ -1,11 +1,14 @@
 """Idempotency keys: a request retried with the same ``Idempotency-Key`` gets the answer
 the first one got, and the work behind it is done once.
 
-A key lives in Redis under ``vx11:idem:``, scoped by the caller's token label. The one
+A key lives in Redis under ``vx11:idem:``, scoped by the caller's token. The one
 request that wins ``SET NX`` holds a short-lived *pending* marker while it works, then
 replaces it with its answer, kept 24 h. A concurrent request with the same key waits
 briefly for that answer; a request that ends without one (refused, or failed) releases
-the key, so the client's retry can still succeed.
+the key, so the client's retry can still succeed. The spawn a key accepted also keeps
+the key in the ledger (:attr:`Attempt.ledger_fields`): a request whose process died
+after writing it, once its marker has lapsed, leaves a retry that finds that spawn
+instead of making a second one.
 """
 
 from __future__ import annotations
@@ -88,6 +91,15 @@ class Attempt:
     replay: dict[str, Any] | None = None
     marker: str | None = None
     answered: bool = False
+
+    @property
+    def ledger_fields(self) -> dict[str, str]:
+        """What the spawn this attempt accepts records of its key: the ledger keeps
+        one spawn per (owner, key) for good, where Redis keeps the answer 24 h."""
+        return {
+            "idempotency_key": self.redis_key.removeprefix(KEY_PREFIX),
+            "request_fingerprint": self.fingerprint,
+        }
 
 
 class IdempotencyKeys:

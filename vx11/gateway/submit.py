@@ -11,17 +11,24 @@ without its ``spawn_accepted`` entry.
 A token's quota of active (QUEUED or RUNNING) spawns is checked by the ledger in the
 transaction that writes the record (:meth:`vx11.core.ledger.Ledger.add`), so requests
 that arrive together can never overshoot it.
+
+A spawn submitted with an ``Idempotency-Key`` keeps the key in its record, so a key
+yields at most one spawn whatever dies between two tries: a retry finds the spawn an
+earlier try wrote and answers it (:func:`resume`, which publishes it if that try died
+before it could). A spawn ended here because its job could not be published lets its
+key go with the 503, so the client's retry makes a fresh one.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from vx11.core.audit import AuditEvent
 from vx11.core.config import Settings
 from vx11.core.dispatch import publish_spawn
-from vx11.core.errors import ServiceUnavailable
+from vx11.core.errors import IdempotencyKeyReused, ServiceUnavailable
 from vx11.core.logs import spawn_accepted
 from vx11.core.policy import SPAWN_TARGET
 from vx11.core.states import SpawnStatus
@@ -58,12 +65,19 @@ def resolve_limits(request: dict[str, Any], settings: Settings) -> dict[str, int
     return {name: request.get(name, default) for name, default in defaults.items()}
 
 
-def submit_spawn(svc: Services, request: dict[str, Any], token: TokenInfo) -> dict[str, Any]:
+def submit_spawn(
+    svc: Services,
+    request: dict[str, Any],
+    token: TokenInfo,
+    idempotency: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """Queue ``request`` (already validated), as ``token``'s, if the spawner window is
     open.
 
     Returns the new record, or a :func:`refusal` when policy says no. Either decision
     is audited; an audit entry that cannot be written is a 503 and queues nothing.
+    ``idempotency`` (the key's ledger fields) makes the record the key's only spawn:
+    :class:`~vx11.core.ledger.store.AlreadyAccepted` if it has one already.
     """
     window = svc.windows.get(SPAWN_TARGET)
     if window is None:
@@ -73,13 +87,36 @@ def submit_spawn(svc: Services, request: dict[str, Any], token: TokenInfo) -> di
     limits = resolve_limits(request, svc.settings)
     fields = {name: value for name, value in request.items() if name not in limits}
     record = svc.ledger.add(
-        {**fields, "limits": limits, "window_id": window.window_id, "owner": token.token_id},
+        {
+            **fields,
+            **(idempotency or {}),
+            "limits": limits,
+            "window_id": window.window_id,
+            "owner": token.token_id,
+        },
         also=lambda conn, new: record_spawn_decision(
             svc, AuditEvent.SPAWN_ACCEPTED, new, conn=conn
         ),
         max_active=quota_of(svc, token),
     )
     spawn_accepted(record)
+    return publish(svc, record)
+
+
+def resume(svc: Services, record: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+    """The spawn an earlier request with the same idempotency key accepted, whose
+    answer was lost (its process died, or Redis lost the answer): a different request
+    under that key is :class:`~vx11.core.errors.IdempotencyKeyReused`; one that died
+    before publishing the job has it published now, unless the sweeper has ended it."""
+    if record["request_fingerprint"] != fingerprint:
+        raise IdempotencyKeyReused()
+    if record["status"] == SpawnStatus.QUEUED and not record["published"]:
+        return publish(svc, record)
+    return record
+
+
+def publish(svc: Services, record: dict[str, Any]) -> dict[str, Any]:
+    """Publish the job of ``record`` (just written, QUEUED) and record that it was."""
     try:
         publish_spawn(svc.celery, record, svc.settings)
     except ServiceUnavailable:
@@ -101,7 +138,9 @@ def quota_of(svc: Services, token: TokenInfo) -> int:
 
 
 def _end_unpublished(svc: Services, spawn_uuid: str, reason: str) -> None:
+    """End a spawn whose job could not be published (or recorded as published), and
+    let its idempotency key go: the client gets a 503, and may retry with the key."""
     try:
-        svc.ledger.transition(spawn_uuid, SpawnStatus.ERROR, reason=reason)
+        svc.ledger.transition(spawn_uuid, SpawnStatus.ERROR, reason=reason, idempotency_key=None)
     except Exception:  # the 503 is what the client must see; this is bookkeeping
         log.exception("could not mark unpublished spawn %s as ERROR", spawn_uuid)

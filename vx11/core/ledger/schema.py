@@ -72,6 +72,10 @@ spawns = Table(
     Column("callback_url", String(2048)),  # vetted by vx11.core.callbacks when accepted
     Column("callbacks", JSON),  # list of delivery attempts to callback_url, oldest first
     Column("owner", String(64)),  # token_id of the token that submitted it (NULL: before)
+    # The Idempotency-Key it was submitted with (a digest, with its owner's token: see
+    # vx11.gateway.idempotency) and the digest of its request: one spawn per key, for good.
+    Column("idempotency_key", String(64)),
+    Column("request_fingerprint", String(64)),
     # History pages walk one of these backwards, newest first, from a keyset position
     # (created_at, spawn_uuid): each filter that pins one column has its own index.
     Index("ix_spawns_created_at_uuid", "created_at", "spawn_uuid"),
@@ -81,6 +85,7 @@ spawns = Table(
     # A token's own history, and its count of active spawns (its quota).
     Index("ix_spawns_owner_created_at_uuid", "owner", "created_at", "spawn_uuid"),
     Index("ix_spawns_owner_status_created_at_uuid", "owner", "status", "created_at", "spawn_uuid"),
+    Index("ux_spawns_owner_idempotency_key", "owner", "idempotency_key", unique=True),
 )
 
 SUPERSEDED_INDEXES = frozenset(

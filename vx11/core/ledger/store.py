@@ -103,7 +103,11 @@ class Ledger:
         :class:`~vx11.core.errors.QuotaExceeded` and nothing is written. The count is
         taken in the insert's transaction, after the insert, with the owner's other
         inserts held back (SQLite's write lock; a per-owner advisory lock on
-        PostgreSQL), so concurrent requests can never overshoot it."""
+        PostgreSQL), so concurrent requests can never overshoot it.
+
+        With an ``idempotency_key`` in ``fields``, at most one spawn of its ``owner``
+        ever has it: if one does, nothing is written and :class:`AlreadyAccepted`
+        carries that spawn's record (a unique index backs the check)."""
         for _ in range(_ID_ATTEMPTS):
             spawn_uuid = str(uuid.uuid4())
             row = {
@@ -118,6 +122,8 @@ class Ledger:
             }
             try:
                 with self.engine.begin() as conn:
+                    if row.get("idempotency_key") is not None:
+                        _refuse_a_second(conn, row["owner"], row["idempotency_key"])
                     if max_active:
                         _hold_owner(conn, row["owner"])
                     conn.execute(_INSERT, row)  # parameters, not .values(): cached compile
@@ -286,6 +292,22 @@ class Ledger:
             spawns.c.created_at < as_utc(before)
         )
         return delete_in_batches(self.engine, spawns.c.spawn_uuid, old, dry_run=dry_run)
+
+
+class AlreadyAccepted(Exception):
+    """Raised by :meth:`Ledger.add` when the owner already has a spawn with the same
+    idempotency key: ``record`` is that spawn's."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        super().__init__(record["spawn_id"])
+        self.record = record
+
+
+def _refuse_a_second(conn: Connection, owner: str | None, key: str) -> None:
+    query = select(spawns).where(spawns.c.owner == owner, spawns.c.idempotency_key == key)
+    earlier = conn.execute(query).mappings().first()
+    if earlier is not None:
+        raise AlreadyAccepted(_complete(earlier))
 
 
 def _hold_owner(conn: Connection, owner: str | None) -> None:

@@ -15,6 +15,7 @@ from vx11.core.callbacks import callback_url_validator
 from vx11.core.config import Settings
 from vx11.core.errors import ValidationFailed
 from vx11.core.ledger import SpawnFilter
+from vx11.core.ledger.store import AlreadyAccepted
 from vx11.core.record import SpawnRecord, UTCDateTime
 from vx11.core.states import SpawnStatus
 from vx11.core.tokens import Scope
@@ -25,7 +26,7 @@ from vx11.gateway.idempotency import HEADER as IDEMPOTENCY_KEY
 from vx11.gateway.idempotency import is_valid_key
 from vx11.gateway.lifecycle import is_terminal, wait_for_end
 from vx11.gateway.services import Services, services
-from vx11.gateway.submit import submit_spawn
+from vx11.gateway.submit import resume, submit_spawn
 
 TASK_TYPES = ("python", "shell")
 MAX_RETRIES = 10
@@ -204,11 +205,18 @@ def accept(svc: Services, spawn_request: dict[str, Any]) -> dict[str, Any]:
 
 def accept_once(svc: Services, spawn_request: dict[str, Any], key: str):
     """:func:`accept`, once per idempotency ``key`` of the caller's token; only an
-    accepted spawn is kept as the key's answer."""
+    accepted spawn is kept as the key's answer. The ledger keeps the key with its
+    spawn, so a retry after a request that died half-way answers that spawn."""
     with svc.idempotency.attempt(caller().token_id, key, spawn_request) as attempt:
         if attempt.replay is not None:
             return jsonify(attempt.replay), {REPLAYED: "true"}
-        answer = accept(svc, spawn_request)
+        try:
+            answer = submit_spawn(svc, spawn_request, caller(), attempt.ledger_fields)
+        except AlreadyAccepted as earlier:
+            record = resume(svc, earlier.record, attempt.fingerprint)
+            replay = ANSWER.dump({**record, "status": "QUEUED"})  # as it was accepted
+            svc.idempotency.answer(attempt, replay)
+            return jsonify(replay), {REPLAYED: "true"}
         if not answer.get("error"):
             svc.idempotency.answer(attempt, ANSWER.dump(answer))
         return answer
