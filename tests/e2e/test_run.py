@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, TOKEN, free_port, http, wait_for, wait_terminal
+from tests.support import ROOT, TOKEN, child_pids, free_port, http, wait_for, wait_terminal
 from vx11.cli.stack import port_is_free
 
 pytestmark = pytest.mark.e2e
@@ -111,6 +111,49 @@ def test_up_starts_its_own_private_redis_by_default(up_env):
         output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, output
     assert port_is_free("127.0.0.1", 6390)
+
+
+def test_up_restarts_a_child_that_dies_and_the_stack_heals(up_env):
+    """Its private Redis killed: vx11 up says so, starts it again (AOF: nothing lost),
+    and the gateway and the worker carry on with it; Ctrl-C still stops everything."""
+    if not port_is_free("127.0.0.1", 6390):
+        pytest.skip("port 6390 (the private Redis default) is in use on this machine")
+    port = free_port()
+    proc = start_up(up_env, "--port", str(port), "--no-flower")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: http("GET", f"{base}/health")[0] == 200, timeout=60)
+        opened = http("POST", f"{base}/vx11/window/open", {"target": "spawner"}, TOKEN)[1]
+        (redis_pid,) = [  # its environment is gone: Redis writes its title over it
+            pid
+            for pid in child_pids(proc.pid)
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "redis-server"
+        ]
+        os.kill(redis_pid, signal.SIGKILL)
+
+        def healed():
+            status, body = http("GET", f"{base}/vx11/status", headers=TOKEN)
+            return status == 200 and body["services"]["redis"]["ok"] and body
+
+        wait_for(healed, timeout=30)
+        window = http("GET", f"{base}/vx11/window/status/spawner", headers=TOKEN)[1]
+        assert window["window_id"] == opened["window_id"]  # the AOF kept it
+        body = {"task_type": "shell", "code": "echo healed"}
+        accepted = wait_for(
+            lambda: (
+                (answer := http("POST", f"{base}/vx11/spawn", body, TOKEN))[0] == 200 and answer[1]
+            ),
+            timeout=30,
+        )
+        assert wait_terminal(base, accepted["spawn_id"], timeout=90)["stdout"] == "healed\n"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output
+    assert "vx11: redis-server exited with status -9; restarting it in 1 s" in output
+    assert "vx11: redis-server restarted" in output
+    time.sleep(0.5)
+    assert processes_with(up_env["VX11_DATA_DIR"]) == []
 
 
 def test_a_taken_port_is_one_clear_line_not_a_traceback(up_env, redis_url):

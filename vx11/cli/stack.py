@@ -1,13 +1,15 @@
 """``vx11 up`` (and ``./scripts/run``): the whole stack in the foreground on one machine.
 
 A private redis-server (unless ``VX11_REDIS_URL`` is set), the SQLite ledger, the
-gateway under gunicorn, one Celery worker and Flower (behind a login). Ctrl-C stops
+gateway under gunicorn, one Celery worker and Flower (behind a login). A process that
+dies is started again, after a backoff that grows while it keeps dying; Ctrl-C stops
 everything it started; a taken port or a missing program is one clear line, not a
 traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -18,9 +20,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 from vx11.core.callbacks import CALLBACK_QUEUE
@@ -224,16 +227,53 @@ def http_ok(url: str) -> bool:
         return response.status == 200
 
 
+RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+"""Seconds ``vx11 up`` waits before restarting a child that died: each death in a row
+waits the next, the last repeating."""
+HEALTHY_AFTER = 60.0
+"""Seconds a restarted child must live for its next death to start the backoff over."""
+
+
+@dataclass
+class Child:
+    """One process of the stack, and how to start it again."""
+
+    argv: list[str]
+    env: dict[str, str]
+    before_start: Callable[[], None] | None = None
+    """Run before each start (e.g. emptying the gateway's metrics directory)."""
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    deaths: int = 0
+    """Deaths in a row, each within :data:`HEALTHY_AFTER` of its start."""
+
+    def start(self) -> None:
+        if self.before_start is not None:
+            self.before_start()
+        self.proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        self.started = time.monotonic()
+
+
 @dataclass
 class Stack:
-    """The processes of one ``vx11 up``; stopping it stops every one of them."""
+    """The processes of one ``vx11 up``; a child that dies is started again, and
+    stopping the stack stops every one of them."""
 
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    children: dict[str, Child] = field(default_factory=dict)
 
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        proc = subprocess.Popen(argv, env=env, start_new_session=True)
-        self.procs[name] = proc
-        return proc
+    @property
+    def procs(self) -> dict[str, subprocess.Popen[bytes]]:
+        return {name: c.proc for name, c in self.children.items() if c.proc is not None}
+
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        before_start: Callable[[], None] | None = None,
+    ) -> None:
+        self.children[name] = child = Child(argv, env, before_start)
+        child.start()
 
     def stop(self, grace: float = 10.0) -> None:
         running = list(reversed(self.procs.values()))
@@ -248,13 +288,37 @@ class Stack:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
-    def wait_any(self) -> tuple[str, int]:
-        """The name and exit status of the first process to exit."""
+    def supervise(self, say: Callable[[str], None]) -> NoReturn:
+        """Until interrupted: start again each child that dies, after a backoff that
+        grows while it keeps dying (:data:`RESTART_BACKOFF`), saying so."""
+        due: dict[str, float] = {}
         while True:
-            for name, proc in self.procs.items():
-                if proc.poll() is not None:
-                    return name, proc.returncode
+            now = time.monotonic()
+            for name, child in self.children.items():
+                if name in due:
+                    if now >= due[name]:
+                        del due[name]
+                        child.start()
+                        say(f"vx11: {name} restarted")
+                    continue
+                assert child.proc is not None
+                status = child.proc.poll()
+                if status is None:
+                    continue
+                if now - child.started >= HEALTHY_AFTER:
+                    child.deaths = 0
+                wait = RESTART_BACKOFF[min(child.deaths, len(RESTART_BACKOFF) - 1)]
+                child.deaths += 1
+                with contextlib.suppress(ProcessLookupError):  # what it left behind
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                say(f"vx11: {name} exited with status {status}; restarting it in {wait:g} s")
+                due[name] = now + wait
             time.sleep(0.2)
+
+
+def _empty(directory: Path) -> None:
+    for entry in directory.iterdir():
+        entry.unlink()
 
 
 def _interrupt(signum, frame) -> None:
@@ -288,7 +352,8 @@ API docs: {base}/vx11/docs/ (the OpenAPI document: {base}/vx11/openapi.json)
 
 
 def run_stack(options: StackOptions, environ: dict[str, str] | None = None) -> int:
-    """Start the stack, print the quick start, and wait for Ctrl-C or a process to die."""
+    """Start the stack, print the quick start, and keep it up (a child that dies is
+    started again) until Ctrl-C."""
     env = dict(os.environ if environ is None else environ)
     settings = Settings.from_env(env)
     require_free_port(options.host, options.port, "gateway")
@@ -313,6 +378,7 @@ def run_stack(options: StackOptions, environ: dict[str, str] | None = None) -> i
                 options.host, options.port, options.gunicorn_workers, options.gunicorn_threads
             ),
             gateway_env(env, metrics_dir),
+            before_start=lambda: _empty(Path(metrics_dir)),  # prometheus's files, per run
         )
         stack.start("worker", worker_argv(options.worker_concurrency, settings.spawn_queue), env)
         if flower is not None:
@@ -323,8 +389,7 @@ def run_stack(options: StackOptions, environ: dict[str, str] | None = None) -> i
         if flower is not None:  # its one page without a login
             wait_until(lambda: http_ok(f"{flower[0]}/healthcheck"), 30, "Flower", stack.procs)
         print(quick_start(base, flower), flush=True)
-        name, status = stack.wait_any()
-        raise StackError(f"{name} exited with status {status}; stopping the stack")
+        stack.supervise(lambda line: print(line, flush=True))
     except KeyboardInterrupt:
         print("\nstopping VX11…", flush=True)
         return 0
