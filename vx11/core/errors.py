@@ -116,6 +116,18 @@ class ServiceUnavailable(VX11Error):
         self.code = code
 
 
+class OutcomeUnknown(VX11Error):
+    """Raised when a spawn was written, its job may have reached the broker, and the
+    ledger could record neither the publish nor the spawn's end: it may run or not.
+    The answer carries its ``spawn_id`` and ``spawn_uuid``, to look it up."""
+
+    status, code = 503, "spawn_outcome_unknown"
+    message = (
+        "the spawn was recorded and may run, but the ledger could not be updated: "
+        "read it by its spawn_id to know"
+    )
+
+
 class IllegalTransition(VX11Error):
     """Raised when a spawn would leave a terminal state or skip a step."""
 

@@ -133,12 +133,17 @@ class IdempotencyKeys:
         if attempt.marker is None:
             raise ValueError("only the request holding the key answers for it")
         stored = json.dumps({"fingerprint": attempt.fingerprint, "answer": answer})
-        kept = self._answer_script(
-            keys=[attempt.redis_key], args=[attempt.marker, stored, ANSWER_TTL]
-        )
+        attempt.answered = True
+        try:
+            kept = self._answer_script(
+                keys=[attempt.redis_key], args=[attempt.marker, stored, ANSWER_TTL]
+            )
+        except RedisError:  # the spawn is accepted: its answer must not turn into a 503
+            log.warning("could not keep the answer of idempotency key %s", attempt.redis_key)
+            self._let_go(attempt)  # a retry then finds the spawn in the ledger
+            return
         if not kept:  # held past PENDING_TTL: another request has the key now
             log.warning("idempotency key %s expired before its answer was kept", attempt.redis_key)
-        attempt.answered = True
 
     def _claim(self, redis_key: str, request_print: str) -> Attempt:
         deadline = time.monotonic() + self.wait

@@ -28,7 +28,7 @@ from typing import Any
 from vx11.core.audit import AuditEvent
 from vx11.core.config import Settings
 from vx11.core.dispatch import publish_spawn
-from vx11.core.errors import IdempotencyKeyReused, ServiceUnavailable
+from vx11.core.errors import IdempotencyKeyReused, OutcomeUnknown, ServiceUnavailable
 from vx11.core.logs import spawn_accepted
 from vx11.core.policy import SPAWN_TARGET
 from vx11.core.states import SpawnStatus
@@ -116,16 +116,22 @@ def resume(svc: Services, record: dict[str, Any], fingerprint: str) -> dict[str,
 
 
 def publish(svc: Services, record: dict[str, Any]) -> dict[str, Any]:
-    """Publish the job of ``record`` (just written, QUEUED) and record that it was."""
+    """Publish the job of ``record`` (just written, QUEUED) and record that it was.
+
+    When either fails, the spawn is ended ERROR before the 503 goes out, so that its
+    job, if it did reach the broker, finds it ended and never starts: the 503 means it
+    will not run. When the ledger cannot record that end either, the answer says the
+    outcome is unknown (:class:`~vx11.core.errors.OutcomeUnknown`), with the spawn's
+    ids."""
     try:
         publish_spawn(svc.celery, record, svc.settings)
-    except ServiceUnavailable:
-        _end_unpublished(svc, record["spawn_uuid"], "broker_unavailable")
+    except ServiceUnavailable as exc:
+        _end_unpublished(svc, record, "broker_unavailable", exc)
         raise
     try:
         svc.ledger.mark_published(record["spawn_uuid"])
-    except Exception:  # unrecorded, the sweeper would end it: say so, as a 503
-        _end_unpublished(svc, record["spawn_uuid"], "database_unavailable")
+    except Exception as exc:  # unrecorded, its job would run: end it, or say so
+        _end_unpublished(svc, record, "database_unavailable", exc)
         raise
     return record
 
@@ -137,10 +143,18 @@ def quota_of(svc: Services, token: TokenInfo) -> int:
     return svc.settings.max_active_spawns if limit is None else limit
 
 
-def _end_unpublished(svc: Services, spawn_uuid: str, reason: str) -> None:
+def _end_unpublished(
+    svc: Services, record: dict[str, Any], reason: str, failure: Exception
+) -> None:
     """End a spawn whose job could not be published (or recorded as published), and
-    let its idempotency key go: the client gets a 503, and may retry with the key."""
+    let its idempotency key go: the client gets a 503, and may retry with the key.
+    :class:`~vx11.core.errors.OutcomeUnknown` if even that cannot be recorded."""
     try:
-        svc.ledger.transition(spawn_uuid, SpawnStatus.ERROR, reason=reason, idempotency_key=None)
-    except Exception:  # the 503 is what the client must see; this is bookkeeping
-        log.exception("could not mark unpublished spawn %s as ERROR", spawn_uuid)
+        svc.ledger.transition(
+            record["spawn_uuid"], SpawnStatus.ERROR, reason=reason, idempotency_key=None
+        )
+    except Exception as exc:
+        log.exception("could not end unpublished spawn %s", record["spawn_uuid"])
+        raise OutcomeUnknown(
+            spawn_id=record["spawn_id"], spawn_uuid=record["spawn_uuid"], cause=str(failure)
+        ) from exc
