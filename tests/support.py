@@ -142,12 +142,14 @@ def start_gateway(
     *,
     name: str = "gateway",
     metrics_dir: Path | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[Process, str]:
     """gunicorn serving the gateway configured by ``config``, logging to ``name``.log in
     ``log_dir``; with ``metrics_dir`` (an empty directory), its workers share it as
-    prometheus-client's multiprocess directory, as ``vx11 up`` starts them."""
+    prometheus-client's multiprocess directory, as ``vx11 up`` starts them.
+    ``extra_env`` is added to (or replaces part of) its environment."""
     port = free_port()
-    env = service_env(config)
+    env = {**service_env(config), **(extra_env or {})}
     if metrics_dir is not None:
         env = gateway_env(env, str(metrics_dir))
     gateway = Process(name, gunicorn_argv("127.0.0.1", port, workers, 4), env, log_dir).start()

@@ -16,17 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support import (
-    ROOT,
-    TOKEN,
-    Process,
-    free_port,
-    http,
-    service_env,
-    wait_for,
-    wait_terminal,
-)
-from vx11.cli.stack import gunicorn_argv
+from tests.support import ROOT, TOKEN, http, start_gateway, wait_for, wait_terminal
 from vx11.gateway.idempotency import KEY_PREFIX
 
 pytestmark = pytest.mark.e2e
@@ -64,13 +54,10 @@ def dying_gateway(stack, tmp_path_factory):
     """A second gateway on the shared stack, whose workers die at the marked step."""
     hook = tmp_path_factory.mktemp("die-at")
     (hook / "sitecustomize.py").write_text(DIE_AT)
-    env = service_env(stack.config)
-    env.update(PYTHONPATH=f"{hook}:{ROOT}", DIE_AT_MARKER=str(hook / "step"))
-    port = free_port()
-    argv = gunicorn_argv("127.0.0.1", port, 1, 4)
-    gateway = Process("dying-gateway", argv, env, stack.log_dir).start()
-    base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: http("GET", f"{base}/health")[0] == 200, timeout=60)
+    env = {"PYTHONPATH": f"{hook}:{ROOT}", "DIE_AT_MARKER": str(hook / "step")}
+    gateway, base = start_gateway(
+        stack.config, stack.log_dir, 1, name="dying-gateway", extra_env=env
+    )
     stack.open_window(ttl=3600)
     yield base, hook / "step"
     gateway.stop()

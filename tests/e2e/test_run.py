@@ -94,7 +94,10 @@ def test_up_serves_the_quick_start_and_ctrl_c_stops_everything(up_env, redis_url
     assert port_is_free("127.0.0.1", port)
 
 
-def test_up_starts_its_own_private_redis_by_default(up_env):
+def test_up_runs_its_own_redis_and_restarts_it_when_it_dies(up_env):
+    """By default vx11 up starts a private Redis. Killed, vx11 up says so, starts it
+    again (AOF: nothing lost), and the gateway and the worker carry on with it; Ctrl-C
+    still stops everything."""
     if not port_is_free("127.0.0.1", 6390):
         pytest.skip("port 6390 (the private Redis default) is in use on this machine")
     port = free_port()
@@ -103,26 +106,8 @@ def test_up_starts_its_own_private_redis_by_default(up_env):
     try:
         wait_for(lambda: http("GET", f"{base}/health")[0] == 200, timeout=60)
         status, body = http("GET", f"{base}/vx11/status", headers=TOKEN)
-        assert status == 200
-        assert body["services"]["redis"]["ok"] is True
+        assert status == 200 and body["services"]["redis"]["ok"] is True
         assert Path(up_env["VX11_DATA_DIR"], "redis").is_dir()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, output
-    assert port_is_free("127.0.0.1", 6390)
-
-
-def test_up_restarts_a_child_that_dies_and_the_stack_heals(up_env):
-    """Its private Redis killed: vx11 up says so, starts it again (AOF: nothing lost),
-    and the gateway and the worker carry on with it; Ctrl-C still stops everything."""
-    if not port_is_free("127.0.0.1", 6390):
-        pytest.skip("port 6390 (the private Redis default) is in use on this machine")
-    port = free_port()
-    proc = start_up(up_env, "--port", str(port), "--no-flower")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: http("GET", f"{base}/health")[0] == 200, timeout=60)
         opened = http("POST", f"{base}/vx11/window/open", {"target": "spawner"}, TOKEN)[1]
         (redis_pid,) = [  # its environment is gone: Redis writes its title over it
             pid
@@ -154,6 +139,7 @@ def test_up_restarts_a_child_that_dies_and_the_stack_heals(up_env):
     assert "vx11: redis-server restarted" in output
     time.sleep(0.5)
     assert processes_with(up_env["VX11_DATA_DIR"]) == []
+    assert port_is_free("127.0.0.1", 6390)
 
 
 def test_a_taken_port_is_one_clear_line_not_a_traceback(up_env, redis_url):
