@@ -107,7 +107,7 @@ class Ledger:
 
         With an ``idempotency_key`` in ``fields``, at most one spawn of its ``owner``
         ever has it: if one does, nothing is written and :class:`AlreadyAccepted`
-        carries that spawn's record (a unique index backs the check)."""
+        carries that spawn's record (the unique index refuses the insert)."""
         for _ in range(_ID_ATTEMPTS):
             spawn_uuid = str(uuid.uuid4())
             row = {
@@ -122,8 +122,6 @@ class Ledger:
             }
             try:
                 with self.engine.begin() as conn:
-                    if row.get("idempotency_key") is not None:
-                        _refuse_a_second(conn, row["owner"], row["idempotency_key"])
                     if max_active:
                         _hold_owner(conn, row["owner"])
                     conn.execute(_INSERT, row)  # parameters, not .values(): cached compile
@@ -136,10 +134,21 @@ class Ledger:
                         )
                     if also is not None:
                         also(conn, _complete(row))
-            except IntegrityError:
+            except IntegrityError:  # the key's spawn exists, or a spawn_id clashed
+                if row.get("idempotency_key") is not None:
+                    self._refuse_a_second(row["owner"], row["idempotency_key"])
                 continue
             return _complete(row)
         raise RuntimeError("could not draw a unique spawn_id")  # pragma: no cover
+
+    def _refuse_a_second(self, owner: str | None, key: str) -> None:
+        """:class:`AlreadyAccepted` if ``owner`` has a spawn with idempotency ``key``:
+        asked only once an insert has failed, so an accepted spawn costs no lookup."""
+        query = select(spawns).where(spawns.c.owner == owner, spawns.c.idempotency_key == key)
+        with self.engine.connect() as conn:
+            earlier = conn.execute(query).mappings().first()
+        if earlier is not None:
+            raise AlreadyAccepted(_complete(earlier))
 
     def mark_published(self, spawn_uuid: str) -> None:
         """Its job has reached the broker: the sweeper need not publish it again."""
@@ -301,13 +310,6 @@ class AlreadyAccepted(Exception):
     def __init__(self, record: dict[str, Any]) -> None:
         super().__init__(record["spawn_id"])
         self.record = record
-
-
-def _refuse_a_second(conn: Connection, owner: str | None, key: str) -> None:
-    query = select(spawns).where(spawns.c.owner == owner, spawns.c.idempotency_key == key)
-    earlier = conn.execute(query).mappings().first()
-    if earlier is not None:
-        raise AlreadyAccepted(_complete(earlier))
 
 
 def _hold_owner(conn: Connection, owner: str | None) -> None:
