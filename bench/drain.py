@@ -11,7 +11,6 @@ every queued job, and only those, before it resumes.
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 import statistics
@@ -258,8 +257,9 @@ def _api_records(stack: BenchStack, correlation_id: str) -> list[dict[str, Any]]
 
 
 def _celery_disagreements(stack: BenchStack, ledger: dict[str, str]) -> list[Any]:
-    """The spawns whose Celery result is not a SUCCESS holding the summary of their
-    record in the ledger (``ledger``: each uuid's status there)."""
+    """The spawns whose Celery result disagrees with their record in the ledger
+    (``ledger``: each uuid's status there): a DONE one is a SUCCESS holding its summary,
+    any other a FAILURE naming its state."""
     celery = make_celery(stack.settings, results=True)
     wrong: list[Any] = []
     uuids = list(ledger)
@@ -270,13 +270,13 @@ def _celery_disagreements(stack: BenchStack, ledger: dict[str, str]) -> list[Any
             values = backend.mget([backend.get_key_for_task(u) for u in chunk])
             for spawn_uuid, raw in zip(chunk, values, strict=True):
                 meta = backend.decode_result(raw) if raw is not None else {"status": None}
-                result = meta.get("result") or {}
-                if (meta["status"], result.get("spawn_uuid"), result.get("status")) != (
-                    "SUCCESS",
-                    spawn_uuid,
-                    ledger[spawn_uuid],
-                ):
-                    wrong.append((spawn_uuid, meta["status"], json.dumps(result)[:200]))
+                result = meta.get("result")
+                if ledger[spawn_uuid] == "DONE":
+                    agrees = meta["status"] == "SUCCESS" and result.get("spawn_uuid") == spawn_uuid
+                else:
+                    agrees = meta["status"] == "FAILURE" and f" {ledger[spawn_uuid]}" in str(result)
+                if not agrees:
+                    wrong.append((spawn_uuid, meta["status"], str(result)[:200]))
     finally:
         celery.close()
     return wrong

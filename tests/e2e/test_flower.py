@@ -5,7 +5,9 @@ arguments and result, and the spawner queue's depth. Screenshots go to test-arti
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -292,6 +294,29 @@ def test_a_browser_logs_into_flower_and_sees_the_worker_the_spawn_and_the_queue(
             expect(field("Result")).to_contain_text(result)
         expect(field("Result")).to_contain_text("'stdout': 'seen by Flower")
         screenshot(page, "task")
+
+        # A spawn that ends FAILED is a FAILURE in Flower, never a SUCCESS: its API and
+        # its task page say so, with the spawn's state and exit code (not its output).
+        failed = spawn(up.base, "shell", "echo secret-output; exit 3")
+        assert wait_terminal(up.base, failed["spawn_id"])["status"] == "FAILED"
+        login = {"Authorization": "Basic " + base64.b64encode(
+            f"{up.user}:{up.password}".encode()).decode()}  # fmt: skip
+        message = f"{failed['spawn_id']} FAILED, exit 3"
+
+        def flower_info() -> dict | None:
+            status, info = http(
+                "GET", f"{up.flower}/api/task/info/{failed['spawn_uuid']}", headers=login
+            )
+            return info if status == 200 and info.get("state") == "FAILURE" else None
+
+        info = wait_for(flower_info, timeout=30)
+        assert message in info["exception"] and "SpawnFailed" in info["exception"]
+        shown = [info.get(key) for key in ("exception", "traceback", "result")]
+        assert "secret-output" not in json.dumps(shown), shown
+        page.goto(f"{up.flower}/task/{failed['spawn_uuid']}")
+        expect(field("Status")).to_have_text("FAILURE")
+        expect(field("Exception")).to_contain_text(message)
+        screenshot(page, "task-failed")
 
         # Flower's /metrics needs no login: it names tasks and workers, never a spawn's
         # arguments or output.
