@@ -33,6 +33,7 @@ from workers.resources import (
 )
 from workers.sandbox import ACTIVE, Limits, Outcome, SandboxConfig, Watcher, run_sandboxed
 from workers.sandbox.levels import choose
+from workers.shutdown import DEADLINE, ShutdownDeadline
 
 log = logging.getLogger(__name__)
 
@@ -58,31 +59,65 @@ SUMMARY_FIELDS = (
 
 class SpawnWatcher(Watcher):
     """Streams a running spawn's output to its events as it comes, and stops the run
-    when a cancel is requested. Redis trouble never stops a run: events are a view,
-    the ledger is the record."""
+    when a cancel is requested or the worker's shutdown grace has run out. Redis trouble
+    never stops a run: events are a view, the ledger is the record.
+
+    Output is sent at once when the stream has been quiet for :attr:`COALESCE` seconds,
+    else gathered until then (or the next tick): a program that writes a line at a time
+    costs one stream entry per burst, not one per line."""
 
     LIVE_EVERY = 1.0
     """Seconds between two live snapshots (which are also the worker's heartbeat)."""
+    COALESCE = 0.05
+    """Seconds output is gathered into one event while it keeps coming."""
 
-    def __init__(self, spawn_uuid: str, events: SpawnEvents) -> None:
-        self.spawn_uuid, self.events = spawn_uuid, events
+    def __init__(
+        self, spawn_uuid: str, events: SpawnEvents, shutdown: ShutdownDeadline = DEADLINE
+    ) -> None:
+        self.spawn_uuid, self.events, self.shutdown = spawn_uuid, events, shutdown
         self.sample: Callable[[], dict[str, Any]] = lambda: {}
         self.next_live = 0.0
         self.decoders = {
             name: codecs.getincrementaldecoder("utf-8")(errors="replace")
             for name in ("stdout", "stderr")
         }
+        self.pending: list[list[str]] = []
+        """``[stream, text]`` not sent yet, in the order printed."""
+        self.last_sent = 0.0
+        self.shut_down = False
+        """Stopped because the worker is stopping (not a cancel)."""
 
     def output(self, stream: str, data: bytes) -> None:
         text = self.decoders[stream].decode(data)
-        if text:
-            with _quietly("stream output of", self.spawn_uuid):
+        if not text:
+            return
+        if self.pending and self.pending[-1][0] == stream:
+            self.pending[-1][1] += text
+        else:
+            self.pending.append([stream, text])
+        if time.monotonic() - self.last_sent >= self.COALESCE:
+            self.flush()
+
+    def flush(self, final: bool = False) -> None:
+        """Send what is pending; ``final``: also the end of a split UTF-8 character."""
+        if final:
+            for stream, decoder in self.decoders.items():
+                if tail := decoder.decode(b"", final=True):
+                    self.pending.append([stream, tail])
+        pending, self.pending = self.pending, []
+        self.last_sent = time.monotonic()
+        with _quietly("stream output of", self.spawn_uuid):
+            for stream, text in pending:
                 self.events.append(self.spawn_uuid, stream, {"text": text})
 
     def started(self, sample: Callable[[], dict[str, Any]]) -> None:
         self.sample = sample
 
     def should_stop(self) -> bool:
+        if self.shutdown.passed():
+            self.shut_down = True
+            return True
+        self.flush()
         try:
             if time.monotonic() >= self.next_live:
                 self.next_live = time.monotonic() + self.LIVE_EVERY
@@ -157,8 +192,38 @@ def limits_for(ttl_seconds: int, requested: dict[str, int] | None, cfg: Settings
     )
 
 
-@app.task(name=SPAWN_TASK, bind=True)
-def spawn(
+class SpawnFailed(Exception):
+    """Raised by the spawn task, once the ledger holds the outcome, for a spawn that
+    ended FAILED, TIMEOUT, CANCELLED or ERROR: Celery, Flower and ``celery result`` then
+    show FAILURE with this message (``spawn-1a2b3c4d FAILED, exit 3``) rather than
+    SUCCESS. It is one of the task's expected errors (``throws``): logged on one line
+    without a traceback, never retried."""
+
+
+UNSUCCESSFUL = {SpawnStatus.FAILED, SpawnStatus.TIMEOUT, SpawnStatus.CANCELLED, SpawnStatus.ERROR}
+
+
+def outcome_of_task(result: dict[str, Any]) -> dict[str, Any]:
+    """The task's result (a DONE spawn's summary, or a spawn not ended by this run),
+    or :class:`SpawnFailed` raised for an unsuccessful end. The message names the spawn,
+    its state, reason and exit code, never its output (Celery logs it)."""
+    if result.get("status") not in UNSUCCESSFUL:
+        return result
+    parts = [f"{result.get('spawn_id')} {result.get('status')}"]
+    if result.get("exit_code") is not None:
+        parts.append(f"exit {result['exit_code']}")
+    if result.get("reason"):
+        parts.append(str(result["reason"]))
+    raise SpawnFailed(", ".join(parts))
+
+
+@app.task(name=SPAWN_TASK, bind=True, throws=(SpawnFailed,))
+def spawn(self: Task, spawn_uuid: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The ``vx11.spawn`` task: :func:`run_spawn`, its result as Celery shows it."""
+    return outcome_of_task(run_spawn(self, spawn_uuid, *args, **kwargs))
+
+
+def run_spawn(
     self: Task,
     spawn_uuid: str,
     task_type: str,
@@ -195,6 +260,7 @@ def spawn(
     )
     with _quietly("announce the start of", spawn_uuid):
         events().append(spawn_uuid, "state", {"status": SpawnStatus.RUNNING.value})
+    watcher = SpawnWatcher(spawn_uuid, events())
     try:
         outcome = run_sandboxed(
             task_type,
@@ -203,14 +269,17 @@ def spawn(
             args=list(args or ()),
             limits=limits_for(ttl_seconds, limits, cfg),
             config=sandbox_config(),
-            watcher=SpawnWatcher(spawn_uuid, events()),
+            watcher=watcher,
         )
     except Exception as exc:
         log.exception("spawn %s: the sandbox failed", spawn_uuid)
         reason: str | None = f"sandbox_error: {type(exc).__name__}"[:128]
         record = _end_run(store, spawn_uuid, attempt, SpawnStatus.ERROR, reason=reason)
         return finished(record) if record else summary(store.get(spawn_uuid))
+    watcher.flush(final=True)  # the stream holds all the output before its end
     status, reason = terminal_state(outcome)
+    if outcome.stopped and watcher.shut_down:
+        status, reason = SpawnStatus.ERROR, "worker_shutdown"
     record = _end_run(
         store,
         spawn_uuid,

@@ -18,6 +18,7 @@ import pytest
 
 from tests.support import ROOT, TOKEN, child_pids, free_port, http, wait_for, wait_terminal
 from vx11.cli.stack import port_is_free
+from vx11.core.ledger import Ledger
 
 pytestmark = pytest.mark.e2e
 
@@ -94,13 +95,16 @@ def test_up_serves_the_quick_start_and_ctrl_c_stops_everything(up_env, redis_url
     assert port_is_free("127.0.0.1", port)
 
 
-def test_up_runs_its_own_redis_and_restarts_it_when_it_dies(up_env):
+def test_up_runs_its_own_redis_restarts_it_and_stops_it_after_the_worker(up_env):
     """By default vx11 up starts a private Redis. Killed, vx11 up says so, starts it
-    again (AOF: nothing lost), and the gateway and the worker carry on with it; Ctrl-C
-    still stops everything."""
+    again (AOF: nothing lost), and the gateway and the worker carry on with it. Ctrl-C
+    stops everything, Redis last: the worker's running spawns have their grace
+    (VX11_SHUTDOWN_GRACE) to end, and one still running then ends ERROR
+    worker_shutdown with the output it printed, recorded before Redis stops."""
     if not port_is_free("127.0.0.1", 6390):
         pytest.skip("port 6390 (the private Redis default) is in use on this machine")
     port = free_port()
+    up_env = {**up_env, "VX11_SHUTDOWN_GRACE": "3"}
     proc = start_up(up_env, "--port", str(port), "--no-flower")
     base = f"http://127.0.0.1:{port}"
     try:
@@ -131,12 +135,33 @@ def test_up_runs_its_own_redis_and_restarts_it_when_it_dies(up_env):
             timeout=30,
         )
         assert wait_terminal(base, accepted["spawn_id"], timeout=90)["stdout"] == "healed\n"
+
+        long, short = (
+            http("POST", f"{base}/vx11/spawn", {"task_type": "shell", "code": code}, TOKEN)[1]
+            for code in ("echo partial; sleep 120", "sleep 1; echo finished")
+        )
+        wait_for(
+            lambda: all(
+                http("GET", f"{base}/vx11/spawn/{a['spawn_id']}", headers=TOKEN)[1]["status"]
+                == "RUNNING"
+                for a in (long, short)
+            ),
+            timeout=30,
+        )
     finally:
         proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=30)
+        output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, output
     assert "vx11: redis-server exited with status -9; restarting it in 1 s" in output
     assert "vx11: redis-server restarted" in output
+    assert "Error 111" not in output and "Connection refused" not in output, output
+    ledger = Ledger.from_url(f"sqlite:///{up_env['VX11_DATA_DIR']}/vx11.db")
+    stopped, finished = ledger.get(long["spawn_uuid"]), ledger.get(short["spawn_uuid"])
+    ledger.engine.dispose()
+    assert (finished["status"], finished["stdout"]) == ("DONE", "finished\n"), finished
+    assert (stopped["status"], stopped["reason"], stopped["stdout"]) == (
+        "ERROR", "worker_shutdown", "partial\n"
+    ), stopped  # fmt: skip
     time.sleep(0.5)
     assert processes_with(up_env["VX11_DATA_DIR"]) == []
     assert port_is_free("127.0.0.1", 6390)

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -275,18 +275,14 @@ class Stack:
         self.children[name] = child = Child(argv, env, before_start)
         child.start()
 
-    def stop(self, grace: float = 10.0) -> None:
-        running = list(reversed(self.procs.values()))
-        for proc in running:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for proc in running:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    def stop(self, grace: float = 10.0, last: Sequence[str] = ()) -> None:
+        """Stop every child (SIGTERM, and SIGKILL to its session after ``grace``
+        seconds), newest first; those named in ``last`` (what the others use: Redis)
+        only once the others have exited, so that a stopping worker can still record
+        the spawns it ends."""
+        first = [c for n, c in self.procs.items() if n not in last]
+        _terminate(list(reversed(first)), grace)
+        _terminate([self.procs[n] for n in last if n in self.procs], 10.0)
 
     def supervise(self, say: Callable[[str], None]) -> NoReturn:
         """Until interrupted: start again each child that dies, after a backoff that
@@ -314,6 +310,19 @@ class Stack:
                 say(f"vx11: {name} exited with status {status}; restarting it in {wait:g} s")
                 due[name] = now + wait
             time.sleep(0.2)
+
+
+def _terminate(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def _empty(directory: Path) -> None:
@@ -394,6 +403,8 @@ def run_stack(options: StackOptions, environ: dict[str, str] | None = None) -> i
         print("\nstopping VX11…", flush=True)
         return 0
     finally:
-        stack.stop()
+        # The worker gives its running spawns VX11_SHUTDOWN_GRACE, then records how
+        # they ended, in Redis too: Redis stops last.
+        stack.stop(grace=settings.shutdown_grace + 20.0, last=("redis-server",))
         shutil.rmtree(metrics_dir, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)

@@ -133,6 +133,11 @@ class Settings:
     )
     redis_timeout: float = _setting(2.0, "Socket timeout of gateway Redis calls, seconds.")
     result_expires: int = _setting(86400, "How long Celery keeps task results, seconds.")
+    shutdown_grace: int = _setting(
+        10,
+        "Seconds a stopping worker lets its running spawns go on; then it stops them, and "
+        "they end ERROR `worker_shutdown` with the output they printed so far.",
+    )
     retention_days: int = _setting(
         90,
         "Days terminal spawn records and audit entries are kept: `vx11 purge` deletes "
