@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import TOKEN, free_port, http, wait_for, wait_terminal
+from tests.support import ROOT, TOKEN, free_port, http, wait_for, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -440,3 +440,47 @@ def test_tokens_are_created_listed_used_and_revoked_over_the_api(stack, window):
     unknown = vx11(stack, "token", "revoke", me["token_id"])
     assert unknown.returncode == 1
     one_error_line(unknown, "not_found: ")
+
+
+# --- the README's first token ---------------------------------------------------------------
+
+
+def readme_first_token_steps() -> list[str]:
+    """The commands of the README's block that makes the first token, one per line, as a
+    newcomer types them (their comments left out)."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    [block] = [b for b in blocks if b.startswith("vx11 token create --local ")]
+    return [re.sub(r"\s+#.*$", "", line) for line in block.splitlines() if line.strip()]
+
+
+def test_the_readmes_first_token_opens_the_window_and_runs_a_spawn(stack):
+    """The README's steps, typed as they are: the token made with --local and exported
+    opens the window and runs code, then makes, lists and revokes a second token."""
+    http("POST", f"{stack.base}/vx11/window/close", {"target": "spawner"}, TOKEN)
+    env = cli_env(stack, token=None, VX11_REDIS_URL=stack.redis.url)
+    env["PATH"] = f"{VX11.parent}{os.pathsep}{env['PATH']}"
+    steps = readme_first_token_steps()
+    assert steps[0].startswith("vx11 token create --local ")
+    assert steps[1] == "export VX11_TOKEN=vx11_..."
+    assert any(step.startswith("vx11 spawn ") and "--wait" in step for step in steps)
+    ran: dict[str, subprocess.CompletedProcess] = {}
+    token_id = None
+    for step in steps:
+        if step.startswith("export VX11_TOKEN="):
+            env["VX11_TOKEN"] = ran["vx11 token create"].stdout.strip()
+            continue
+        command = step.replace("<id>", str(token_id))
+        done = subprocess.run(
+            ["bash", "-c", command], env=env, stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, f"{step}: exit {done.returncode}: {done.stderr}"
+        ran[" ".join(step.split()[:3])] = done
+        if step.startswith("vx11 token create"):
+            token_id = re.search(r"^id (\w+),", done.stderr, re.M)[1]
+    assert env["VX11_TOKEN"].startswith("vx11_")
+    spawned = ran["vx11 spawn python"]
+    assert spawned.stdout == "it works\n"
+    assert re.search(r"spawn-[0-9a-f]{8} DONE, exit 0", spawned.stderr), spawned.stderr
+    assert "ci" in ran["vx11 token list"].stdout
