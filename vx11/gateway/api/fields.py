@@ -25,6 +25,28 @@ class FullMatch(validate.Regexp):
         return value
 
 
+class Utf8Length(validate.Length):
+    """A text's length in bytes of UTF-8, the unit the server's limits count in (a
+    character is one to four bytes), with one message whichever bound it breaks.
+
+    Published as ``minLength`` and ``maxLength``, which count characters: a text within
+    the bytes is within the characters too, so the published bounds never refuse what
+    the server accepts."""
+
+    message_max = "must be at most {max} bytes of UTF-8"
+    message_all = "must be {min} to {max} bytes of UTF-8"
+
+    def __init__(self, max: int, *, min: int = 0) -> None:
+        super().__init__(min or None, max)
+
+    def __call__(self, value: Any) -> Any:
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if not (self.min or 0) <= size <= (self.max or 0):
+            message = self.message_all if self.min else self.message_max
+            raise ValidationError(self._format_error(value, message))
+        return value
+
+
 def _in_utc_range(value: datetime) -> None:
     try:
         value.astimezone(UTC)

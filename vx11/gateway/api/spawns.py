@@ -21,7 +21,7 @@ from vx11.core.states import SpawnStatus
 from vx11.core.tokens import Scope
 from vx11.gateway.api.auth import authenticated_blueprint, caller, owner_filter, requires
 from vx11.gateway.api.blueprint import Blueprint
-from vx11.gateway.api.fields import FullMatch, PageQuery, page_schema
+from vx11.gateway.api.fields import FullMatch, PageQuery, Utf8Length, page_schema
 from vx11.gateway.idempotency import HEADER as IDEMPOTENCY_KEY
 from vx11.gateway.idempotency import is_valid_key
 from vx11.gateway.lifecycle import is_terminal, wait_for_end
@@ -37,14 +37,6 @@ CORRELATION_ID = FullMatch(
 )
 MAX_ARG_BYTES = 4096
 """Longest single entry of a spawn's ``args``, bytes of UTF-8."""
-
-
-def _utf8_max(limit: int, what: str):
-    def check(value: str) -> None:
-        if len(value.encode("utf-8", "surrogatepass")) > limit:
-            raise ValidationError(f"{what} is longer than {limit} bytes")
-
-    return check
 
 
 def _valid_arg(value: str) -> None:
@@ -83,12 +75,7 @@ def request_schema(settings: Settings) -> Schema:
             "task_type": fields.String(required=True, validate=validate.OneOf(TASK_TYPES)),
             "code": fields.String(
                 required=True,
-                # Length bounds characters (documented as maxLength); the byte bound is
-                # the real one, as a character is one to four bytes of UTF-8.
-                validate=[
-                    validate.Length(1, settings.max_code_bytes),
-                    _utf8_max(settings.max_code_bytes, "code"),
-                ],
+                validate=Utf8Length(settings.max_code_bytes, min=1),
                 metadata={"description": f"At most {settings.max_code_bytes} bytes of UTF-8."},
             ),
             "ttl_seconds": fields.Integer(
@@ -99,10 +86,7 @@ def request_schema(settings: Settings) -> Schema:
             "stdin": fields.String(
                 load_default=None,
                 allow_none=True,
-                validate=[
-                    validate.Length(max=settings.max_stdin_bytes),
-                    _utf8_max(settings.max_stdin_bytes, "stdin"),
-                ],
+                validate=Utf8Length(settings.max_stdin_bytes),
                 metadata={"description": f"At most {settings.max_stdin_bytes} bytes of UTF-8."},
             ),
             "correlation_id": fields.String(

@@ -1,0 +1,62 @@
+"""What the API says of a request it refuses: one clear message per failing field."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.test_api import SPAWN, open_window, queued_messages
+
+CODE_MAX, STDIN_MAX = 64 << 10, 256 << 10
+"""The defaults of VX11_MAX_CODE_BYTES and VX11_MAX_STDIN_BYTES."""
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("stdin", "x" * (STDIN_MAX + 1), f"must be at most {STDIN_MAX} bytes of UTF-8"),
+        # fewer characters than the limit, more bytes
+        ("stdin", "é" * (STDIN_MAX // 2 + 1), f"must be at most {STDIN_MAX} bytes of UTF-8"),
+        ("code", "x" * (CODE_MAX + 1), f"must be 1 to {CODE_MAX} bytes of UTF-8"),
+        ("code", "€" * (CODE_MAX // 3 + 1), f"must be 1 to {CODE_MAX} bytes of UTF-8"),
+        ("code", "", f"must be 1 to {CODE_MAX} bytes of UTF-8"),
+    ],
+)
+def test_a_text_over_its_limit_gets_one_message(client, auth, redis_url, field, value, message):
+    open_window(client, auth)
+    response = client.post("/vx11/spawn", json={**SPAWN, field: value}, headers=auth)
+    assert response.status_code == 422, response.json
+    assert response.json["error"] == "validation_error"
+    assert response.json["fields"] == {field: [message]}
+    assert queued_messages(redis_url) == []
+
+
+def test_a_text_at_its_limit_in_bytes_is_accepted(client, auth):
+    open_window(client, auth)
+    body = {**SPAWN, "code": "#" + "é" * ((CODE_MAX - 1) // 2), "stdin": "€" * (STDIN_MAX // 3)}
+    response = client.post("/vx11/spawn", json=body, headers=auth)
+    assert response.status_code == 200 and response.json["status"] == "QUEUED", response.json
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/vx11/spawn", {**SPAWN, "ttl_seconds": 0, "correlation_id": "a b", "args": "-v",
+                         "metadata": {"k": "v" * 5000}, "memory_limit_mb": 1, "task_type": "perl",
+                         "code": "", "stdin": "x" * (STDIN_MAX + 1), "max_retries": 99}),
+        ("/vx11/window/open", {"target": "nowhere", "ttl_seconds": 0, "reason": "r" * 501}),
+        ("/vx11/window/close", {"target": "", "cancel_running": "yes", "reason": 1}),
+        ("/vx11/tokens", {"label": "", "scopes": ["root"], "expires_in_seconds": 0,
+                          "rate_limit_per_second": 0, "max_active_spawns": 0}),
+    ],
+)  # fmt: skip
+def test_every_failing_field_gets_exactly_one_message(client, auth, path, body):
+    open_window(client, auth)
+    response = client.post(path, json=body, headers=auth)
+    assert response.status_code == 422, response.json
+    failing = response.json["fields"]
+    assert set(failing) == set(body)
+    for field, messages in failing.items():
+        if isinstance(messages, dict):  # a list's items: {index: [messages]}
+            (messages,) = messages.values()
+        assert len(messages) == 1, (field, messages)
+
