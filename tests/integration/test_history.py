@@ -152,7 +152,7 @@ def test_the_page_size_defaults_to_50_and_stops_at_200(client, auth, ledger):
         ("limit=-1", "limit"),
         ("limit=ten", "limit"),
         ("limit=5&limit=6", "limit"),
-        ("status=done", "status"),
+        ("status=finished", "status"),
         ("status=DONE,", "status"),
         ("status=", "status"),
         ("task_type=ruby", "task_type"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.test_api import SPAWN, open_window, queued_messages
+from vx11.core.states import SpawnStatus
 
 CODE_MAX, STDIN_MAX = 64 << 10, 256 << 10
 """The defaults of VX11_MAX_CODE_BYTES and VX11_MAX_STDIN_BYTES."""
@@ -60,3 +61,51 @@ def test_every_failing_field_gets_exactly_one_message(client, auth, path, body):
             (messages,) = messages.values()
         assert len(messages) == 1, (field, messages)
 
+
+# --- filters: any case -------------------------------------------------------------------
+
+
+def test_the_history_status_and_task_type_filters_take_any_case(app, client, auth):
+    open_window(client, auth)
+    ledger = app.extensions["vx11"].ledger
+    done, queued = (client.post("/vx11/spawn", json=SPAWN, headers=auth).json for _ in range(2))
+    shell = client.post("/vx11/spawn", json={**SPAWN, "task_type": "shell"}, headers=auth).json
+    ledger.transition(done["spawn_uuid"], SpawnStatus.RUNNING)
+    ledger.transition(done["spawn_uuid"], SpawnStatus.DONE, exit_code=0)
+
+    def listed(query: str) -> list[str]:
+        response = client.get(f"/vx11/spawns?{query}", headers=auth)
+        assert response.status_code == 200, response.json
+        return [record["spawn_id"] for record in response.json["spawns"]]
+
+    for query in ("status=done", "status=Done", "status=DONE", "status=done&status=done"):
+        assert listed(query) == [done["spawn_id"]], query
+    for query in ("status=done,queued", "status=DONE&status=Queued"):
+        assert listed(query) == [shell["spawn_id"], queued["spawn_id"], done["spawn_id"]]
+    assert listed("task_type=SHELL") == listed("task_type=shell") == [shell["spawn_id"]]
+    answered = [client.get("/vx11/spawns?status=done", headers=auth).json["spawns"][0]["status"]]
+    assert answered == ["DONE"], "the state as the API writes it"
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "field"),
+    [
+        ("/vx11/spawns", "status=finished", "status"),
+        ("/vx11/spawns", "status=done,nope", "status"),
+        ("/vx11/spawns", "task_type=perl", "task_type"),
+        ("/vx11/audit", "event=window_shut", "event"),
+    ],
+)
+def test_an_unknown_filter_value_in_any_case_is_still_422(client, auth, path, query, field):
+    response = client.get(f"{path}?{query}", headers=auth)
+    assert response.status_code == 422, response.json
+    assert response.json["error"] == "validation_error"
+    assert list(response.json["fields"]) == [field]
+
+
+def test_the_audit_event_filter_takes_any_case(client, auth):
+    open_window(client, auth)
+    for query in ("event=WINDOW_OPENED", "event=Window_Opened,spawn_accepted"):
+        response = client.get(f"/vx11/audit?{query}", headers=auth)
+        assert response.status_code == 200, response.json
+        assert [entry["event"] for entry in response.json["entries"]] == ["window_opened"]

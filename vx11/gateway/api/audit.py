@@ -12,7 +12,7 @@ from vx11.core.record import UTCDateTime
 from vx11.core.tokens import Scope
 from vx11.gateway.api.auth import authenticated_blueprint, requires
 from vx11.gateway.api.blueprint import Blueprint
-from vx11.gateway.api.fields import PageQuery, page_schema
+from vx11.gateway.api.fields import Choice, PageQuery, page_schema
 from vx11.gateway.services import services
 
 """Most entries one audit page holds."""
@@ -26,7 +26,7 @@ SPAWN_IDENT = validate.Regexp(
 class AuditQuery(PageQuery):
     """The query string of ``GET /vx11/audit``; loads as the audit log's page arguments."""
 
-    event = fields.List(fields.String(validate=validate.OneOf(EVENTS)), load_default=list)
+    event = fields.List(Choice(EVENTS), load_default=list)
     target = fields.String(validate=validate.Length(1, 255))
     token_label = fields.String(validate=validate.Length(1, 1000))
     token_id = fields.String(validate=validate.Length(1, 64))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, overload
 
@@ -45,6 +46,19 @@ class Utf8Length(validate.Length):
             message = self.message_all if self.min else self.message_max
             raise ValidationError(self._format_error(value, message))
         return value
+
+
+class Choice(fields.String):
+    """One of ``choices``, given in any case (``done`` is ``DONE``): it loads as the
+    choice itself. Published as the choices (``enum``), as they are written."""
+
+    def __init__(self, choices: Iterable[str], **kwargs: Any) -> None:
+        self.by_key = {choice.casefold(): choice for choice in choices}
+        super().__init__(validate=validate.OneOf(tuple(self.by_key.values())), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        return self.by_key.get(text.casefold(), text)
 
 
 def _in_utc_range(value: datetime) -> None:

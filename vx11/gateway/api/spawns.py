@@ -21,7 +21,7 @@ from vx11.core.states import SpawnStatus
 from vx11.core.tokens import Scope
 from vx11.gateway.api.auth import authenticated_blueprint, caller, owner_filter, requires
 from vx11.gateway.api.blueprint import Blueprint
-from vx11.gateway.api.fields import FullMatch, PageQuery, Utf8Length, page_schema
+from vx11.gateway.api.fields import Choice, FullMatch, PageQuery, Utf8Length, page_schema
 from vx11.gateway.idempotency import HEADER as IDEMPOTENCY_KEY
 from vx11.gateway.idempotency import is_valid_key
 from vx11.gateway.lifecycle import is_terminal, wait_for_end
@@ -215,8 +215,8 @@ STATUSES = tuple(status.value for status in SpawnStatus)
 class HistoryQuery(PageQuery):
     """The query string of ``GET /vx11/spawns``; loads as the ledger's page arguments."""
 
-    status = fields.List(fields.String(validate=validate.OneOf(STATUSES)), load_default=list)
-    task_type = fields.String(validate=validate.OneOf(TASK_TYPES))
+    status = fields.List(Choice(STATUSES), load_default=list)
+    task_type = Choice(TASK_TYPES)
     correlation_id = fields.String(validate=CORRELATION_ID)
 
     @post_load
