@@ -1,20 +1,26 @@
-"""The ``vx11`` command's parts that need no running gateway: ``token --local`` against a
-real Redis (how the first admin token is made), and the client's event parsing, exit
-codes and error lines. tests/e2e/test_cli.py drives the rest against a real gateway."""
+"""The ``vx11`` command in one process: ``token --local`` against a real Redis (how the
+first token is made); the client commands against the gateway's app served over HTTP
+on a free port, with no worker (the tests move spawns through the ledger and their
+event stream as a worker would); and the client's event parsing, exit codes and error
+lines. tests/e2e/test_cli.py drives the installed command against a whole stack."""
 
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
+from werkzeug.serving import make_server
 
-from tests.support import free_port
+from tests.support import TOKEN, free_port
 from vx11 import create_app
 from vx11.cli import main
 from vx11.cli.client import ApiError, ServerEvent, parse_sse
 from vx11.cli.common import ExitCode, describe, exit_code_for
 from vx11.cli.follow import exit_code_of
+from vx11.core.states import SpawnStatus
 
 
 @pytest.fixture
@@ -178,3 +184,71 @@ def test_a_bad_setting_is_one_line_not_a_traceback(command, monkeypatch):
     assert result.output.strip().splitlines() == [
         "Error: bad configuration: VX11_ENV must be development or production, not 'staging'"
     ]
+
+
+# --- client commands against the gateway's app over HTTP ---------------------------------------
+
+
+@pytest.fixture
+def served(app) -> Iterator[str]:
+    """The gateway's app served over HTTP on a free port (threads, as gunicorn's gthread
+    does): its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="gateway", daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    app.extensions["vx11"].ledger.engine.dispose()
+
+
+@pytest.fixture
+def svc(app):
+    return app.extensions["vx11"]
+
+
+def cli(served: str, *args: str, token: str = TOKEN["X-VX11-Token"], **kwargs) -> Result:
+    return CliRunner().invoke(main, ["--url", served, "--token", token, *args], **kwargs)
+
+
+def spawn_in(client, state: SpawnStatus | None = None, **end) -> dict:
+    """A spawn submitted through ``client`` (a window open), then moved to ``state``
+    through RUNNING as a worker would: its record."""
+    opened = client.post("/vx11/window/open", json={"target": "spawner"}, headers=TOKEN)
+    assert opened.status_code == 200, opened.json
+    body = {"task_type": "shell", "code": "true"}
+    accepted = client.post("/vx11/spawn", json=body, headers=TOKEN).json
+    assert accepted["status"] == "QUEUED", accepted
+    ledger = client.application.extensions["vx11"].ledger
+    if state is not None:
+        ledger.transition(accepted["spawn_uuid"], SpawnStatus.RUNNING)
+        if state is not SpawnStatus.RUNNING:
+            ledger.transition(accepted["spawn_uuid"], state, **end)
+    return ledger.get(accepted["spawn_uuid"])
+
+
+def listed_ids(result: Result) -> list[str]:
+    assert result.exit_code == 0, result.output
+    return [record["spawn_id"] for record in json.loads(result.stdout)["spawns"]]
+
+
+def test_spawns_ls_takes_states_comma_separated_repeated_and_in_any_case(served, client):
+    done = spawn_in(client, SpawnStatus.DONE, exit_code=0)
+    failed = spawn_in(client, SpawnStatus.FAILED, exit_code=2)
+    cancelled = spawn_in(client, SpawnStatus.CANCELLED, reason="cancelled")
+    spawn_in(client, SpawnStatus.RUNNING)
+    newest_first = [cancelled["spawn_id"], failed["spawn_id"], done["spawn_id"]]
+    comma_separated = cli(served, "spawns", "ls", "--status", "done,FAILED", "--json")
+    assert listed_ids(comma_separated) == newest_first[1:]
+    repeated = cli(served, "spawns", "ls", "--status", "Done,failed", "--status", "cancelled",
+                   "--status", "done", "--json")  # fmt: skip
+    assert listed_ids(repeated) == newest_first
+    table = cli(served, "spawns", "ls", "--status", " done , failed ")
+    assert table.exit_code == 0, table.output
+    assert [row.split()[1] for row in table.stdout.splitlines()[1:]] == ["FAILED", "DONE"]
+
+
+def test_an_unknown_state_is_a_usage_error_naming_it(served):
+    result = cli(served, "spawns", "ls", "--status", "done,finished")
+    assert result.exit_code == ExitCode.USAGE
+    assert "'finished' is not one of QUEUED, RUNNING, DONE" in result.output

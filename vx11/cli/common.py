@@ -234,6 +234,45 @@ class Span(click.ParamType):
         return int(match[1]) * SPAN_UNITS[match[2] or "s"]
 
 
+class Choices(click.ParamType):
+    """One or more of ``choices`` in any case, separated by commas (``done,FAILED``); the
+    value is a tuple of them as ``choices`` spells them."""
+
+    name = "choices"
+
+    def __init__(self, choices: Sequence[str]) -> None:
+        self.choices = tuple(choices)
+        self.by_folded = {choice.casefold(): choice for choice in self.choices}
+
+    def get_metavar(self, param: Any, ctx: Any = None) -> str:
+        return f"[{'|'.join(self.choices)}],..."
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        parts = [part.strip() for part in str(value).split(",")]
+        unknown = [part for part in parts if part.casefold() not in self.by_folded]
+        if unknown:
+            self.fail(
+                f"{', '.join(map(repr, unknown))} is not one of {', '.join(self.choices)}",
+                param,
+                ctx,
+            )
+        return tuple(self.by_folded[part.casefold()] for part in parts)
+
+
+def choices_option(flag: str, dest: str, choices: Sequence[str], help: str) -> Any:
+    """A repeatable ``flag`` of :class:`Choices`: ``--status done,failed --status timeout``
+    gives ``dest`` every one named, once each, in order."""
+
+    def flatten(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(choice for group in value for choice in group))
+
+    return click.option(
+        flag, dest, type=Choices(choices), multiple=True, callback=flatten, help=help
+    )
+
+
 class Moment(click.ParamType):
     """A time for the history's filters: ISO 8601 (naive is UTC), or a length of time
     ago (``15m``, ``2h``, ``7d``)."""

@@ -16,6 +16,7 @@ from vx11.cli.common import (
     CliError,
     ExitCode,
     Moment,
+    choices_option,
     client_command,
     duration,
     echo_answer,
@@ -234,12 +235,11 @@ def spawns() -> None:
 
 
 @spawns.command("ls")
-@click.option(
+@choices_option(
     "--status",
     "statuses",
-    multiple=True,
-    type=click.Choice(STATUSES, case_sensitive=False),
-    help="Only this state; repeatable.",
+    STATUSES,
+    help="Only spawns in these states: any case, comma-separated or repeated.",
 )
 @click.option("--type", "task_type", type=click.Choice(("python", "shell")), help="python|shell")
 @click.option("--correlation-id", help="Only spawns with this correlation id.")
@@ -261,7 +261,7 @@ def spawns_ls(
 ) -> None:
     """Spawns, newest first: one page (--limit), or all of them (--all)."""
     params: dict[str, Any] = {
-        "status": [s.upper() for s in statuses] or None,
+        "status": list(statuses) or None,
         "task_type": task_type,
         "correlation_id": correlation_id,
         "since": since,
