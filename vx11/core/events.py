@@ -1,7 +1,8 @@
 """A spawn's live events: one Redis stream per spawn, written by whoever changes the
 spawn (the worker, or the gateway when it cancels a queued one) and read by the gateway
 for ``?wait=`` and the Server-Sent Events stream. A reader that comes late replays
-the stream from its start; the ledger stays the record of truth.
+the stream from its start, or resumes after the id of the last event it had; the ledger
+stays the record of truth.
 
 Events: ``state`` (``{"status": ...}``), ``stdout`` and ``stderr`` (``{"text": ...}``,
 the captured output as it is produced) and ``end`` (the terminal record's summary).
@@ -11,6 +12,7 @@ Cancel requests for running spawns are keys beside the streams.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -28,7 +30,13 @@ STREAM_TTL = 3600
 """Seconds a finished spawn's stream stays readable; the ledger keeps the record."""
 CANCEL_TTL = 86_400
 
+STATE = "state"
+OUTPUT = ("stdout", "stderr")
 END = "end"
+READ_COUNT = 500
+"""Entries one read fetches, at most."""
+MAX_ID_PART = 2**64 - 1
+"""The largest either half of a stream entry's id (``<ms>-<seq>``) may be."""
 
 
 def stream_key(spawn_uuid: str) -> str:
@@ -41,6 +49,18 @@ def cancel_key(spawn_uuid: str) -> str:
 
 def live_key(spawn_uuid: str) -> str:
     return f"{LIVE_PREFIX}{spawn_uuid}"
+
+
+def parse_id(value: str) -> tuple[int, int]:
+    """A stream entry's id, ``<milliseconds>-<sequence>``, as the pair of numbers it is
+    ordered by; ValueError if ``value`` is no such id."""
+    ms, dash, seq = value.partition("-")
+    if not (dash and ms.isdigit() and seq.isdigit() and ms.isascii() and seq.isascii()):
+        raise ValueError(f"not a stream entry id: {value[:40]!r}")
+    parsed = int(ms), int(seq)
+    if max(parsed) > MAX_ID_PART:
+        raise ValueError(f"not a stream entry id: {value[:40]!r}")
+    return parsed
 
 
 @dataclass(frozen=True)
@@ -87,19 +107,35 @@ class SpawnEvents:
         # [[stream, [(id, fields), ...]], ...], all in bytes.
         reply = cast(
             list[list[Any]],
-            self.redis.xread({stream_key(spawn_uuid): after}, block=block_ms, count=500),
+            self.redis.xread({stream_key(spawn_uuid): after}, block=block_ms, count=READ_COUNT),
         )
-        events = []
-        for _key, entries in reply or []:
-            for entry_id, fields in entries:
-                events.append(
-                    Event(
-                        entry_id.decode(),
-                        fields[b"kind"].decode(),
-                        json.loads(fields[b"data"]),
-                    )
-                )
-        return events
+        return [_event(entry) for _key, entries in reply or [] for entry in entries]
+
+    def replay(self, spawn_uuid: str, after: str = "0") -> Iterator[Event]:
+        """Every event after ``after`` the stream holds now, read a page at a time."""
+        while True:
+            events = self.read(spawn_uuid, after=after)
+            yield from events
+            if len(events) < READ_COUNT:
+                return
+            after = events[-1].id
+
+    def last(self, spawn_uuid: str) -> Event | None:
+        """The stream's newest event; None when the stream is empty or gone (expired)."""
+        entries = cast(list[Any], self.redis.xrevrange(stream_key(spawn_uuid), count=1))
+        return _event(entries[0]) if entries else None
+
+    def output_so_far(self, spawn_uuid: str) -> dict[str, str] | None:
+        """``{"stdout": ..., "stderr": ...}``: the text the spawn's current run has
+        streamed so far (the output events since the stream's last ``state``: a retry's
+        run starts afresh); None when there is no stream."""
+        output: dict[str, list[str]] | None = None
+        for event in self.replay(spawn_uuid):
+            if output is None or event.kind == STATE:
+                output = {name: [] for name in OUTPUT}
+            if event.kind in output:
+                output[event.kind].append(event.data["text"])
+        return None if output is None else {name: "".join(parts) for name, parts in output.items()}
 
     def request_cancel(self, spawn_uuid: str) -> None:
         self.redis.set(cancel_key(spawn_uuid), b"1", ex=CANCEL_TTL)
@@ -117,3 +153,9 @@ class SpawnEvents:
             return {}
         raws = self.redis.mget([live_key(u) for u in spawn_uuids])
         return {u: json.loads(raw) for u, raw in zip(spawn_uuids, raws, strict=True) if raw}
+
+
+def _event(entry: Any) -> Event:
+    """An event from a stream entry as the RESP2 client gives it: (id, fields), in bytes."""
+    entry_id, fields = entry
+    return Event(entry_id.decode(), fields[b"kind"].decode(), json.loads(fields[b"data"]))
