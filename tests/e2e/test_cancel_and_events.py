@@ -101,12 +101,13 @@ def test_the_event_stream_carries_output_live_then_the_final_record(stack):
     assert time.monotonic() - started < 20
 
 
-def test_the_event_stream_of_a_finished_spawn_is_just_its_record(stack):
+def test_the_event_stream_of_a_finished_spawn_replays_its_output(stack):
     stack.open_window()
     accepted = stack.spawn("shell", "echo done")
     wait_terminal(stack.base, accepted["spawn_id"])
     events = sse(stack.base, accepted["spawn_id"])
-    assert [kind for kind, _ in events] == ["state", "end"]
+    assert events[:2] == [("state", {"status": "RUNNING"}), ("stdout", {"text": "done\n"})]
+    assert [kind for kind, _ in events] == ["state", "stdout", "end"]
     assert events[-1][1]["stdout"] == "done\n"
 
 

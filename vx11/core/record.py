@@ -64,4 +64,14 @@ class SpawnRecord(Schema):
     )
 
 
+class SpawnDetail(SpawnRecord):
+    """One spawn's record with the code it runs: the answer of ``GET /vx11/spawn/<id>``,
+    of its cancel, and its event stream's ``end``. History pages and callbacks carry
+    the record without it: a page never reads it (one of the ledger's heavy fields), and
+    a callback goes to the client that submitted it."""
+
+    code = fields.String(metadata={"description": "The code the spawn was submitted with."})
+
+
 RECORD = SpawnRecord()
+DETAIL = SpawnDetail()

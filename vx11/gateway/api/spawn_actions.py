@@ -1,31 +1,28 @@
 """Acting on one spawn: ``POST /vx11/spawn/<id>/cancel`` and its live event stream,
-``GET /vx11/spawn/<id>/events`` (Server-Sent Events)."""
+``GET /vx11/spawn/<id>/events`` (Server-Sent Events, served by :mod:`vx11.gateway.stream`)."""
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Iterator
-from typing import Any
-
-import redis.exceptions
-from flask import Response, stream_with_context
+from flask import Response, request, stream_with_context
 
 from vx11.core.config import Settings
-from vx11.core.events import END
-from vx11.core.record import RECORD, SpawnRecord
+from vx11.core.record import SpawnDetail
 from vx11.core.tokens import Scope
 from vx11.gateway.api.auth import authenticated_blueprint, owner_filter, requires
 from vx11.gateway.api.blueprint import Blueprint
-from vx11.gateway.lifecycle import BLOCK_SLICE, cancel, is_terminal
-from vx11.gateway.services import Services, services
+from vx11.gateway.lifecycle import cancel
+from vx11.gateway.services import services
+from vx11.gateway.stream import LAST_EVENT_ID, LAST_EVENT_ID_PARAMETER, event_stream, last_event_id
 
-KEEPALIVE_EVERY = 15.0
-"""Seconds between SSE comments on a quiet stream, so proxies keep it open."""
 EVENT_STREAM = {
-    "description": "Server-Sent Events: ``state``, ``stdout``, ``stderr``, then ``end`` "
-    "(its data: the terminal record); ``error`` if Redis is lost mid-stream.",
+    "description": "Server-Sent Events, each with its ``id:``: ``state``, ``stdout``, "
+    "``stderr``, then ``end`` (its data: the terminal record); ``error`` if Redis is lost "
+    "mid-stream.",
     "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+NOTHING_LEFT = {
+    "description": "The client's ``Last-Event-ID`` is the stream's ``end``: nothing is "
+    "left to send, and EventSource stops reconnecting."
 }
 
 
@@ -34,7 +31,7 @@ def blueprint(settings: Settings) -> Blueprint:
 
     @blp.post("/<ident>/cancel")
     @requires(Scope.SPAWN)
-    @blp.response(200, SpawnRecord)
+    @blp.response(200, SpawnDetail)
     @blp.alt_response(404, response="NOT_FOUND")
     @blp.alt_response(409, response="CONFLICT")
     def cancel_spawn(ident: str):
@@ -47,57 +44,27 @@ def blueprint(settings: Settings) -> Blueprint:
 
     @blp.get("/<ident>/events")
     @requires(Scope.READ)
+    @blp.alt_response(400, response="BAD_REQUEST")
     @blp.alt_response(404, response="NOT_FOUND")
-    @blp.doc(responses={200: EVENT_STREAM})
+    @blp.doc(parameters=[LAST_EVENT_ID_PARAMETER], responses={200: EVENT_STREAM, 204: NOTHING_LEFT})
     def spawn_events(ident: str):
         """Follow a spawn
 
         Server-Sent Events: ``state`` changes, ``stdout``/``stderr`` text as the code
-        produces it, then ``end`` with the terminal record. A late client replays what
-        the spawn has streamed so far."""
+        produces it, then ``end`` with the terminal record; each event carries its
+        ``id:``. A late client replays the stream, a finished spawn's too (once its
+        stream has expired, a replay made from the record, ids ``0-1`` to ``0-4``). A
+        ``Last-Event-ID`` header resumes strictly after that event (400 ``bad_request``
+        if it is no event id); when it names the ``end``, the answer is 204."""
         svc = services()
         record = svc.ledger.get(ident, owner=owner_filter())  # 404 before the stream starts
-        stream = stream_with_context(_events(svc, record))
+        body = event_stream(svc, record, last_event_id(request.headers.get(LAST_EVENT_ID)))
+        if body is None:
+            return Response(status=204)
         return Response(
-            stream,
+            stream_with_context(body),
             mimetype="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     return blp
-
-
-def _sse(kind: str, data: Any, event_id: str | None = None) -> str:
-    head = f"id: {event_id}\n" if event_id else ""
-    return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n"
-
-
-def _events(svc: Services, record: dict[str, Any]) -> Iterator[str]:
-    spawn_uuid = record["spawn_uuid"]
-    yield _sse("state", {"status": record["status"]})
-    if is_terminal(record):
-        yield _sse(END, RECORD.dump(record))
-        return
-    last, quiet_since = "0", time.monotonic()
-    deadline = time.monotonic() + svc.settings.spawn_max_ttl + 600
-    while time.monotonic() < deadline:
-        try:
-            events = svc.events.read(spawn_uuid, after=last, block_ms=int(BLOCK_SLICE * 1000))
-        except redis.exceptions.RedisError:
-            yield _sse("error", {"error": "redis_unavailable"})
-            return
-        for event in events:
-            last = event.id
-            if event.kind == END:
-                yield _sse(END, RECORD.dump(svc.ledger.get(spawn_uuid)), event.id)
-                return
-            yield _sse(event.kind, event.data, event.id)
-        if events:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since >= KEEPALIVE_EVERY:
-            record = svc.ledger.get(spawn_uuid)  # a missed end (stream expired) ends here
-            if is_terminal(record):
-                yield _sse(END, RECORD.dump(record))
-                return
-            quiet_since = time.monotonic()
-            yield ": keepalive\n\n"
