@@ -1,7 +1,8 @@
 """A spawn's event stream, resumable: every event goes out once, with its id; a client
 that reconnects with ``Last-Event-ID`` gets what comes strictly after, while the spawn
 runs and once it has ended; a finished spawn replays its output, from its Redis stream
-or, once that has expired, from its record."""
+or, once that has expired, from its record. And a record shows its output while the
+spawn runs, and the code it was submitted with."""
 
 from __future__ import annotations
 
@@ -166,3 +167,31 @@ def test_a_malformed_last_event_id_is_400(stack):
         with connect(stack, spawn_id, last_event_id=bad) as response:
             assert response.status_code == 400, bad
             assert response.json()["error"] == "bad_request"
+
+
+def test_a_running_record_shows_its_output_so_far(stack):
+    stack.open_window()
+    accepted = stack.spawn("shell", "echo first; echo oops >&2; sleep 30", ttl_seconds=60)
+
+    def with_output():
+        record = record_of(stack, accepted["spawn_id"])
+        return record["status"] == "RUNNING" and record["stdout"] == "first\n" and record
+
+    record = wait_for(with_output, timeout=30)
+    assert record["stderr"] == "oops\n"
+    http("POST", f"{stack.base}/vx11/spawn/{accepted['spawn_id']}/cancel", headers=TOKEN)
+    record = wait_terminal(stack.base, accepted["spawn_id"])
+    assert (record["status"], record["stdout"]) == ("CANCELLED", "first\n")
+
+
+def test_a_record_shows_its_code_and_a_history_page_does_not(stack):
+    stack.open_window()
+    code = "import sys\nprint(sys.argv[1:])\n"
+    accepted = stack.spawn("python", code, args=["a", "b c"])
+    record = wait_terminal(stack.base, accepted["spawn_id"])
+    assert (record["code"], record["args"]) == (code, ["a", "b c"])
+    assert read_to_end(stack, accepted["spawn_id"])[-1].data["code"] == code
+    status, page = http("GET", f"{stack.base}/vx11/spawns?limit=5", headers=TOKEN)
+    assert status == 200
+    listed = next(s for s in page["spawns"] if s["spawn_id"] == accepted["spawn_id"])
+    assert "code" not in listed and listed["args"] == ["a", "b c"]

@@ -16,7 +16,7 @@ from vx11.core.config import Settings
 from vx11.core.errors import ValidationFailed
 from vx11.core.ledger import SpawnFilter
 from vx11.core.ledger.store import AlreadyAccepted
-from vx11.core.record import SpawnRecord, UTCDateTime
+from vx11.core.record import SpawnDetail, SpawnRecord, UTCDateTime
 from vx11.core.states import SpawnStatus
 from vx11.core.tokens import Scope
 from vx11.gateway.api.auth import authenticated_blueprint, caller, owner_filter, requires
@@ -26,6 +26,7 @@ from vx11.gateway.idempotency import HEADER as IDEMPOTENCY_KEY
 from vx11.gateway.idempotency import is_valid_key
 from vx11.gateway.lifecycle import is_terminal, wait_for_end
 from vx11.gateway.services import Services, services
+from vx11.gateway.stream import with_progress
 from vx11.gateway.submit import resume, submit_spawn
 
 TASK_TYPES = ("python", "shell")
@@ -275,7 +276,7 @@ def blueprint(settings: Settings) -> Blueprint:
     @blp.get("/result/<ident>")
     @requires(Scope.READ)
     @blp.arguments(RecordQuery, location="query")
-    @blp.response(200, SpawnRecord)
+    @blp.response(200, SpawnDetail)
     @blp.alt_response(404, response="NOT_FOUND")
     def get_spawn(query, ident: str):
         """Read a spawn
@@ -283,18 +284,13 @@ def blueprint(settings: Settings) -> Blueprint:
         The spawn's record, by ``spawn_id`` or ``spawn_uuid`` (``/vx11/result/<ident>``
         is the MVP's path to the same). ``?wait=<seconds>`` (up to 60) answers as soon as
         the spawn is terminal, or when the wait runs out. While it runs, ``processes``
-        shows its live processes. Another token's spawn is 404, as an unknown one (admin
-        reads all)."""
+        shows its live processes, and ``stdout`` and ``stderr`` the output so far.
+        Another token's spawn is 404, as an unknown one (admin reads all)."""
         svc = services()
         record = svc.ledger.get(ident, owner=owner_filter())
         if query["wait"] and not is_terminal(record):
             record = wait_for_end(svc, record["spawn_uuid"], query["wait"])
-        record["processes"] = (
-            svc.events.live([record["spawn_uuid"]]).get(record["spawn_uuid"])
-            if record["status"] == SpawnStatus.RUNNING
-            else None
-        )
-        return record
+        return with_progress(svc, record)
 
     @blp.get("/spawns")
     @requires(Scope.READ)
