@@ -281,10 +281,31 @@ def test_ctrl_c_while_waiting_leaves_the_spawn_running_and_says_how_to_cancel(st
         stderr = proc.stderr.read()
     spawn_id = spawn_by_correlation(stack, tag)["spawn_id"]
     assert stderr == (
-        f"vx11: error: interrupted; {spawn_id} goes on (vx11 spawn cancel {spawn_id} stops it)\n"
+        f"vx11: error: interrupted; {spawn_id} goes on (vx11 spawn follow {spawn_id} follows "
+        f"it again, vx11 spawn cancel {spawn_id} stops it)\n"
     )
     assert status_of(stack, spawn_id) == "RUNNING"
     assert vx11(stack, "spawn", "cancel", spawn_id).returncode == 0
+
+
+def test_a_spawn_left_by_ctrl_c_is_followed_again_to_its_end_and_its_exit_code(stack, window):
+    code = "import sys, time\nfor i in range(5):\n    print('tick', i, flush=True)\n" \
+        "    time.sleep(0.8)\nsys.exit(3)"  # fmt: skip
+    tag = f"follow-{uuid.uuid4().hex[:8]}"
+    with vx11_running(stack, "spawn", "python", code, "-w", "--correlation-id", tag) as waited:
+        assert waited.stdout.readline() == "tick 0\n"
+        waited.send_signal(signal.SIGINT)
+        assert waited.wait(timeout=10) == 130
+    spawn_id = spawn_by_correlation(stack, tag)["spawn_id"]
+    with vx11_running(stack, "spawn", "follow", spawn_id) as followed:
+        assert followed.stdout.readline() == "tick 0\n"  # what it printed before, first
+        assert status_of(stack, spawn_id) == "RUNNING"
+        assert followed.wait(timeout=30) == 3
+        assert followed.stdout.read() == "tick 1\ntick 2\ntick 3\ntick 4\n"
+        assert followed.stderr.read().startswith(f"vx11: {spawn_id} FAILED, exit 3, ")
+    again = vx11(stack, "spawn", "show", spawn_id, "--wait")
+    assert again.returncode == 3
+    assert again.stdout == "".join(f"tick {i}\n" for i in range(5))
 
 
 # --- reading spawns -----------------------------------------------------------------------

@@ -6,17 +6,24 @@ lines. tests/e2e/test_cli.py drives the installed command against a whole stack.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner, Result
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
-from tests.support import TOKEN, free_port
+from tests.support import TOKEN, free_port, wait_for
 from vx11 import create_app
-from vx11.cli import main
+from vx11.cli import follow, main
 from vx11.cli.client import ApiError, ServerEvent, parse_sse
 from vx11.cli.common import ExitCode, describe, exit_code_for
 from vx11.cli.follow import exit_code_of
@@ -189,11 +196,25 @@ def test_a_bad_setting_is_one_line_not_a_traceback(command, monkeypatch):
 # --- client commands against the gateway's app over HTTP ---------------------------------------
 
 
+class QuietHandler(WSGIRequestHandler):
+    """Werkzeug's request handler without its request log: the CLI's output is the test's."""
+
+    def log(self, type: str, message: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def app(test_config):
+    """The gateway's app, logging warnings only: its log lines would go to the stderr that
+    the CLI's runner captures."""
+    return create_app({**test_config, "log_level": "WARNING"})
+
+
 @pytest.fixture
 def served(app) -> Iterator[str]:
     """The gateway's app served over HTTP on a free port (threads, as gunicorn's gthread
     does): its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="gateway", daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
@@ -252,3 +273,192 @@ def test_an_unknown_state_is_a_usage_error_naming_it(served):
     result = cli(served, "spawns", "ls", "--status", "done,finished")
     assert result.exit_code == ExitCode.USAGE
     assert "'finished' is not one of QUEUED, RUNNING, DONE" in result.output
+
+
+# --- following a spawn --------------------------------------------------------------------------
+
+
+def run_as_a_worker(svc, record: dict, *outputs: tuple[str, str]) -> None:
+    """What a worker writes for a running spawn: its state, then its ``(stream, text)``
+    outputs, as events."""
+    svc.events.append(record["spawn_uuid"], "state", {"status": "RUNNING"})
+    for name, text in outputs:
+        svc.events.append(record["spawn_uuid"], name, {"text": text})
+
+
+def end_as_a_worker(svc, record: dict, status: SpawnStatus, **fields) -> None:
+    final = svc.ledger.transition(record["spawn_uuid"], status, **fields)
+    svc.events.finish(record["spawn_uuid"], {"spawn_uuid": final["spawn_uuid"], "status": status})
+
+
+def cli_process(served: str, *args: str) -> subprocess.Popen:
+    """``vx11 ARGS`` against ``served`` in a process of its own, its output piped (text)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VX11_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "vx11.cli", "--url", served, "--token", TOKEN["X-VX11-Token"],
+         *args],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("command", [["spawn", "follow"], ["spawn", "show", "--wait"]])
+def test_follow_prints_the_output_so_far_then_the_rest_and_exits_with_the_spawns_code(
+    served, client, svc, command
+):
+    record = spawn_in(client, SpawnStatus.RUNNING)
+    run_as_a_worker(svc, record, ("stdout", "before\n"), ("stderr", "warn\n"))
+    proc = cli_process(served, *command, record["spawn_id"])
+    try:
+        assert proc.stdout.readline() == "before\n"
+        svc.events.append(record["spawn_uuid"], "stdout", {"text": "after\n"})
+        assert proc.stdout.readline() == "after\n"
+        end_as_a_worker(svc, record, SpawnStatus.FAILED, exit_code=3, stdout="before\nafter\n",
+                        stderr="warn\n")  # fmt: skip
+        assert proc.wait(timeout=30) == 3
+        assert proc.stdout.read() == ""
+        assert proc.stderr.read() == f"warn\nvx11: {record['spawn_id']} FAILED, exit 3\n"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_following_a_finished_spawn_prints_its_output_and_exit_code_at_once(served, client):
+    record = spawn_in(client, SpawnStatus.TIMEOUT, reason="wall_time_limit", stdout="partial\n")
+    result = cli(served, "spawn", "follow", record["spawn_uuid"])
+    assert result.exit_code == ExitCode.TIMEOUT, result.output
+    assert result.stdout == "partial\n"
+    assert f"{record['spawn_id']} TIMEOUT, wall_time_limit" in result.stderr
+    as_json = cli(served, "spawn", "show", record["spawn_id"], "--wait", "--json")
+    assert as_json.exit_code == ExitCode.TIMEOUT
+    assert json.loads(as_json.stdout)["stdout"] == "partial\n"
+
+
+def test_following_an_unknown_spawn_is_not_found_in_one_line(served):
+    result = cli(served, "spawn", "follow", "spawn-00000000")
+    assert result.exit_code == ExitCode.API_ERROR
+    assert result.output.startswith("vx11: error: not_found: ")
+    assert len(result.output.splitlines()) == 1
+
+
+class CuttingRelay:
+    """A TCP relay to the gateway at ``port`` that cuts the first event stream it carries
+    right after passing on a piece with a ``stdout`` event, as a proxy or a restarting
+    gateway would; ``requests`` keeps the head of every request it relayed."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.requests: list[str] = []
+        self.cut = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.port))
+            threading.Thread(target=self._up, args=(client, upstream), daemon=True).start()
+
+    def _up(self, client: socket.socket, upstream: socket.socket) -> None:
+        streams: list[bool] = []
+        threading.Thread(target=self._down, args=(upstream, client, streams), daemon=True).start()
+        while data := self._recv(client):
+            head = data.decode("latin-1").split("\r\n\r\n", 1)[0]
+            if head.startswith("GET "):
+                self.requests.append(head)
+                streams.append("/events " in head.split("\r\n", 1)[0])
+            upstream.sendall(data)
+        upstream.close()
+
+    def _down(self, upstream: socket.socket, client: socket.socket, streams: list[bool]) -> None:
+        while data := self._recv(upstream):
+            client.sendall(data)
+            if streams and streams[-1] and b"event: stdout" in data and not self.cut.is_set():
+                self.cut.set()
+                break
+        for sock in (client, upstream):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    @staticmethod
+    def _recv(sock: socket.socket) -> bytes:
+        try:
+            return sock.recv(65536)
+        except OSError:
+            return b""
+
+
+def last_event_ids(relay: CuttingRelay) -> list[str | None]:
+    """The Last-Event-ID of each event stream request the relay carried (None: none)."""
+    found = []
+    for head in relay.requests:
+        if "/events " in head.split("\r\n", 1)[0]:
+            match = re.search(r"^Last-Event-ID: (.*)$", head, re.M | re.I)
+            found.append(match[1].strip() if match else None)
+    return found
+
+
+def test_a_broken_event_stream_is_resumed_after_the_last_event_with_nothing_twice(
+    served, client, svc
+):
+    record = spawn_in(client, SpawnStatus.RUNNING)
+    run_as_a_worker(svc, record, ("stdout", "one\n"))
+    relay = CuttingRelay(int(served.rsplit(":", 1)[1]))
+    proc = cli_process(relay.url, "spawn", "follow", record["spawn_id"])
+    try:
+        assert proc.stdout.readline() == "one\n"
+        assert relay.cut.wait(timeout=10)
+        wait_for(lambda: len(last_event_ids(relay)) == 2)
+        svc.events.append(record["spawn_uuid"], "stdout", {"text": "two\n"})
+        end_as_a_worker(svc, record, SpawnStatus.DONE, exit_code=0, stdout="one\ntwo\n")
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout.read() == "two\n"
+        assert proc.stderr.read() == f"vx11: {record['spawn_id']} DONE, exit 0\n"
+    finally:
+        proc.kill()
+        proc.wait()
+        relay.close()
+    [one] = [e for e in svc.events.read(record["spawn_uuid"]) if e.data.get("text") == "one\n"]
+    first, again = last_event_ids(relay)
+    assert (first, again) == (None, one.id)
+
+
+class ReplayingGateway:
+    """A stand-in for the client of a gateway whose event stream cannot resume: each
+    connection replays the stream from its start, and the first breaks after two events."""
+
+    def __init__(self) -> None:
+        self.asked_after: list[str | None] = []
+
+    def events(self, ident: str, last_event_id: str | None = None):
+        self.asked_after.append(last_event_id)
+        yield ServerEvent("state", {"status": "RUNNING"})
+        yield ServerEvent("stdout", {"text": "a"}, "5-0")
+        yield ServerEvent("stdout", {"text": "b"}, "5-1")
+        if len(self.asked_after) == 1:
+            raise ApiError(None, "unreachable", "the event stream broke off")
+        yield ServerEvent("stdout", {"text": "c"}, "7-0")
+        yield ServerEvent("end", {"status": "DONE"}, "8-0")
+
+
+def test_a_gateway_that_replays_from_the_start_gives_each_event_once(monkeypatch):
+    monkeypatch.setattr(follow, "RECONNECT_DELAY", 0)
+    gateway = ReplayingGateway()
+    inbox: queue.Queue = queue.Queue()
+    follow._read_events(gateway, "spawn-1a2b3c4d", inbox)
+    got = []
+    while (item := inbox.get_nowait()) is not None:
+        got.append((item.kind, item.data.get("text")))
+    assert got == [
+        ("state", None), ("stdout", "a"), ("stdout", "b"),
+        ("state", None), ("stdout", "c"), ("end", None),
+    ]  # fmt: skip
+    assert gateway.asked_after == [None, "5-1"]

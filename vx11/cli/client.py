@@ -15,6 +15,8 @@ import requests
 DEFAULT_URL = "http://127.0.0.1:8000"
 """Where ``./scripts/run`` serves the gateway."""
 TOKEN_HEADER = "X-VX11-Token"
+LAST_EVENT_ID = "Last-Event-ID"
+"""The header that resumes an event stream after the event it names (SSE's own)."""
 CONNECT_TIMEOUT = 5.0
 """Seconds to open a connection to the gateway."""
 READ_TIMEOUT = 30.0
@@ -69,6 +71,15 @@ class ServerEvent:
     kind: str
     data: Any
     id: str | None = None
+
+
+def event_order(event_id: str | None) -> tuple[int, int] | None:
+    """An event's id (the gateway's ``<milliseconds>-<sequence>``, a Redis stream entry's)
+    as the pair it is ordered by; None for no id, or one of another shape."""
+    ms, dash, seq = (event_id or "").partition("-")
+    if not (dash and ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()):
+        return None
+    return int(ms), int(seq)
 
 
 @dataclass
@@ -281,16 +292,21 @@ class Client:
                 return
             params["cursor"] = page["next_cursor"]
 
-    def events(self, ident: str) -> Iterator[ServerEvent]:
-        """The spawn's Server-Sent Events as they arrive, until the gateway ends the stream.
+    def events(self, ident: str, last_event_id: str | None = None) -> Iterator[ServerEvent]:
+        """The spawn's Server-Sent Events as they arrive, until the gateway ends the stream;
+        with ``last_event_id``, those after that event (a gateway that cannot resume
+        starts again from the first).
 
         A broken or silent stream raises :class:`ApiError` with ``status`` None."""
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers[LAST_EVENT_ID] = last_event_id
         response = self._send(
             "GET",
             f"/vx11/spawn/{_segment(ident)}/events",
             stream=True,
             read_timeout=EVENTS_READ_TIMEOUT,
-            headers={"Accept": "text/event-stream"},
+            headers=headers,
         )
         with response:
             try:

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 import click
 
-from vx11.cli.client import ApiError, Client
+from vx11.cli.client import ApiError, Client, event_order
 from vx11.cli.common import CliError, ExitCode, duration, stderr_is_terminal
 
 ACTIVE = ("QUEUED", "RUNNING")
@@ -20,6 +20,13 @@ POLL_WAIT = 1.0
 """Seconds each ``?wait=`` read lasts when the event stream is lost and we poll."""
 TICK = 0.1
 """Seconds between two frames of the progress line."""
+RECONNECTS = 5
+"""Times in a row a broken event stream is opened again before the record is read
+instead (a gateway restarting, a proxy that cut the connection)."""
+RECONNECT_DELAY = 0.25
+"""Seconds before the first reconnection; each next one waits twice as long..."""
+RECONNECT_DELAY_MAX = 2.0
+"""...up to this."""
 
 STATE_EXIT = {
     "TIMEOUT": ExitCode.TIMEOUT,
@@ -126,14 +133,52 @@ class _Output:
 
 
 def _read_events(client: Client, spawn_id: str, inbox: queue.Queue) -> None:
-    try:
-        for event in client.events(spawn_id):
-            inbox.put(event)
-    except ApiError as exc:
-        inbox.put(exc)
-    except Exception as exc:  # the reader thread must hand every failure to the waiter
-        inbox.put(ApiError(None, "unreachable", f"the event stream failed: {exc}"))
+    """Put the spawn's events into ``inbox``, each once, then None.
+
+    A stream that broke, or ended before its ``end``, after it had delivered events is
+    opened again with the last event's id as ``Last-Event-ID``; events already had are
+    skipped, should the gateway replay the stream from its start. When the first
+    connection fails, or :data:`RECONNECTS` in a row bring no new event, the waiter reads
+    the record instead (a refusal of the first connection, such as ``not_found``, is
+    handed to it)."""
+    last_id: str | None = None
+    delivered = False
+    breaks = 0
+    while True:
+        try:
+            for event in client.events(spawn_id, last_event_id=last_id):
+                if event.id is not None:
+                    if not _after(event.id, last_id):
+                        continue
+                    last_id, breaks = event.id, 0
+                delivered = True
+                inbox.put(event)
+                if event.kind in ("end", "error"):
+                    inbox.put(None)
+                    return
+        except ApiError as exc:
+            if not delivered:
+                inbox.put(exc)
+                break
+            if not exc.transport:  # a gateway that answers but cannot stream: read instead
+                break
+        except Exception as exc:  # the reader thread must hand every failure to the waiter
+            inbox.put(ApiError(None, "unreachable", f"the event stream failed: {exc}"))
+            break
+        if not delivered:
+            break
+        breaks += 1
+        if breaks > RECONNECTS:
+            break
+        time.sleep(min(RECONNECT_DELAY * 2 ** (breaks - 1), RECONNECT_DELAY_MAX))
     inbox.put(None)
+
+
+def _after(event_id: str, last_id: str | None) -> bool:
+    """Whether the event ``event_id`` comes after ``last_id``, the last one had; an id
+    whose order cannot be told counts as new."""
+    order, last = event_order(event_id), event_order(last_id)
+    return order is None or last is None or order > last
 
 
 def follow(client: Client, spawn_id: str, *, live_output: bool = True) -> dict[str, Any]:
@@ -149,7 +194,8 @@ def follow(client: Client, spawn_id: str, *, live_output: bool = True) -> dict[s
     except KeyboardInterrupt:
         progress.clear()
         raise CliError(
-            f"interrupted; {spawn_id} goes on (vx11 spawn cancel {spawn_id} stops it)",
+            f"interrupted; {spawn_id} goes on (vx11 spawn follow {spawn_id} follows it "
+            f"again, vx11 spawn cancel {spawn_id} stops it)",
             ExitCode.CANCELLED,
         ) from None
     finally:

@@ -1,4 +1,4 @@
-"""``vx11 spawn python|shell|show|cancel`` and ``vx11 spawns ls``: submitting code,
+"""``vx11 spawn python|shell|show|follow|cancel`` and ``vx11 spawns ls``: submitting code,
 following it, reading and cancelling spawns, and the history."""
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ over the server's maximum is a 422 naming the field."""
 
 @click.group()
 def spawn() -> None:
-    """Run code (python, shell), read a spawn (show), stop one (cancel)."""
+    """Run code (python, shell), read a spawn (show), follow one to its end (follow),
+    stop one (cancel)."""
 
 
 def _read_text(path: str, what: str) -> str:
@@ -142,7 +143,13 @@ def run_spawn(client: Client, task_type: str, options: dict[str, Any]) -> None:
     if not options["wait"]:
         echo_answer(answer, as_json, lambda answer: answer["spawn_id"])
         return
-    record = follow(client, answer["spawn_id"], live_output=not as_json)
+    follow_to_its_end(client, answer["spawn_id"], as_json)
+
+
+def follow_to_its_end(client: Client, spawn_id: str, as_json: bool) -> None:
+    """Follow the spawn, its output live (``--json``: the final record), then exit with
+    the code its end stands for."""
+    record = follow(client, spawn_id, live_output=not as_json)
     if as_json:
         echo_json(record)
     else:
@@ -213,11 +220,29 @@ def record_text(record: dict[str, Any]) -> str:
 
 @spawn.command("show")
 @click.argument("spawn_id")
+@click.option("-w", "--wait", is_flag=True, help="Follow it to its end, as vx11 spawn follow does.")
 @client_command
-def spawn_show(client: Client, spawn_id: str, as_json: bool) -> None:
-    """A spawn's record and output, by spawn id or uuid."""
+def spawn_show(client: Client, spawn_id: str, wait: bool, as_json: bool) -> None:
+    """A spawn's record and output, by spawn id or uuid.
+
+    With --wait, follow it as `vx11 spawn follow` does."""
+    if wait:
+        follow_to_its_end(client, spawn_id, as_json)
+        return
     record = client.get_spawn(spawn_id)
     echo_answer(record, as_json, record_text)
+
+
+@spawn.command("follow")
+@click.argument("spawn_id")
+@client_command
+def spawn_follow(client: Client, spawn_id: str, as_json: bool) -> None:
+    """Follow a spawn to its end, as --wait does, and exit with its exit code.
+
+    SPAWN_ID is the spawn id or uuid. Its output so far is printed, then the rest as it
+    comes: what a Ctrl-C on --wait left running is followed again this way. A finished
+    spawn's output and exit code come at once (docs/cli.md)."""
+    follow_to_its_end(client, spawn_id, as_json)
 
 
 @spawn.command("cancel")
