@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.integration.test_api import SPAWN, open_window, queued_messages
 from vx11.core.states import SpawnStatus
+from vx11.gateway.api.openapi import SPEC_PATH
 
 CODE_MAX, STDIN_MAX = 64 << 10, 256 << 10
 """The defaults of VX11_MAX_CODE_BYTES and VX11_MAX_STDIN_BYTES."""
@@ -109,3 +112,87 @@ def test_the_audit_event_filter_takes_any_case(client, auth):
         response = client.get(f"/vx11/audit?{query}", headers=auth)
         assert response.status_code == 200, response.json
         assert [entry["event"] for entry in response.json["entries"]] == ["window_opened"]
+
+
+# --- query strings: only the parameters an endpoint takes --------------------------------
+
+PATH_VALUES = {"ident": "spawn-00000000", "target": "spawner", "token_id": "0" * 8}
+
+
+def operations(client) -> list[tuple[str, str]]:
+    """``(method, path)`` of every operation the OpenAPI document lists, with a value in
+    each path parameter."""
+    spec = client.get(SPEC_PATH).json
+    return [
+        (method, re.sub(r"\{(\w+)\}", lambda match: PATH_VALUES[match[1]], path))
+        for path, item in spec["paths"].items()
+        for method in item
+        if method != "parameters"
+    ]
+
+
+def test_post_spawn_with_a_query_parameter_is_422_naming_it_and_queues_nothing(
+    client, auth, redis_url
+):
+    open_window(client, auth)
+    response = client.post("/vx11/spawn?wait=10", json=SPAWN, headers=auth)
+    assert response.status_code == 422, response.json
+    assert response.json == {
+        "error": "unknown_parameter",
+        "message": "unknown query parameter wait: this endpoint takes no query parameter",
+        "fields": {"wait": ["unknown query parameter"]},
+    }
+    assert queued_messages(redis_url) == []
+
+
+def test_an_unknown_parameter_beside_known_ones_is_422_naming_it_and_what_is_taken(client, auth):
+    response = client.get("/vx11/spawns?limit=5&bogus=1&status=done", headers=auth)
+    assert response.status_code == 422, response.json
+    assert response.json["error"] == "unknown_parameter"
+    assert response.json["fields"] == {"bogus": ["unknown query parameter"]}
+    assert response.json["message"] == (
+        "unknown query parameter bogus: this endpoint takes "
+        "correlation_id, cursor, limit, since, status, task_type, until"
+    )
+    both = client.get("/vx11/audit?Event=x&limit=0&targets=a", headers=auth).json
+    assert both["error"] == "unknown_parameter", "unknown ones first, then the values"
+    assert set(both["fields"]) == {"Event", "targets"}
+
+
+def test_every_endpoint_refuses_an_unknown_query_parameter(client, auth):
+    for method, path in operations(client):
+        response = client.open(f"{path}?bogus=1", method=method.upper(), headers=auth)
+        assert response.status_code == 422, (method, path, response.status_code)
+        assert response.json["error"] == "unknown_parameter", (method, path)
+        assert response.json["fields"] == {"bogus": ["unknown query parameter"]}
+
+
+def test_a_request_without_a_token_is_401_before_its_query_is_read(client):
+    for method, path in operations(client):
+        if path == "/health":
+            continue
+        response = client.open(f"{path}?bogus=1", method=method.upper())
+        assert response.status_code == 401, (method, path, response.status_code)
+
+
+def test_the_unknown_parameter_refusal_is_documented_on_every_operation(client):
+    spec = client.get(SPEC_PATH).json
+    assert (
+        "unknown_parameter" in spec["components"]["schemas"]["Error"]["properties"]["error"]["enum"]
+    )
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method != "parameters":
+                assert "422" in operation["responses"], (method, path)
+
+
+def test_the_parameters_an_endpoint_takes_are_still_taken(client, auth):
+    open_window(client, auth)
+    accepted = client.post("/vx11/spawn", json=SPAWN, headers=auth).json
+    read = client.get(f"/vx11/spawn/{accepted['spawn_id']}?wait=0", headers=auth)
+    assert read.status_code == 200, read.json
+    page = client.get("/vx11/spawns?limit=1&status=QUEUED&task_type=python", headers=auth)
+    assert page.status_code == 200 and page.json["next_cursor"] is None, page.json
+    cursor = client.get("/vx11/audit?limit=1", headers=auth).json["next_cursor"]
+    assert cursor
+    assert client.get(f"/vx11/audit?limit=1&cursor={cursor}", headers=auth).status_code == 200

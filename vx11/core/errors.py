@@ -62,6 +62,13 @@ class ValidationFailed(VX11Error):
     status, code, message = 422, "validation_error", "request failed validation"
 
 
+class UnknownParameter(ValidationFailed):
+    """Raised when a query string names a parameter the endpoint does not take;
+    ``fields`` names each such parameter."""
+
+    code, message = "unknown_parameter", "unknown query parameter"
+
+
 class BadCursor(VX11Error):
     """Raised when a history ``cursor`` is not one the server handed out."""
 

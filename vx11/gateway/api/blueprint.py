@@ -10,22 +10,33 @@ The parser differs from webargs' in three ways, each on purpose:
   JSON with ``-d`` and no content type), read by :func:`vx11.gateway.api.body.json_body`;
 - a list in the query string may be repeated or comma-separated
   (``?status=DONE&status=FAILED``, ``?status=DONE,FAILED``); any other parameter
-  may be given once, and an unknown one is an error, as in a body;
+  may be given once;
 - a validation error is :class:`~vx11.core.errors.ValidationFailed`, so it has the one
   error shape (422 ``validation_error`` with ``fields``).
+
+And every view refuses a query parameter it does not take, as a body field it does
+not know is refused: 422 ``unknown_parameter`` naming it (``POST /vx11/spawn?wait=10``
+would otherwise answer as if ``wait`` meant something). The parameters a view takes
+are the ones its OpenAPI operation documents: its query schema's fields
+(``@blp.arguments(Schema, location="query")``) and any ``{"in": "query"}`` parameter
+given to ``@blp.doc(parameters=[...])``.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 import flask_smorest
-from flask import Request
+from flask import Request, request
 from marshmallow import RAISE, Schema, ValidationError, fields
 from webargs.flaskparser import FlaskParser
 
-from vx11.core.errors import ValidationFailed
+from vx11.core.errors import UnknownParameter, ValidationFailed
 from vx11.gateway.api.body import json_body
+
+QUERY_LOCATIONS = ("query", "querystring")
 
 
 class Parser(FlaskParser):
@@ -60,3 +71,49 @@ class Parser(FlaskParser):
 
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = Parser()
+
+    def add_url_rule(self, rule, endpoint=None, view_func=None, *args: Any, **kwargs: Any):
+        if view_func is not None:
+            view_func = strict_query(view_func)
+        return super().add_url_rule(rule, endpoint, view_func, *args, **kwargs)
+
+
+def strict_query(view: Callable[..., Any]) -> Callable[..., Any]:
+    """``view``, refusing a query string that names a parameter it does not take
+    (:func:`query_parameters`); its operation documents that 422."""
+    taken = query_parameters(view)
+    view = flask_smorest.Blueprint.doc(responses={422: "UNPROCESSABLE_ENTITY"})(view)
+
+    @functools.wraps(view)
+    def strict(*args: Any, **kwargs: Any) -> Any:
+        unknown = [name for name in request.args if name not in taken]
+        if unknown:
+            raise unknown_parameters(unknown, taken)
+        return view(*args, **kwargs)
+
+    return strict
+
+
+def query_parameters(view: Callable[..., Any]) -> frozenset[str]:
+    """The names of the query parameters ``view``'s OpenAPI operation documents."""
+    doc = getattr(view, "_apidoc", {})
+    names: set[str] = set()
+    for argument in doc.get("arguments", {}).get("parameters", []):
+        if argument["in"] in QUERY_LOCATIONS:
+            schema = argument["schema"]
+            schema = schema() if isinstance(schema, type) else schema
+            names.update(field.data_key or name for name, field in schema.load_fields.items())
+    for parameter in doc.get("manual_doc", {}).get("parameters", []):
+        if parameter.get("in") == "query":
+            names.add(parameter["name"])
+    return frozenset(names)
+
+
+def unknown_parameters(unknown: Iterable[str], taken: Iterable[str]) -> UnknownParameter:
+    names = [name[:100] for name in unknown]  # echoed back: a long one is cut
+    plural = "s" if len(names) > 1 else ""
+    takes = ", ".join(sorted(taken)) if taken else "no query parameter"
+    return UnknownParameter(
+        f"unknown query parameter{plural} {', '.join(names)}: this endpoint takes {takes}",
+        fields={name: ["unknown query parameter"] for name in names},
+    )
