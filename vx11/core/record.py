@@ -23,36 +23,106 @@ class UTCDateTime(fields.Field[datetime]):
 class SpawnRecord(Schema):
     """A spawn's record as the API answers it, and as its callback delivers it."""
 
-    max_retries = fields.Integer(allow_none=True)
-    attempts = fields.Integer(allow_none=True)
+    max_retries = fields.Integer(
+        allow_none=True,
+        metadata={"description": "Re-runs asked for if its worker is lost (the request's)."},
+    )
+    attempts = fields.Integer(
+        allow_none=True,
+        metadata={"description": "Times a worker has started it: 1, more after a lost worker."},
+    )
     processes = fields.Dict(
         allow_none=True,
         metadata={"description": "While RUNNING: count, pids, rss_kb, cpu_time_ms."},
     )
-    spawn_id = fields.String()
-    spawn_uuid = fields.String()
-    status = fields.String()
-    reason = fields.String(allow_none=True)
-    task_type = fields.String()
-    ttl_seconds = fields.Integer()
-    exit_code = fields.Integer(allow_none=True)
-    stdout = fields.String(allow_none=True)
-    stderr = fields.String(allow_none=True)
-    stdout_truncated = fields.Boolean()
-    stderr_truncated = fields.Boolean()
-    created_at = UTCDateTime()
-    started_at = UTCDateTime(allow_none=True)
-    finished_at = UTCDateTime(allow_none=True)
-    duration_ms = fields.Integer(allow_none=True)
-    worker = fields.String(allow_none=True)
-    window_id = fields.String(allow_none=True)
-    correlation_id = fields.String(allow_none=True)
-    metadata = fields.Dict(allow_none=True)
-    limits = fields.Dict(keys=fields.String(), values=fields.Integer(), allow_none=True)
-    args = fields.List(fields.String(), allow_none=True)
-    cpu_time_ms = fields.Integer(allow_none=True)
-    peak_memory_kb = fields.Integer(allow_none=True)
-    sandbox = fields.String(allow_none=True)
+    spawn_id = fields.String(metadata={"description": "Its short id: spawn-<8 hex>."})
+    spawn_uuid = fields.String(metadata={"description": "Its full id; also its Celery task id."})
+    status = fields.String(
+        metadata={
+            "description": "QUEUED, RUNNING, then for good DONE (exit 0), FAILED, TIMEOUT, "
+            "CANCELLED or ERROR (VX11 failed it: reason says why)."
+        }
+    )
+    reason = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "Why it ended as it did, when its exit status does not say: "
+            "wall_time_limit, cpu_time_limit, memory_limit, output_limit, signal:<name>, "
+            "cancelled, worker_lost, ...; null for DONE."
+        },
+    )
+    task_type = fields.String(metadata={"description": "What ran its code (the request's)."})
+    ttl_seconds = fields.Integer(metadata={"description": "Its wall-clock limit, seconds."})
+    exit_code = fields.Integer(
+        allow_none=True,
+        metadata={"description": "The code's exit status; null until it ends, or if none."},
+    )
+    stdout = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "Its standard output (up to limits.max_output_bytes); "
+            "while RUNNING, what it has printed so far."
+        },
+    )
+    stderr = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "Its standard error (up to limits.max_output_bytes); "
+            "while RUNNING, what it has printed so far."
+        },
+    )
+    stdout_truncated = fields.Boolean(
+        metadata={
+            "description": "True when stdout went past max_output_bytes: the rest was dropped."
+        }
+    )
+    stderr_truncated = fields.Boolean(
+        metadata={
+            "description": "True when stderr went past max_output_bytes: the rest was dropped."
+        }
+    )
+    created_at = UTCDateTime(metadata={"description": "When it was accepted."})
+    started_at = UTCDateTime(
+        allow_none=True, metadata={"description": "When a worker started it (the last attempt)."}
+    )
+    finished_at = UTCDateTime(allow_none=True, metadata={"description": "When it ended."})
+    duration_ms = fields.Integer(
+        allow_none=True, metadata={"description": "Wall-clock time of its run, ms."}
+    )
+    worker = fields.String(
+        allow_none=True, metadata={"description": "The Celery worker that ran it (node name)."}
+    )
+    window_id = fields.String(
+        allow_none=True, metadata={"description": "The policy window it was accepted under."}
+    )
+    correlation_id = fields.String(
+        allow_none=True, metadata={"description": "The request's correlation_id."}
+    )
+    metadata = fields.Dict(
+        allow_none=True, metadata={"description": "The request's metadata, as it was given."}
+    )
+    limits = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        allow_none=True,
+        metadata={
+            "description": "The limits it ran under: cpu_time_limit, memory_limit_mb, "
+            "max_processes, max_output_bytes, max_file_size_mb; each the request's, or "
+            "the server's default."
+        },
+    )
+    args = fields.List(
+        fields.String(), allow_none=True, metadata={"description": "The request's args."}
+    )
+    cpu_time_ms = fields.Integer(
+        allow_none=True, metadata={"description": "CPU time its processes used, ms."}
+    )
+    peak_memory_kb = fields.Integer(
+        allow_none=True, metadata={"description": "Its peak resident memory, KiB."}
+    )
+    sandbox = fields.String(
+        allow_none=True, metadata={"description": "The sandbox level it ran at: bwrap or basic."}
+    )
     callbacks = fields.List(
         fields.Dict(),
         allow_none=True,
