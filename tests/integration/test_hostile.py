@@ -844,7 +844,7 @@ def test_the_hosts_and_the_projects_files_do_not_exist_inside(sandbox):
         ROOT / "celeryconfig.py",
         ROOT / ".venv" / "pyvenv.cfg",
         ROOT / "workers" / "spawner.py",
-        Path("/etc/passwd"),
+        Path("/etc/os-release"),
     ]
     assert all(path.is_file() for path in paths)  # they do exist, outside
     report = sandbox.run_json(
@@ -871,8 +871,77 @@ def test_etc_shadow_is_unreadable(sandbox):
         """,
     )
     sandbox.assert_healthy()
-    # bwrap: there is no /etc at all; basic: root:shadow, 0640, and the code runs as nobody
+    # bwrap: VX11's /etc has no shadow; basic: root:shadow, 0640, and the code runs as nobody
     assert report in ("ENOENT", "EACCES")
+
+
+@pytest.fixture
+def host_etc_file(token) -> Iterator[Path]:
+    """A file of the host's /etc that no other host has, removed afterwards."""
+    path = Path("/etc") / f"{token}.conf"
+    path.write_text(f"secret of {token}\n")
+    path.chmod(0o644)
+    yield path
+    path.unlink()
+
+
+HOST_ETC = ["shadow", "hostname", "machine-id", "resolv.conf", "ssl", "os-release", "mtab",
+            "apt", "ld.so.cache", "alternatives/my.cnf"]  # fmt: skip
+SANDBOX_ETC = {"passwd", "group", "nsswitch.conf", "hosts", "timezone", "localtime", "alternatives"}
+
+
+@basic_cannot_hold("basic level: no mount namespace: the code sees the host's /etc")
+def test_the_hosts_etc_is_invisible_and_the_sandboxs_own_is_read_only(sandbox, host_etc_file):
+    host_passwd = Path("/etc/passwd").read_text()
+    report = sandbox.run_json(
+        "python",
+        f"""
+        import errno, json, os
+
+        def attempt(action):
+            try:
+                action()
+                return "done"
+            except OSError as exc:
+                return errno.errorcode[exc.errno]
+
+        def read(path):
+            with open(path) as f:
+                f.read()
+
+        def append(path):
+            with open(path, "a") as f:
+                f.write("x")
+
+        print(json.dumps({{
+            "listing": sorted(os.listdir("/etc")),
+            "host": {{name: os.path.lexists("/etc/" + name) for name in {HOST_ETC!r}}},
+            "token_file": attempt(lambda: read({str(host_etc_file)!r})),
+            "passwd": open("/etc/passwd").read(),
+            "alternatives": sorted({{os.path.realpath(entry.path).split("/")[1]
+                                    for entry in os.scandir("/etc/alternatives")}}),
+            "writes": {{
+                "create": attempt(lambda: open("/etc/vx11-new", "x").close()),
+                "append": attempt(lambda: append("/etc/passwd")),
+                "remove": attempt(lambda: os.unlink("/etc/hosts")),
+                "rename": attempt(lambda: os.rename("/etc/group", "/etc/group-")),
+                "mkdir": attempt(lambda: os.mkdir("/etc/alternatives/vx11")),
+                "chmod": attempt(lambda: os.chmod("/etc/passwd", 0o666)),
+            }},
+        }}))
+        """,
+    )
+    sandbox.assert_healthy()
+    assert set(report["listing"]) <= SANDBOX_ETC, report["listing"]
+    assert {"passwd", "group", "nsswitch.conf", "hosts", "alternatives"} <= set(report["listing"])
+    assert report["host"] == {name: False for name in HOST_ETC}
+    assert report["token_file"] == "ENOENT"
+    assert report["passwd"] != host_passwd
+    # every alternative resolves inside what the sandbox binds of the system
+    assert set(report["alternatives"]) <= {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"}
+    for action, error in report["writes"].items():
+        assert error in ("EROFS", "EACCES", "EPERM"), (action, error)
+    assert host_etc_file.read_text().startswith("secret of")
 
 
 @basic_cannot_hold(

@@ -15,7 +15,7 @@ import pwd
 import shutil
 
 from workers.sandbox import basic, bwrap
-from workers.sandbox.launch import SANDBOX_PATH
+from workers.sandbox.launch import SANDBOX_PATH, SHELL
 from workers.sandbox.process import (
     Exit,
     Identity,
@@ -81,12 +81,12 @@ def run_sandboxed(
     if task_type not in TASK_TYPES:
         raise ValueError(f"unknown task_type {task_type!r}")
     identity = sandbox_identity(config.user)
-    python = resolve_python(config.python)
+    interpreter = resolve_python(config.python) if task_type == "python" else SHELL
     adopting = identity is not None and config.adopt_orphans and become_subreaper()
     if config.level == "bwrap":
-        launching = bwrap.prepared(task_type, code, args, config, python)
+        launching = bwrap.prepared(task_type, code, args, config, interpreter)
     else:
-        launching = basic.prepared(task_type, code, args, config, identity, python)
+        launching = basic.prepared(task_type, code, args, config, identity, interpreter)
     cgroup = (
         config.cgroups.create(limits.memory_mb << 20, limits.max_processes)
         if config.cgroups

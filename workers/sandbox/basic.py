@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from workers.sandbox.launch import SANDBOX_PATH, SHELL, Launch
+from workers.sandbox.launch import SANDBOX_PATH, Launch, command
 from workers.sandbox.process import Identity
 from workers.sandbox.spec import SandboxConfig, SandboxError
 
@@ -26,16 +26,14 @@ def prepared(
     args: Sequence[str],
     config: SandboxConfig,
     identity: Identity | None,
-    python: str,
+    interpreter: str,
 ) -> Iterator[Launch]:
     check_root_reachable(config.root, identity)
     workdir = _make_workdir(config.root, identity)
     try:
         if task_type == "python":
             _write_private(workdir / "main.py", code, identity)
-            argv = [python, "-I", "main.py", *args]
-        else:
-            argv = [SHELL, "-c", code, "sh", *args]
+        argv = command(task_type, interpreter, code, args)
         env = {"PATH": SANDBOX_PATH, "HOME": str(workdir), "TMPDIR": str(workdir),
                "LANG": "C.UTF-8"}  # fmt: skip
         yield Launch(argv, env, str(workdir))

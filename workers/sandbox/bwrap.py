@@ -1,7 +1,7 @@
 """The ``bwrap`` level: bubblewrap puts each run in new user, pid, network, ipc, uts and
-cgroup namespaces, with only the system's ``/usr`` (and its compatibility links) bound
-read-only, a read-only root and ``/dev``, size-capped tmpfs for the working directory,
-``/tmp`` and ``/dev/shm``, no capabilities,
+cgroup namespaces, with only the system's ``/usr`` (and its compatibility links) and an
+``/etc`` of VX11's own (:mod:`.etc`) bound read-only, a read-only root and ``/dev``,
+size-capped tmpfs for the working directory, ``/tmp`` and ``/dev/shm``, no capabilities,
 no further user namespaces, and an empty environment from its very first process.
 
 Nothing of a run exists on the host's filesystem: the code reaches the sandbox through
@@ -10,17 +10,21 @@ a memory file descriptor, so there is no host-side path a planted symlink could 
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from workers.sandbox.launch import SANDBOX_PATH, SHELL, Launch
+from workers.sandbox import etc
+from workers.sandbox.launch import SANDBOX_PATH, SHELL, Launch, command
 from workers.sandbox.spec import SandboxConfig
 
 WORKDIR = "/work"
 SANDBOX_UID = 65534
+SANDBOX_USER = "sandbox"
+HOSTNAME = "vx11-sandbox"
 COMPAT_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
 
@@ -35,9 +39,28 @@ def system_binds() -> list[str]:
     return args
 
 
+def bound_system_paths() -> list[str]:
+    """The host paths :func:`system_binds` makes visible, the same inside."""
+    return ["/usr", *(p for p in COMPAT_LINKS if os.path.isdir(p) and not os.path.islink(p))]
+
+
+@functools.cache
+def shared_etc() -> str:
+    """This process's ``/etc`` for the sandbox, made at its first call (:mod:`.levels`
+    makes it when the worker starts, before its pool forks) and kept until it exits."""
+    account = etc.Account(SANDBOX_USER, SANDBOX_UID, SANDBOX_UID, WORKDIR, SHELL)
+    return etc.make(account, HOSTNAME, bound_system_paths())
+
+
 def bwrap_argv(
-    bwrap: str, tmpfs_bytes: int, inner: Sequence[str], data: Sequence[str]
+    bwrap: str,
+    tmpfs_bytes: int,
+    inner: Sequence[str],
+    data: Sequence[str],
+    etc_dir: str | None = None,
 ) -> list[str]:
+    """The whole command line; ``etc_dir`` is bound read-only at ``/etc`` (None: the
+    sandbox has no ``/etc``)."""
     return [
         bwrap,
         "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc",
@@ -45,8 +68,9 @@ def bwrap_argv(
         "--disable-userns",
         "--die-with-parent", "--new-session", "--cap-drop", "ALL",
         "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-        "--hostname", "vx11-sandbox",
+        "--hostname", HOSTNAME,
         *system_binds(),
+        *(["--ro-bind", etc_dir, "/etc"] if etc_dir else []),
         "--proc", "/proc",
         "--dev", "/dev",
         "--size", str(tmpfs_bytes), "--tmpfs", "/dev/shm",
@@ -70,7 +94,7 @@ def bwrap_argv(
 
 @contextmanager
 def prepared(
-    task_type: str, code: str, args: Sequence[str], config: SandboxConfig, python: str
+    task_type: str, code: str, args: Sequence[str], config: SandboxConfig, interpreter: str
 ) -> Iterator[Launch]:
     fds: list[int] = []
     try:
@@ -80,11 +104,11 @@ def prepared(
             os.write(fd, code.encode("utf-8"))
             os.lseek(fd, 0, os.SEEK_SET)
             data = ["--ro-bind-data", str(fd), f"{WORKDIR}/main.py"]
-            inner = [python, "-I", "main.py", *args]
         else:
             data = []
-            inner = [SHELL, "-c", code, "sh", *args]
-        argv = bwrap_argv(config.bwrap, config.tmpfs_mb << 20, inner, data)
+        inner = command(task_type, interpreter, code, args)
+        etc_dir = config.etc or shared_etc()
+        argv = bwrap_argv(config.bwrap, config.tmpfs_mb << 20, inner, data, etc_dir)
         # bwrap itself starts with an empty environment: the environment of a sandbox's
         # first process is readable through /proc inside it.
         yield Launch(argv, {}, str(Path("/")), tuple(fds))

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 SHELL = "/bin/sh"
+
+
+def command(task_type: str, interpreter: str, code: str, args: Sequence[str]) -> list[str]:
+    """The command line of a run, the same at both levels: python runs ``main.py`` from
+    the working directory; a shell gets the code as an argument."""
+    if task_type == "python":
+        return [interpreter, "-I", "main.py", *args]
+    return [interpreter, "-c", code, "sh", *args]
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vx11.core.config import Settings
-from workers.sandbox import run_sandboxed, sandbox_identity
+from workers.sandbox import bwrap, run_sandboxed, sandbox_identity
 from workers.sandbox.cgroups import Cgroups, CgroupUnavailable
 from workers.sandbox.process import adopting_orphans
 from workers.sandbox.spec import Limits, SandboxConfig, SandboxError
@@ -70,9 +70,9 @@ def choose(settings: Settings) -> SandboxConfig:
             raise SandboxError("VX11_SANDBOX=basic contradicts VX11_SANDBOX_REQUIRE=bwrap")
         chosen = config
     else:
-        problem = bwrap_problem(config)
+        problem = bwrap_problem(config)  # its run makes the sandbox's /etc
         if problem is None:
-            chosen = replace(config, level="bwrap")
+            chosen = replace(config, level="bwrap", etc=bwrap.shared_etc())
         elif wants_bwrap:
             raise SandboxError(f"the bwrap sandbox level is required but unusable: {problem}")
         else:

@@ -59,6 +59,9 @@ class SandboxConfig:
     user: str = "nobody"
     python: str = "python3"
     bwrap: str = "bwrap"
+    etc: str | None = None
+    """The directory bound read-only at ``/etc`` at the bwrap level, made when the worker
+    chose that level (:func:`.bwrap.shared_etc`, also what None stands for)."""
     tmpfs_mb: int = 64
     max_open_files: int = 256
     drain_bytes: int = 64 << 20

@@ -1,0 +1,117 @@
+"""Ordinary programs in the sandbox, for real, at both levels: the system's tools work
+inside the bwrap level's own ``/etc`` as they do on the host.
+
+Runs as ``nobody`` when the tests run as root (the basic level's working directories
+are then made under a directory anyone may traverse), else as the tests' own user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from workers.sandbox import Limits, Outcome, SandboxConfig, run_sandboxed
+from workers.sandbox.levels import bwrap_problem
+
+IS_ROOT = os.geteuid() == 0
+LIMITS = Limits(
+    wall_time=10, cpu_time=10, memory_mb=256, max_processes=64, max_file_size_mb=4,
+    output_bytes=64 * 1024,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=["bwrap", "basic"])
+def config(request) -> Iterator[SandboxConfig]:
+    root = Path(tempfile.mkdtemp(prefix="vx11-programs-", dir="/tmp"))
+    root.chmod(0o711)
+    config = SandboxConfig(
+        level=request.param, root=str(root), bwrap=shutil.which("bwrap") or "bwrap"
+    )
+    try:
+        if request.param == "bwrap" and (problem := bwrap_problem(config)) is not None:
+            pytest.skip(f"the bwrap level does not work here: {problem}")
+        yield config
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(config: SandboxConfig, task_type: str, code: str, *args: str) -> Outcome:
+    outcome = run_sandboxed(
+        task_type, textwrap.dedent(code), limits=LIMITS, config=config, args=args
+    )
+    assert (outcome.exit_code, outcome.term_signal, outcome.limit_hit) == (0, None, None), outcome
+    return outcome
+
+
+def user_name(config: SandboxConfig) -> str:
+    """Who the code is, by name, as the sandbox's passwd says."""
+    if config.level == "bwrap":
+        return "sandbox"
+    return "nobody" if IS_ROOT else pwd.getpwuid(os.getuid()).pw_name
+
+
+def test_awk_and_which_are_found_through_etc_alternatives(config):
+    outcome = run(config, "shell", "echo a b | awk '{print $2}'; which sh awk")
+    lines = outcome.stdout.splitlines()
+    assert lines[0] == "b"
+    assert [os.path.basename(line) for line in lines[1:]] == ["sh", "awk"]
+    assert outcome.stderr == ""
+
+
+def test_the_code_knows_its_user_and_group_by_name(config):
+    outcome = run(
+        config,
+        "python",
+        """
+        import getpass, grp, os, pwd
+        entry = pwd.getpwuid(os.getuid())
+        print(getpass.getuser(), grp.getgrgid(os.getgid()).gr_name, entry.pw_dir)
+        """,
+    )
+    name, group, home = outcome.stdout.split()
+    assert name == user_name(config)
+    if config.level == "bwrap":
+        assert (group, home) == ("sandbox", "/work")
+    shell_view = run(config, "shell", "id -un; whoami")
+    assert shell_view.stdout == f"{name}\n{name}\n"
+
+
+def test_locale_and_date_work_in_c_utf8_and_utc(config):
+    outcome = run(config, "shell", "locale; date -u +%Z; date +%Z; date -d @0 -u +%Y")
+    assert outcome.stderr == ""  # locale warns on stderr when it cannot load one
+    assert "LANG=C.UTF-8" in outcome.stdout.splitlines()
+    assert 'LC_CTYPE="C.UTF-8"' in outcome.stdout.splitlines()
+    *_, utc, local, epoch = outcome.stdout.splitlines()
+    assert (utc, epoch) == ("UTC", "1970")
+    if config.level == "bwrap":
+        assert local == "UTC"
+        python = run(
+            config,
+            "python",
+            """
+            import locale, time
+            print(locale.setlocale(locale.LC_ALL, ""), time.tzname[0], open("/etc/timezone").read())
+            """,
+        )
+        assert python.stdout.split() == ["C.UTF-8", "UTC", "Etc/UTC"]
+
+
+def test_localhost_resolves_to_loopback_only(config):
+    outcome = run(
+        config,
+        "python",
+        """
+        import json, socket
+        print(json.dumps(sorted({info[4][0] for info in socket.getaddrinfo("localhost", 80)})))
+        """,
+    )
+    assert "127.0.0.1" in json.loads(outcome.stdout)
+    assert set(json.loads(outcome.stdout)) <= {"127.0.0.1", "::1"}
