@@ -29,7 +29,7 @@ from vx11.gateway.services import Services, services
 from vx11.gateway.stream import with_progress
 from vx11.gateway.submit import resume, submit_spawn
 
-TASK_TYPES = ("python", "shell")
+TASK_TYPES = ("python", "shell", "bash")
 MAX_RETRIES = 10
 """Most re-runs a spawn may ask for after losing its worker (the MVP's ``max_retries``)."""
 CORRELATION_ID = FullMatch(
