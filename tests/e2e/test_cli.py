@@ -42,14 +42,16 @@ def cli_env(stack, token: str | None = DEV_TOKEN, **extra: str) -> dict[str, str
 
 
 def vx11(stack, *args: str, token: str | None = DEV_TOKEN, stdin: str | None = None, **env):
-    """Run ``vx11 ARGS`` to its end: the CompletedProcess (text)."""
+    """Run ``vx11 ARGS`` to its end, ``stdin`` piped in (None: /dev/null, as a piped
+    stdin is the spawn's): the CompletedProcess (text)."""
+    feed = {"stdin": subprocess.DEVNULL} if stdin is None else {"input": stdin}
     return subprocess.run(
         [str(VX11), *args],
         env=cli_env(stack, token, **env),
-        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
+        **feed,
     )
 
 
@@ -60,6 +62,7 @@ def vx11_running(stack, *args: str) -> Iterator[subprocess.Popen]:
     proc = subprocess.Popen(
         [str(VX11), *args],
         env=cli_env(stack),
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -208,6 +211,60 @@ def test_a_shell_script_comes_from_a_file_with_args_and_stdin(stack, window, tmp
 def test_a_script_comes_from_standard_input_with_dash(stack, window):
     done = vx11(stack, "spawn", "shell", "-f", "-", "--wait", stdin="echo from-stdin\nexit 5\n")
     assert (done.returncode, done.stdout) == (5, "from-stdin\n")
+
+
+UPPER = "import sys; print(repr(sys.stdin.read().upper()))"
+"""A spawn that prints its stdin, upper-cased."""
+
+
+def test_piped_standard_input_is_the_spawns(stack, window):
+    done = subprocess.run(
+        [str(VX11), "spawn", "python", UPPER, "--wait"],
+        env=cli_env(stack), input=b"data", capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, b"'DATA'\n"), done.stderr
+    shell = vx11(stack, "spawn", "shell", "tr a-z A-Z", "--wait", stdin="piped\n")
+    assert (shell.returncode, shell.stdout) == (0, "PIPED\n"), shell.stderr
+
+
+def test_a_file_on_standard_input_is_the_spawns_and_a_device_is_never_read(stack, window, tmp_path):
+    data = tmp_path / "data.txt"
+    data.write_text("from a file")
+    with data.open("rb") as file:
+        done = subprocess.run(
+            [str(VX11), "spawn", "python", UPPER, "--wait"],
+            env=cli_env(stack), stdin=file, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, "'FROM A FILE'\n"), done.stderr
+    devnull = vx11(stack, "spawn", "python", UPPER, "--wait")  # stdin is /dev/null
+    assert (devnull.returncode, devnull.stdout) == (0, "''\n"), devnull.stderr
+    primary, secondary = pty.openpty()  # a terminal nobody types into: never waited on
+    try:
+        on_terminal = subprocess.run(
+            [str(VX11), "spawn", "python", UPPER, "--wait"],
+            env=cli_env(stack), stdin=secondary, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    assert (on_terminal.returncode, on_terminal.stdout) == (0, "''\n"), on_terminal.stderr
+
+
+def test_no_stdin_leaves_a_pipe_that_never_ends_unread(stack, window):
+    proc = subprocess.Popen(
+        [str(VX11), "spawn", "python", UPPER, "--wait", "--no-stdin"],
+        env=cli_env(stack), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.wait(timeout=30) == 0  # its stdin still open: it never read it
+        assert proc.stdout.read() == "''\n"
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+    code_from_stdin = vx11(stack, "spawn", "shell", "-f", "-", "--wait", stdin="cat; echo end\n")
+    assert (code_from_stdin.returncode, code_from_stdin.stdout) == (0, "end\n")
 
 
 def test_request_fields_reach_the_spawn(stack, window):

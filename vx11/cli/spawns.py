@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import stat
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +28,9 @@ from vx11.cli.common import (
 )
 from vx11.cli.follow import exit_code_of, follow, outcome_line
 
+STDIN_READ_MAX = 64 << 20
+"""Bytes of standard input read at most: past them (``yes | vx11 spawn ...``) no gateway
+would take it anyway."""
 STATUSES = ("QUEUED", "RUNNING", "DONE", "FAILED", "TIMEOUT", "CANCELLED", "ERROR")
 LIMIT_OPTIONS = (
     ("--cpu-time", "cpu_time_limit", "CPU-time limit, seconds  [default: the ttl]"),
@@ -44,19 +49,35 @@ def spawn() -> None:
     stop one (cancel)."""
 
 
-def _read_text(path: str, what: str) -> str:
-    """The UTF-8 text of ``path`` (``-``: standard input), or a one-line usage error."""
+def _read_text(path: str, what: str, hint: str = "") -> str:
+    """The UTF-8 text of ``path`` (``-``: standard input), or a one-line usage error
+    (``hint`` added)."""
+    name = "standard input" if path == "-" else f"{what} {path}"
     try:
         if path == "-":
-            data = sys.stdin.buffer.read()
+            data = sys.stdin.buffer.read(STDIN_READ_MAX + 1)
+            if len(data) > STDIN_READ_MAX:
+                problem = f"{name} goes on past {STDIN_READ_MAX >> 20} MiB"
+                raise CliError(problem + hint, ExitCode.USAGE)
         else:
             with open(path, "rb") as file:
                 data = file.read()
         return data.decode("utf-8")
     except OSError as exc:
-        raise CliError(f"cannot read {what} {path}: {exc.strerror}", ExitCode.USAGE) from None
+        raise CliError(f"cannot read {name}: {exc.strerror}{hint}", ExitCode.USAGE) from None
     except UnicodeDecodeError:
-        raise CliError(f"{what} {path} is not UTF-8 text", ExitCode.USAGE) from None
+        raise CliError(f"{name} is not UTF-8 text{hint}", ExitCode.USAGE) from None
+
+
+def stdin_is_data() -> bool:
+    """Whether our standard input is data for the spawn: a pipe or a regular file. A
+    terminal, ``/dev/null`` or another device, a socket and a closed or replaced stdin
+    are never read."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (AttributeError, ValueError, OSError):  # None, closed, or not a file (a test's)
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
 
 
 def spawn_request(task_type: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -68,12 +89,19 @@ def spawn_request(task_type: str, options: dict[str, Any]) -> dict[str, Any]:
         raise CliError("give the code as an argument or with -f FILE, not both", ExitCode.USAGE)
     if code_file == "-" and stdin_file == "-":
         raise CliError("-f - and --stdin-file - cannot both read standard input", ExitCode.USAGE)
+    if options["no_stdin"] and stdin_file is not None:
+        raise CliError("--no-stdin and --stdin-file contradict each other", ExitCode.USAGE)
     body: dict[str, Any] = {
         "task_type": task_type,
         "code": code if code_file is None else _read_text(code_file, "code file"),
     }
     if stdin_file is not None:
         body["stdin"] = _read_text(stdin_file, "stdin file")
+    elif code_file != "-" and not options["no_stdin"] and stdin_is_data():
+        # `echo data | vx11 spawn ...`: what is piped in is the spawn's, as for any filter
+        piped = _read_text("-", "standard input", " (--no-stdin leaves it unread)")
+        if piped:
+            body["stdin"] = piped
     if options["metadata"] is not None:
         try:
             body["metadata"] = json.loads(options["metadata"])
@@ -106,8 +134,12 @@ def submit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="Wall-clock limit, s  [default: the server's, 30]",
         ),
         click.option(
-            "--stdin-file", metavar="FILE", help="Feed FILE to the code's stdin (-: our stdin)."
+            "--stdin-file",
+            metavar="FILE",
+            help="Feed FILE to the code's stdin (-: our stdin).  [default: our stdin when "
+            "it is a pipe or a file, and -f - does not read it]",
         ),
+        click.option("--no-stdin", is_flag=True, help="Feed the code no stdin; leave ours unread."),
         click.option(
             "--arg", "args", multiple=True, help="An argument ($1, sys.argv[1]); repeatable."
         ),
