@@ -14,11 +14,12 @@ import shutil
 import tempfile
 import textwrap
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from workers.sandbox import Limits, Outcome, SandboxConfig, run_sandboxed
+from workers.sandbox import Limits, Outcome, SandboxConfig, SandboxError, run_sandboxed
 from workers.sandbox.levels import bwrap_problem
 
 IS_ROOT = os.geteuid() == 0
@@ -115,3 +116,45 @@ def test_localhost_resolves_to_loopback_only(config):
     )
     assert "127.0.0.1" in json.loads(outcome.stdout)
     assert set(json.loads(outcome.stdout)) <= {"127.0.0.1", "::1"}
+
+
+# --- the shells -------------------------------------------------------------------------
+
+
+def test_bash_runs_bash_with_pipefail_arrays_and_its_arguments(config):
+    outcome = run(
+        config,
+        "bash",
+        """
+        set -euo pipefail
+        if false | true; then echo "pipefail off"; else echo "pipefail on"; fi
+        words=("$@")
+        [[ ${#words[@]} == 2 ]] && echo "$0 ${words[1]} ${BASH_VERSION%%.*}"
+        """,
+        "one",
+        "two words",
+    )
+    first, second = outcome.stdout.splitlines()
+    assert first == "pipefail on"
+    name, rest = second.split(" ", 1)
+    assert name == "bash" and rest.startswith("two words ")
+    assert int(rest.rsplit(" ", 1)[1]) >= 4
+
+
+def test_shell_stays_posix_sh(config):
+    outcome = run(config, "shell", 'echo "$0 ${BASH_VERSION:-no-bash}"; echo "$1"', "arg")
+    assert outcome.stdout == "sh no-bash\narg\n"
+    if os.path.basename(os.path.realpath("/bin/sh")) == "dash":
+        dash = run_sandboxed(
+            "shell", "set -o pipefail; echo unreachable", limits=LIMITS, config=config
+        )
+        assert dash.exit_code == 2 and dash.stdout == ""
+        assert "Illegal option -o pipefail" in dash.stderr
+
+
+def test_a_worker_without_bash_refuses_a_bash_run_clearly(config):
+    missing = replace(config, bash="vx11-no-such-bash")
+    with pytest.raises(SandboxError, match=r"bash .* is not installed on this worker"):
+        run_sandboxed("bash", "echo hi", limits=LIMITS, config=missing)
+    root = Path(config.root)
+    assert not root.exists() or os.listdir(root) == []  # nothing was started or made

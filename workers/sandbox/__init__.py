@@ -39,7 +39,8 @@ __all__ = [
     "run_sandboxed",
 ]
 
-TASK_TYPES = ("python", "shell")
+TASK_TYPES = ("python", "shell", "bash")
+"""``shell`` is POSIX ``sh`` (dash on Debian); ``bash`` needs bash on the worker."""
 
 
 class _Active:
@@ -66,6 +67,26 @@ def resolve_python(name: str) -> str:
     return found
 
 
+def resolve_bash(name: str) -> str:
+    found = shutil.which(name, path=SANDBOX_PATH)
+    if not found:
+        raise SandboxError(
+            f"bash ({name!r}) is not installed on this worker (not found on {SANDBOX_PATH}): "
+            "the bash task type cannot run here; shell runs POSIX sh"
+        )
+    return found
+
+
+def resolve_interpreter(task_type: str, config: SandboxConfig) -> str:
+    """The program that runs ``task_type``'s code, found the same way at both levels
+    (the bwrap level binds the same ``/usr``)."""
+    if task_type == "python":
+        return resolve_python(config.python)
+    if task_type == "bash":
+        return resolve_bash(config.bash)
+    return SHELL
+
+
 def run_sandboxed(
     task_type: str,
     code: str,
@@ -76,12 +97,13 @@ def run_sandboxed(
     args: tuple[str, ...] | list[str] = (),
     watcher: Watcher | None = None,
 ) -> Outcome:
-    """Run ``code`` (``python`` or ``shell``) under ``limits`` at ``config``'s level."""
+    """Run ``code`` (a ``task_type`` of :data:`TASK_TYPES`) under ``limits`` at
+    ``config``'s level."""
     config = config or SandboxConfig()
     if task_type not in TASK_TYPES:
         raise ValueError(f"unknown task_type {task_type!r}")
     identity = sandbox_identity(config.user)
-    interpreter = resolve_python(config.python) if task_type == "python" else SHELL
+    interpreter = resolve_interpreter(task_type, config)
     adopting = identity is not None and config.adopt_orphans and become_subreaper()
     if config.level == "bwrap":
         launching = bwrap.prepared(task_type, code, args, config, interpreter)

@@ -11,10 +11,11 @@ SHELL = "/bin/sh"
 
 def command(task_type: str, interpreter: str, code: str, args: Sequence[str]) -> list[str]:
     """The command line of a run, the same at both levels: python runs ``main.py`` from
-    the working directory; a shell gets the code as an argument."""
+    the working directory; ``sh`` or ``bash`` gets the code as an argument, ``$0`` named
+    after itself and ``args`` as ``$1``…"""
     if task_type == "python":
         return [interpreter, "-I", "main.py", *args]
-    return [interpreter, "-c", code, "sh", *args]
+    return [interpreter, "-c", code, "bash" if task_type == "bash" else "sh", *args]
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,8 @@ class SandboxConfig:
     """Where the basic level makes working directories."""
     user: str = "nobody"
     python: str = "python3"
+    bash: str = "bash"
+    """Looked up on the sandbox's ``PATH``; a ``bash`` run fails when it is missing."""
     bwrap: str = "bwrap"
     etc: str | None = None
     """The directory bound read-only at ``/etc`` at the bwrap level, made when the worker
