@@ -18,16 +18,19 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+import redis
 from click.testing import CliRunner, Result
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from tests.support import TOKEN, free_port, wait_for
 from vx11 import create_app
-from vx11.cli import follow, main
+from vx11.cli import audit, follow, main
 from vx11.cli.client import ApiError, ServerEvent, parse_sse
 from vx11.cli.common import ExitCode, describe, exit_code_for
 from vx11.cli.follow import exit_code_of
+from vx11.core.audit import AuditEvent
 from vx11.core.states import SpawnStatus
+from vx11.core.tokens import TokenStore
 
 
 @pytest.fixture
@@ -462,3 +465,95 @@ def test_a_gateway_that_replays_from_the_start_gives_each_event_once(monkeypatch
         ("state", None), ("stdout", "c"), ("end", None),
     ]  # fmt: skip
     assert gateway.asked_after == [None, "5-1"]
+
+
+# --- the audit log ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ops(redis_url) -> str:
+    """A real token labelled ``ops`` with the three operator scopes."""
+    token, _ = TokenStore(redis.Redis.from_url(redis_url)).create(
+        "ops", ["admin", "window", "spawn"]
+    )
+    return token
+
+
+def decisions(served: str, ops: str) -> dict[str, str]:
+    """A window opened, a spawn accepted under it, the window closed and a spawn refused,
+    all by ``ops``: the two spawns' ids."""
+    assert (
+        cli(served, "window", "open", "spawner", "--reason", "deploy 42", token=ops).exit_code == 0
+    )
+    accepted = cli(served, "spawn", "shell", "true", token=ops)
+    assert accepted.exit_code == 0, accepted.output
+    assert cli(served, "window", "close", "spawner", "--reason", "done", token=ops).exit_code == 0
+    refused = cli(served, "spawn", "shell", "true", "--json", token=ops)
+    assert refused.exit_code == ExitCode.REFUSED
+    return {"accepted": accepted.stdout.strip()}
+
+
+def test_audit_is_a_table_of_decisions_newest_first_and_json_is_the_apis_answer(
+    served, client, ops
+):
+    spawn_id = decisions(served, ops)["accepted"]
+    shown = cli(served, "audit", token=ops)
+    assert shown.exit_code == 0, shown.output
+    header, *rows = shown.stdout.splitlines()
+    assert header.split() == ["AT", "(UTC)", "EVENT", "TARGET", "SPAWN", "TOKEN", "FROM", "REASON"]
+    assert [row.split(None, 7)[2:] for row in rows] == [
+        ["spawn_refused", "spawner", "-", "ops", "127.0.0.1",
+         "no open policy window for target spawner (policy SOLO_MADRE)"],
+        ["window_closed", "spawner", "-", "ops", "127.0.0.1", "done"],
+        ["spawn_accepted", "spawner", spawn_id, "ops", "127.0.0.1", "-"],
+        ["window_opened", "spawner", "-", "ops", "127.0.0.1", "deploy 42"],
+    ]  # fmt: skip
+    assert len({header.index("EVENT"), *(row.index(row.split()[2]) for row in rows)}) == 1
+    as_json = cli(served, "audit", "--json", token=ops)
+    api = client.get("/vx11/audit", headers={"X-VX11-Token": ops}).json
+    assert json.loads(as_json.stdout) == api
+
+
+def test_audit_filters_as_the_api_does(served, ops):
+    spawn_id = decisions(served, ops)["accepted"]
+
+    def events(*args: str) -> list[str]:
+        result = cli(served, "audit", *args, "--json", token=ops)
+        assert result.exit_code == 0, result.output
+        return [entry["event"] for entry in json.loads(result.stdout)["entries"]]
+
+    assert events("--event", "window_opened,SPAWN_REFUSED") == ["spawn_refused", "window_opened"]
+    assert events("--event", "window_closed", "--event", "Window_Opened") == [
+        "window_closed", "window_opened",
+    ]  # fmt: skip
+    assert events("--spawn", spawn_id) == ["spawn_accepted"]
+    assert len(events("--token-label", "ops", "--target", "spawner", "--since", "1h")) == 4
+    assert events("--token-label", "someone-else") == []
+    assert events("--until", "1h") == []
+    unknown = cli(served, "audit", "--event", "window_open", token=ops)
+    assert unknown.exit_code == ExitCode.USAGE
+    assert "'window_open' is not one of window_opened" in unknown.output
+
+
+def test_audit_pages_with_limit_and_all(served, ops):
+    decisions(served, ops)
+    one_page = cli(served, "audit", "--limit", "1", token=ops)
+    assert one_page.exit_code == 0
+    assert len(one_page.stdout.splitlines()) == 2
+    assert one_page.stderr == "vx11: more entries follow: --all lists every page\n"
+    every = json.loads(cli(served, "audit", "--limit", "1", "--all", "--json", token=ops).stdout)
+    assert [entry["event"] for entry in every["entries"]] == [
+        "spawn_refused", "window_closed", "spawn_accepted", "window_opened",
+    ]  # fmt: skip
+    assert every["next_cursor"] is None
+
+
+def test_the_audit_needs_an_admin_token(served, redis_url):
+    token, _ = TokenStore(redis.Redis.from_url(redis_url)).create("ci", ["spawn", "window"])
+    result = cli(served, "audit", token=token)
+    assert result.exit_code == ExitCode.REFUSED
+    assert result.output == "vx11: error: insufficient_scope: this token lacks the admin scope\n"
+
+
+def test_the_clis_audit_events_are_the_audit_logs():
+    assert tuple(event.value for event in AuditEvent) == audit.EVENTS

@@ -278,15 +278,16 @@ class Client:
     def cancel_spawn(self, ident: str) -> dict[str, Any]:
         return self.request("POST", f"/vx11/spawn/{_segment(ident)}/cancel")
 
-    def list_spawns(self, params: dict[str, Any]) -> dict[str, Any]:
-        """One page of the history: ``{"spawns": [...], "next_cursor": ...}``."""
-        return self.request("GET", "/vx11/spawns", params=params)
+    def page(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One page of a listing (``/vx11/spawns``, ``/vx11/audit``): its rows under the
+        listing's key, and ``next_cursor``."""
+        return self.request("GET", path, params=params)
 
-    def iter_spawn_pages(self, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """Every page of the history, following ``next_cursor``."""
+    def pages(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every page of a listing, following ``next_cursor``."""
         params = dict(params)
         while True:
-            page = self.list_spawns(params)
+            page = self.page(path, params)
             yield page
             if not page.get("next_cursor"):
                 return

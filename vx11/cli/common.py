@@ -261,7 +261,9 @@ class Choices(click.ParamType):
         return tuple(self.by_folded[part.casefold()] for part in parts)
 
 
-def choices_option(flag: str, dest: str, choices: Sequence[str], help: str) -> Any:
+def choices_option(
+    flag: str, dest: str, choices: Sequence[str], help: str, metavar: str | None = None
+) -> Any:
     """A repeatable ``flag`` of :class:`Choices`: ``--status done,failed --status timeout``
     gives ``dest`` every one named, once each, in order."""
 
@@ -269,7 +271,13 @@ def choices_option(flag: str, dest: str, choices: Sequence[str], help: str) -> A
         return tuple(dict.fromkeys(choice for group in value for choice in group))
 
     return click.option(
-        flag, dest, type=Choices(choices), multiple=True, callback=flatten, help=help
+        flag,
+        dest,
+        type=Choices(choices),
+        multiple=True,
+        callback=flatten,
+        metavar=metavar,
+        help=help,
     )
 
 

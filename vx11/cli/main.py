@@ -1,6 +1,6 @@
 """The ``vx11`` command group: run the stack (``up``), purge old records (``purge``),
 and the client commands of a running gateway (``status``, ``window``, ``spawn``,
-``spawns``, ``token``), each in a module of its own beside this one."""
+``spawns``, ``audit``, ``token``), each in a module of its own beside this one."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import click
 
+from vx11.cli.audit import audit
 from vx11.cli.client import DEFAULT_URL, READ_TIMEOUT
 from vx11.cli.common import Connection, Vx11Group
 from vx11.cli.spawns import spawn, spawns
@@ -47,7 +48,7 @@ from vx11.cli.tokens import token
 def main(ctx: click.Context, url: str, token: str | None, timeout: float) -> None:
     """VX11: a policy-gated remote-execution gateway.
 
-    The client commands (status, window, spawn, spawns, token) talk to the gateway at
+    The client commands (status, window, spawn, spawns, audit, token) talk to the gateway at
     --url with --token; exit codes and examples: docs/cli.md."""
     connection = ctx.ensure_object(Connection)
     connection.url, connection.token, connection.timeout = url, token or None, timeout
@@ -128,5 +129,5 @@ def purge(days: int | None, dry_run: bool, as_json: bool) -> None:
     )
 
 
-for _command in (status, window, spawn, spawns, token):
+for _command in (status, window, spawn, spawns, audit, token):
     main.add_command(_command)

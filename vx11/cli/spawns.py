@@ -327,10 +327,10 @@ def spawns_ls(
     }
     params = {key: value for key, value in params.items() if value is not None}
     if all_pages:
-        records = [r for page in client.iter_spawn_pages(params) for r in page["spawns"]]
+        records = [r for page in client.pages("/vx11/spawns", params) for r in page["spawns"]]
         page: dict[str, Any] = {"spawns": records, "next_cursor": None}
     else:
-        page = client.list_spawns(params)
+        page = client.page("/vx11/spawns", params)
     if as_json:
         echo_json(page)
         return
