@@ -13,13 +13,21 @@ import pwd
 import shutil
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from workers.sandbox import Limits, Outcome, SandboxConfig, SandboxError, run_sandboxed
+from workers.sandbox import (
+    Limits,
+    Outcome,
+    SandboxConfig,
+    SandboxError,
+    Watcher,
+    run_sandboxed,
+)
 from workers.sandbox.levels import bwrap_problem
 
 IS_ROOT = os.geteuid() == 0
@@ -158,3 +166,49 @@ def test_a_worker_without_bash_refuses_a_bash_run_clearly(config):
         run_sandboxed("bash", "echo hi", limits=LIMITS, config=missing)
     root = Path(config.root)
     assert not root.exists() or os.listdir(root) == []  # nothing was started or made
+
+
+# --- live output --------------------------------------------------------------------------
+
+
+class Arrivals(Watcher):
+    """When each chunk of output reached the worker."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[float, str, bytes]] = []
+
+    def output(self, stream: str, data: bytes) -> None:
+        self.chunks.append((time.monotonic(), stream, data))
+
+    def arrival(self, stream: str, text: bytes) -> float:
+        """When the chunk holding ``text`` arrived."""
+        return next(at for at, name, data in self.chunks if name == stream and text in data)
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_python_output_arrives_as_it_is_printed_not_at_the_end(config, stream):
+    arrivals = Arrivals()
+    outcome = run_sandboxed(
+        "python",
+        f"import sys, time; print('first', file=sys.{stream}); time.sleep(1); "
+        f"print('second', file=sys.{stream})",
+        limits=LIMITS,
+        config=config,
+        watcher=arrivals,
+    )
+    assert (outcome.exit_code, getattr(outcome, stream)) == (0, "first\nsecond\n"), outcome
+    # Not a speed figure: the first line is on its way while the program sleeps.
+    assert arrivals.arrival(stream, b"second") - arrivals.arrival(stream, b"first") >= 0.5
+
+
+def test_python_sees_its_usual_argv_and_streams(config):
+    outcome = run(
+        config,
+        "python",
+        """
+        import json, sys
+        print(json.dumps([sys.argv, sys.flags.isolated, sys.stdout.encoding]))
+        """,
+        "one",
+    )
+    assert json.loads(outcome.stdout) == [["main.py", "one"], 1, "utf-8"]

@@ -12,9 +12,13 @@ SHELL = "/bin/sh"
 def command(task_type: str, interpreter: str, code: str, args: Sequence[str]) -> list[str]:
     """The command line of a run, the same at both levels: python runs ``main.py`` from
     the working directory; ``sh`` or ``bash`` gets the code as an argument, ``$0`` named
-    after itself and ``args`` as ``$1``…"""
+    after itself and ``args`` as ``$1``…
+
+    Python runs unbuffered (``-u``; ``-I`` ignores ``PYTHONUNBUFFERED``): its stdout is a
+    pipe, which it would otherwise fill in blocks of 8 KiB, so ``print()`` output would
+    reach a live stream only at the end."""
     if task_type == "python":
-        return [interpreter, "-I", "main.py", *args]
+        return [interpreter, "-I", "-u", "main.py", *args]
     return [interpreter, "-c", code, "bash" if task_type == "bash" else "sh", *args]
 
 
