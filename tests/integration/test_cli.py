@@ -17,12 +17,13 @@ import sys
 import threading
 from collections.abc import Iterator
 
+import click
 import pytest
 import redis
 from click.testing import CliRunner, Result
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from tests.support import TOKEN, free_port, wait_for
+from tests.support import ROOT, TOKEN, free_port, wait_for
 from vx11 import create_app
 from vx11.cli import audit, follow, main
 from vx11.cli.client import ApiError, ServerEvent, parse_sse
@@ -557,3 +558,50 @@ def test_the_audit_needs_an_admin_token(served, redis_url):
 
 def test_the_clis_audit_events_are_the_audit_logs():
     assert tuple(event.value for event in AuditEvent) == audit.EVENTS
+
+
+# --- docs/cli.md ----------------------------------------------------------------------------------
+
+
+def commands(
+    group: click.Group, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], click.Command]]:
+    """Every command below ``group``, with its path (``("spawn", "follow")``)."""
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def doc_sections() -> dict[tuple[str, ...], str]:
+    """Each command docs/cli.md has a section for (``### `vx11 spawn show|follow ID` ``
+    names three), with that section's text."""
+    text = (ROOT / "docs" / "cli.md").read_text()
+    sections = {}
+    for section in re.split(r"^### ", text, flags=re.M)[1:]:
+        heading = section.split("\n", 1)[0]
+        for named in re.findall(r"`vx11 ([a-z]+)(?: ([a-z|]+))?", heading):
+            group, subcommands = named
+            for name in subcommands.split("|") if subcommands else [""]:
+                sections[(group, name) if name else (group,)] = section
+    return sections
+
+
+def long_flags(command: click.Command) -> list[str]:
+    flags = [f for p in command.params if isinstance(p, click.Option) for f in p.opts]
+    return [f for f in flags if f.startswith("--") and f not in ("--json", "--help")]
+
+
+def names(text: str, flag: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text) is not None
+
+
+def test_docs_cli_has_a_section_for_every_command_naming_each_of_its_options():
+    sections = doc_sections()
+    for path, command in commands(main):
+        assert path in sections, f"docs/cli.md has no section for vx11 {' '.join(path)}"
+        missing = [flag for flag in long_flags(command) if not names(sections[path], flag)]
+        assert not missing, f"docs/cli.md's section of vx11 {' '.join(path)} lacks {missing}"
+    head = (ROOT / "docs" / "cli.md").read_text().split("## Commands", 1)[0]
+    assert [flag for flag in long_flags(main) if not names(head, flag)] == []
