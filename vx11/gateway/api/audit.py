@@ -26,11 +26,29 @@ SPAWN_IDENT = validate.Regexp(
 class AuditQuery(PageQuery):
     """The query string of ``GET /vx11/audit``; loads as the audit log's page arguments."""
 
-    event = fields.List(Choice(EVENTS), load_default=list)
-    target = fields.String(validate=validate.Length(1, 255))
-    token_label = fields.String(validate=validate.Length(1, 1000))
-    token_id = fields.String(validate=validate.Length(1, 64))
-    spawn_id = fields.String(validate=SPAWN_IDENT)
+    event = fields.List(
+        Choice(EVENTS),
+        load_default=list,
+        metadata={
+            "description": "Only these events, in any case: repeat it or separate with "
+            "commas for several."
+        },
+    )
+    target = fields.String(
+        validate=validate.Length(1, 255),
+        metadata={"description": "Only entries about this window target."},
+    )
+    token_label = fields.String(
+        validate=validate.Length(1, 1000),
+        metadata={"description": "Only entries by a token with this label."},
+    )
+    token_id = fields.String(
+        validate=validate.Length(1, 64), metadata={"description": "Only entries by this token."}
+    )
+    spawn_id = fields.String(
+        validate=SPAWN_IDENT,
+        metadata={"description": "Only entries about this spawn: its spawn_id or spawn_uuid."},
+    )
 
     @post_load
     def _page_arguments(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

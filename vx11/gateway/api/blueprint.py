@@ -20,11 +20,15 @@ would otherwise answer as if ``wait`` meant something). The parameters a view ta
 are the ones its OpenAPI operation documents: its query schema's fields
 (``@blp.arguments(Schema, location="query")``) and any ``{"in": "query"}`` parameter
 given to ``@blp.doc(parameters=[...])``.
+
+A path parameter means the same on every endpoint that has it, so its description is
+given once, in :data:`PATH_PARAMETERS`.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
@@ -37,6 +41,13 @@ from vx11.core.errors import UnknownParameter, ValidationFailed
 from vx11.gateway.api.body import json_body
 
 QUERY_LOCATIONS = ("query", "querystring")
+PATH_PARAMETERS = {
+    "ident": "The spawn: its spawn_id (spawn-<8 hex>) or its spawn_uuid.",
+    "target": "A policy window's target, one of VX11_WINDOW_TARGETS (spawner gates spawns).",
+    "token_id": "The token's id, or 8 or more of its leading hex digits.",
+}
+"""What each path parameter of the API's URLs names, by its name in the URL rule."""
+_RULE_VARIABLE = re.compile(r"<(?:[^:<>]+:)?(\w+)>")
 
 
 class Parser(FlaskParser):
@@ -72,10 +83,31 @@ class Parser(FlaskParser):
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = Parser()
 
-    def add_url_rule(self, rule, endpoint=None, view_func=None, *args: Any, **kwargs: Any):
+    def add_url_rule(
+        self,
+        rule,
+        endpoint=None,
+        view_func=None,
+        provide_automatic_options=None,
+        *,
+        parameters=None,
+        **options: Any,
+    ):
         if view_func is not None:
             view_func = strict_query(view_func)
-        return super().add_url_rule(rule, endpoint, view_func, *args, **kwargs)
+        given = list(parameters or [])
+        named = {parameter["name"] for parameter in given if parameter.get("in") == "path"}
+        for name in _RULE_VARIABLE.findall(rule):
+            if name in PATH_PARAMETERS and name not in named:
+                given.append({"in": "path", "name": name, "description": PATH_PARAMETERS[name]})
+        return super().add_url_rule(
+            rule,
+            endpoint,
+            view_func,
+            provide_automatic_options,
+            parameters=given or None,
+            **options,
+        )
 
 
 def strict_query(view: Callable[..., Any]) -> Callable[..., Any]:

@@ -68,7 +68,7 @@ def _in_utc_range(value: datetime) -> None:
         raise ValidationError("out of range once in UTC") from None
 
 
-def query_timestamp() -> fields.AwareDateTime:
+def query_timestamp(description: str) -> fields.AwareDateTime:
     """A timestamp in a query string: ISO 8601, naive meaning UTC."""
     return fields.AwareDateTime(
         format="iso",
@@ -77,6 +77,7 @@ def query_timestamp() -> fields.AwareDateTime:
         error_messages={
             "invalid": "not an ISO 8601 timestamp (naive means UTC; write + as %2B)",
         },
+        metadata={"description": f"{description}: ISO 8601, naive meaning UTC (+ as %2B)."},
     )
 
 
@@ -88,9 +89,13 @@ class PageQuery(Schema):
     """What every paged listing's query string shares: a time range, a page size and
     the cursor of the previous page."""
 
-    since = query_timestamp()
-    until = query_timestamp()
-    limit = fields.Integer(load_default=50, validate=validate.Range(1, PAGE_LIMIT))
+    since = query_timestamp("Only those made at or after this time")
+    until = query_timestamp("Only those made before this time")
+    limit = fields.Integer(
+        load_default=50,
+        validate=validate.Range(1, PAGE_LIMIT),
+        metadata={"description": "Most items on the page."},
+    )
     # Checked when decoded (400 bad_cursor, as for any cursor the server did not make);
     # the pattern documents its shape.
     cursor = fields.String(

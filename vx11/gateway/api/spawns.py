@@ -53,11 +53,21 @@ def _valid_arg(value: str) -> None:
         raise ValidationError(f"an argument is longer than {MAX_ARG_BYTES} bytes")
 
 
-def _limit(low: int, high: int) -> fields.Integer:
+def _limit(low: int, high: int, default: int | None, meaning: str, setting: str) -> fields.Integer:
     """An optional per-spawn limit; ``high`` is the server's maximum. Left out, it takes
-    the server's default (:func:`vx11.gateway.submit.resolve_limits`)."""
+    the server's default (:func:`vx11.gateway.submit.resolve_limits`), published as the
+    field's default (``None``: the default depends on the request, as ``meaning`` says)."""
     error = f"must be between {low} and {high} (the server's maximum)"
-    return fields.Integer(strict=True, validate=validate.Range(low, high, error=error))
+    description = f"{meaning} At most the server's maximum (VX11_{setting}_MAX)"
+    metadata: dict[str, Any] = {"description": f"{description}."}
+    if default is not None:
+        metadata = {
+            "description": f"{description}; left out, the server's default (VX11_{setting}).",
+            "default": default,
+        }
+    return fields.Integer(
+        strict=True, validate=validate.Range(low, high, error=error), metadata=metadata
+    )
 
 
 def _json_max(limit: int):
@@ -73,25 +83,50 @@ def request_schema(settings: Settings) -> Schema:
     """The spawn request schema, with this deployment's limits."""
     return Schema.from_dict(
         {
-            "task_type": fields.String(required=True, validate=validate.OneOf(TASK_TYPES)),
+            "task_type": fields.String(
+                required=True,
+                validate=validate.OneOf(TASK_TYPES),
+                metadata={
+                    "description": "What runs the code: python (python3 -I), shell (/bin/sh, "
+                    "POSIX) or bash (/bin/bash, where the worker has it)."
+                },
+            ),
             "code": fields.String(
                 required=True,
                 validate=Utf8Length(settings.max_code_bytes, min=1),
-                metadata={"description": f"At most {settings.max_code_bytes} bytes of UTF-8."},
+                metadata={
+                    "description": "The program: python source, or a sh or bash script. At most "
+                    f"{settings.max_code_bytes} bytes of UTF-8 (VX11_MAX_CODE_BYTES)."
+                },
             ),
             "ttl_seconds": fields.Integer(
                 strict=True,
                 load_default=settings.spawn_default_ttl,
                 validate=validate.Range(1, settings.spawn_max_ttl),
+                metadata={
+                    "description": "Wall-clock limit, seconds: past it the spawn is killed "
+                    "and ends TIMEOUT. Default and maximum: the server's "
+                    "(VX11_SPAWN_DEFAULT_TTL, VX11_SPAWN_MAX_TTL)."
+                },
             ),
             "stdin": fields.String(
                 load_default=None,
                 allow_none=True,
                 validate=Utf8Length(settings.max_stdin_bytes),
-                metadata={"description": f"At most {settings.max_stdin_bytes} bytes of UTF-8."},
+                metadata={
+                    "description": "Text for the program's standard input (none when left "
+                    f"out). At most {settings.max_stdin_bytes} bytes of UTF-8 "
+                    "(VX11_MAX_STDIN_BYTES)."
+                },
             ),
             "correlation_id": fields.String(
-                load_default=None, allow_none=True, validate=CORRELATION_ID
+                load_default=None,
+                allow_none=True,
+                validate=CORRELATION_ID,
+                metadata={
+                    "description": "Your own id for the spawn: in its record and the logs, "
+                    "and a filter of GET /vx11/spawns."
+                },
             ),
             "metadata": fields.Dict(
                 keys=fields.String(),
@@ -99,21 +134,64 @@ def request_schema(settings: Settings) -> Schema:
                 allow_none=True,
                 validate=_json_max(settings.max_metadata_bytes),
                 metadata={
-                    "description": f"At most {settings.max_metadata_bytes} bytes as compact JSON."
+                    "description": "Any JSON object, kept with the spawn and returned in its "
+                    f"record. At most {settings.max_metadata_bytes} bytes as compact JSON "
+                    "(VX11_MAX_METADATA_BYTES)."
                 },
             ),
-            "cpu_time_limit": _limit(1, settings.cpu_time_limit_max),
-            "memory_limit_mb": _limit(16, settings.memory_limit_mb_max),
-            "max_processes": _limit(1, settings.max_processes_max),
-            "max_output_bytes": _limit(0, settings.max_output_bytes_max),
-            "max_file_size_mb": _limit(1, settings.max_file_size_mb_max),
+            "cpu_time_limit": _limit(
+                1,
+                settings.cpu_time_limit_max,
+                None,
+                "CPU seconds the spawn's processes may use; left out, its ttl_seconds.",
+                "CPU_TIME_LIMIT",
+            ),
+            "memory_limit_mb": _limit(
+                16,
+                settings.memory_limit_mb_max,
+                settings.memory_limit_mb,
+                "Memory the spawn may use, MiB.",
+                "MEMORY_LIMIT_MB",
+            ),
+            "max_processes": _limit(
+                1,
+                settings.max_processes_max,
+                settings.max_processes,
+                "Processes the spawn may run at once.",
+                "MAX_PROCESSES",
+            ),
+            "max_output_bytes": _limit(
+                0,
+                settings.max_output_bytes_max,
+                settings.max_output_bytes,
+                "Bytes of stdout, and of stderr, kept; the rest is read and dropped "
+                "(stdout_truncated, stderr_truncated).",
+                "MAX_OUTPUT_BYTES",
+            ),
+            "max_file_size_mb": _limit(
+                1,
+                settings.max_file_size_mb_max,
+                settings.max_file_size_mb,
+                "Largest file the spawn may write, MiB.",
+                "MAX_FILE_SIZE_MB",
+            ),
             "callback_url": fields.String(
-                allow_none=True, validate=callback_url_validator(settings)
+                allow_none=True,
+                validate=callback_url_validator(settings),
+                metadata={
+                    "description": "Where the spawn's record is POSTed, signed, when it ends. "
+                    "Refused (422 callbacks_disabled) unless the server has "
+                    "VX11_CALLBACK_SECRET; its host must be on VX11_CALLBACK_ALLOWED_HOSTS."
+                },
             ),
             "max_retries": fields.Integer(
                 strict=True,
                 load_default=0,
                 validate=validate.Range(0, MAX_RETRIES, error="must be between {min} and {max}"),
+                metadata={
+                    "description": "Times the spawn is run again if its worker is lost "
+                    "while running it; never when its own code fails."
+                },
             ),
             "args": fields.List(
                 fields.String(validate=_valid_arg),
@@ -122,10 +200,25 @@ def request_schema(settings: Settings) -> Schema:
                     max=settings.max_args,
                     error=f"at most {settings.max_args} arguments (the server's maximum)",
                 ),
+                metadata={
+                    "description": "Arguments for the program: python's sys.argv[1:], the "
+                    f"shell's $1 and on. At most {settings.max_args} (VX11_MAX_ARGS), each at "
+                    f"most {MAX_ARG_BYTES} bytes of UTF-8 without NUL."
+                },
             ),
         },
         name="SpawnRequest",
     )()
+
+
+def spawn_example(settings: Settings) -> dict[str, Any]:
+    """The request the docs page's "Try it out" sends: the quick start's, which a
+    server with its default settings accepts while the spawner window is open."""
+    return {
+        "task_type": "python",
+        "code": 'print("hello from VX11")',
+        "ttl_seconds": settings.spawn_default_ttl,
+    }
 
 
 class SpawnAnswer(Schema):
@@ -160,6 +253,7 @@ class RecordQuery(Schema):
     wait = fields.Float(
         load_default=0,
         validate=validate.Range(0, MAX_WAIT, error="must be between {min} and {max} seconds"),
+        metadata={"description": "Seconds to wait for the spawn to end before answering."},
     )
 
 
@@ -216,9 +310,19 @@ STATUSES = tuple(status.value for status in SpawnStatus)
 class HistoryQuery(PageQuery):
     """The query string of ``GET /vx11/spawns``; loads as the ledger's page arguments."""
 
-    status = fields.List(Choice(STATUSES), load_default=list)
-    task_type = Choice(TASK_TYPES)
-    correlation_id = fields.String(validate=CORRELATION_ID)
+    status = fields.List(
+        Choice(STATUSES),
+        load_default=list,
+        metadata={
+            "description": "Only spawns in these states, in any case (done is DONE): "
+            "repeat it or separate with commas for several."
+        },
+    )
+    task_type = Choice(TASK_TYPES, metadata={"description": "Only spawns of this task type."})
+    correlation_id = fields.String(
+        validate=CORRELATION_ID,
+        metadata={"description": "Only spawns with this correlation_id."},
+    )
 
     @post_load
     def _page_arguments(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -247,7 +351,7 @@ def blueprint(settings: Settings) -> Blueprint:
 
     @blp.post("/spawn")
     @requires(Scope.SPAWN)
-    @blp.arguments(request_schema(settings))
+    @blp.arguments(request_schema(settings), example=spawn_example(settings))
     @blp.response(200, SpawnAnswer)
     @blp.alt_response(409, response="CONFLICT")
     @blp.doc(parameters=[IDEMPOTENCY_PARAMETER])

@@ -24,21 +24,49 @@ MAX_TOKEN_LIFETIME = 10 * 365 * 86400
 
 
 class TokenRequest(Schema):
-    label = fields.String(required=True, validate=validate.Length(1, 100))
+    label = fields.String(
+        required=True,
+        validate=validate.Length(1, 100),
+        metadata={"description": "A name for the token, shown in the audit log and token list."},
+    )
     scopes = fields.List(
         fields.String(validate=validate.OneOf(SCOPES)),
         required=True,
         validate=validate.Length(min=1, max=len(SCOPES)),
+        metadata={
+            "description": "What it may do: read (the status, windows and its own spawns), "
+            "spawn (submit and cancel), window (open and close), admin (tokens, the audit "
+            "log, every spawn). Each includes read; nothing else is implied."
+        },
     )
     expires_in_seconds = fields.Integer(
-        strict=True, allow_none=True, validate=validate.Range(1, MAX_TOKEN_LIFETIME)
+        strict=True,
+        allow_none=True,
+        validate=validate.Range(1, MAX_TOKEN_LIFETIME),
+        metadata={"description": "Seconds from now until it stops working; left out, never."},
     )
     rate_limit_per_second = fields.Float(
-        allow_none=True, allow_nan=False, validate=validate.Range(0.01, 10_000)
+        allow_none=True,
+        allow_nan=False,
+        validate=validate.Range(0.01, 10_000),
+        metadata={
+            "description": "Spawn and window requests it may make per second; left out, "
+            "the server's (VX11_RATE_LIMIT_PER_SECOND)."
+        },
     )
     max_active_spawns = fields.Integer(
-        strict=True, allow_none=True, validate=validate.Range(1, 100_000)
+        strict=True,
+        allow_none=True,
+        validate=validate.Range(1, 100_000),
+        metadata={
+            "description": "Spawns it may have QUEUED or RUNNING at once; left out, the "
+            "server's (VX11_MAX_ACTIVE_SPAWNS)."
+        },
     )
+
+
+TOKEN_EXAMPLE = {"label": "ci-runner", "scopes": ["spawn", "read"], "expires_in_seconds": 86400}
+"""The request the docs page's "Try it out" sends: a day's token that runs code."""
 
 
 class TokenView(Schema):
@@ -72,7 +100,7 @@ def blueprint(settings: Settings) -> Blueprint:
 
     @blp.post("/tokens")
     @requires(Scope.ADMIN)
-    @blp.arguments(TokenRequest)
+    @blp.arguments(TokenRequest, example=TOKEN_EXAMPLE)
     @blp.response(201, NewToken)
     def create_token(args):
         """Create a token

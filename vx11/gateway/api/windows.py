@@ -18,17 +18,34 @@ from vx11.gateway.api.blueprint import Blueprint
 from vx11.gateway.audit import record_window_closed, record_window_opened
 from vx11.gateway.services import services
 
-REASON = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+REASON = fields.String(
+    load_default=None,
+    allow_none=True,
+    validate=validate.Length(max=500),
+    metadata={"description": "Why, for the audit log: at most 500 characters."},
+)
 
 
 @functools.cache
 def request_schemas(settings: Settings) -> tuple[Schema, Schema]:
     """The open and close request schemas, with this deployment's targets and limits."""
-    target = fields.String(required=True, validate=validate.OneOf(settings.window_targets))
+    target = fields.String(
+        required=True,
+        validate=validate.OneOf(settings.window_targets),
+        metadata={
+            "description": "The window's target (VX11_WINDOW_TARGETS): spawner's window "
+            "gates spawns; the others are for other VX11 services to ask about."
+        },
+    )
     ttl = fields.Integer(
         strict=True,
         load_default=settings.window_default_ttl,
         validate=validate.Range(1, settings.window_max_ttl),
+        metadata={
+            "description": "Seconds from now until the window closes by itself; an open "
+            "window is extended to that. Default and maximum: the server's "
+            "(VX11_WINDOW_DEFAULT_TTL, VX11_WINDOW_MAX_TTL)."
+        },
     )
     open_schema = Schema.from_dict(
         {"target": target, "ttl_seconds": ttl, "reason": REASON}, name="WindowOpenRequest"
@@ -37,11 +54,28 @@ def request_schemas(settings: Settings) -> tuple[Schema, Schema]:
         {
             "target": target,
             "reason": REASON,
-            "cancel_running": fields.Boolean(truthy={True}, falsy={False}, load_default=False),
+            "cancel_running": fields.Boolean(
+                truthy={True},
+                falsy={False},
+                load_default=False,
+                metadata={
+                    "description": "Also cancel the spawns running under the window (the "
+                    "queued ones never start in any case)."
+                },
+            ),
         },
         name="WindowCloseRequest",
     )
     return open_schema(), close_schema()
+
+
+def request_examples(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The open and close requests the docs page's "Try it out" sends: the spawner's
+    window, for the default length."""
+    return (
+        {"target": "spawner", "ttl_seconds": settings.window_default_ttl, "reason": "trying VX11"},
+        {"target": "spawner", "reason": "done trying"},
+    )
 
 
 class WindowView(Schema):
@@ -106,10 +140,11 @@ def window_view(target: str, window: Window | None) -> dict[str, Any]:
 def blueprint(settings: Settings) -> Blueprint:
     blp = authenticated_blueprint("windows", __name__, __doc__, url_prefix="/vx11/window")
     open_schema, close_schema = request_schemas(settings)
+    open_example, close_example = request_examples(settings)
 
     @blp.post("/open")
     @requires(Scope.WINDOW)
-    @blp.arguments(open_schema)
+    @blp.arguments(open_schema, example=open_example)
     @blp.response(200, WindowOpened)
     def open_window(args):
         """Open a window
@@ -135,7 +170,7 @@ def blueprint(settings: Settings) -> Blueprint:
 
     @blp.post("/close")
     @requires(Scope.WINDOW)
-    @blp.arguments(close_schema)
+    @blp.arguments(close_schema, example=close_example)
     @blp.response(200, WindowClosed)
     def close_window(args):
         """Close a window
