@@ -186,6 +186,13 @@ def test_a_spinner_shows_on_a_terminal_and_never_in_a_pipe(stack, window):
     assert "\r" not in piped.stderr and "RUNNING" not in piped.stderr
 
 
+def test_a_bash_spawn_runs_with_bash(stack, window):
+    done = vx11(stack, "spawn", "bash", 'set -o pipefail; a=(x "$1"); [[ ${a[1]} == y ]] &&'
+                " echo $BASH_VERSION; false | cat", "--arg", "y", "--wait")  # fmt: skip
+    assert done.returncode == 1, done.stderr  # pipefail: false's status, not cat's
+    assert re.fullmatch(r"\d+\.\d+\S*\n", done.stdout), done.stdout
+
+
 def test_without_wait_the_spawn_id_is_printed_or_the_apis_answer_as_json(stack, window):
     done = vx11(stack, "spawn", "shell", "echo hello")
     assert done.returncode == 0

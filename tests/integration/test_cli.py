@@ -273,6 +273,17 @@ def test_spawns_ls_takes_states_comma_separated_repeated_and_in_any_case(served,
     assert [row.split()[1] for row in table.stdout.splitlines()[1:]] == ["FAILED", "DONE"]
 
 
+def test_spawn_bash_submits_a_bash_spawn_and_spawns_ls_finds_it_by_type(served, client):
+    assert cli(served, "window", "open", "spawner").exit_code == 0
+    submitted = cli(served, "spawn", "bash", "[[ -n $1 ]] && echo yes", "--arg", "x", "--json")
+    assert submitted.exit_code == 0, submitted.output
+    spawn_id = json.loads(submitted.stdout)["spawn_id"]
+    assert cli(served, "spawn", "shell", "true").exit_code == 0
+    assert listed_ids(cli(served, "spawns", "ls", "--type", "bash", "--json")) == [spawn_id]
+    record = client.get(f"/vx11/spawn/{spawn_id}", headers=TOKEN).json
+    assert (record["task_type"], record["args"]) == ("bash", ["x"])
+
+
 def test_an_unknown_state_is_a_usage_error_naming_it(served):
     result = cli(served, "spawns", "ls", "--status", "done,finished")
     assert result.exit_code == ExitCode.USAGE

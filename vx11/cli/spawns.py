@@ -1,4 +1,4 @@
-"""``vx11 spawn python|shell|show|follow|cancel`` and ``vx11 spawns ls``: submitting code,
+"""``vx11 spawn python|shell|bash|show|follow|cancel`` and ``vx11 spawns ls``: submitting code,
 following it, reading and cancelling spawns, and the history."""
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from vx11.cli.follow import exit_code_of, follow, outcome_line
 STDIN_READ_MAX = 64 << 20
 """Bytes of standard input read at most: past them (``yes | vx11 spawn ...``) no gateway
 would take it anyway."""
+TASK_TYPES = ("python", "shell", "bash")
 STATUSES = ("QUEUED", "RUNNING", "DONE", "FAILED", "TIMEOUT", "CANCELLED", "ERROR")
 LIMIT_OPTIONS = (
     ("--cpu-time", "cpu_time_limit", "CPU-time limit, seconds  [default: the ttl]"),
@@ -45,8 +46,8 @@ over the server's maximum is a 422 naming the field."""
 
 @click.group()
 def spawn() -> None:
-    """Run code (python, shell), read a spawn (show), follow one to its end (follow),
-    stop one (cancel)."""
+    """Run code (python, shell, bash), read a spawn (show), follow one to its end
+    (follow), stop one (cancel)."""
 
 
 def _read_text(path: str, what: str, hint: str = "") -> str:
@@ -211,6 +212,13 @@ _submit_command(
 
     With --wait, stream its output and exit with its exit code (docs/cli.md).""",
 )
+_submit_command(
+    "bash",
+    """Run bash CODE (or -f FILE) in the sandbox, where the worker has bash; print its
+    spawn id.
+
+    With --wait, stream its output and exit with its exit code (docs/cli.md).""",
+)
 
 
 def record_text(record: dict[str, Any]) -> str:
@@ -298,7 +306,7 @@ def spawns() -> None:
     STATUSES,
     help="Only spawns in these states: any case, comma-separated or repeated.",
 )
-@click.option("--type", "task_type", type=click.Choice(("python", "shell")), help="python|shell")
+@click.option("--type", "task_type", type=click.Choice(TASK_TYPES), help="Only this task type.")
 @click.option("--correlation-id", help="Only spawns with this correlation id.")
 @click.option("--since", type=Moment(), help="Created at or after: ISO 8601 or a time ago (2h).")
 @click.option("--until", type=Moment(), help="Created before: ISO 8601 or a time ago.")
