@@ -1,6 +1,6 @@
-"""Following a spawn to its end for ``vx11 spawn ... --wait``: its output streamed live
-from the gateway's Server-Sent Events, a progress line on a terminal, and the exit code
-its final state stands for."""
+"""Following a spawn to its end for ``vx11 spawn ... --wait`` and ``vx11 spawn follow``:
+its output streamed live from the gateway's Server-Sent Events (resumed after a break),
+a progress line on a terminal, and the exit code its final state stands for."""
 
 from __future__ import annotations
 
@@ -184,7 +184,7 @@ def _after(event_id: str, last_id: str | None) -> bool:
 def follow(client: Client, spawn_id: str, *, live_output: bool = True) -> dict[str, Any]:
     """Wait for ``spawn_id`` to end and return its terminal record; its output goes to
     stdout and stderr as it arrives when ``live_output``. Ctrl-C leaves the spawn as it
-    is and says how to cancel it."""
+    is and says how to follow it again or cancel it."""
     progress = Progress(spawn_id, enabled=stderr_is_terminal())
     output = _Output(progress, live_output)
     try:
