@@ -31,7 +31,15 @@ from workers.resources import (
     settings,
     windows,
 )
-from workers.sandbox import ACTIVE, Limits, Outcome, SandboxConfig, Watcher, run_sandboxed
+from workers.sandbox import (
+    ACTIVE,
+    Limits,
+    Outcome,
+    SandboxConfig,
+    SandboxError,
+    Watcher,
+    run_sandboxed,
+)
 from workers.sandbox.levels import choose
 from workers.shutdown import DEADLINE, ShutdownDeadline
 
@@ -273,7 +281,10 @@ def run_spawn(
         )
     except Exception as exc:
         log.exception("spawn %s: the sandbox failed", spawn_uuid)
-        reason: str | None = f"sandbox_error: {type(exc).__name__}"[:128]
+        # A SandboxError's message is written for the user (bash not installed…); any
+        # other error's may hold anything, and goes to the worker's log only.
+        cause = str(exc) if isinstance(exc, SandboxError) else type(exc).__name__
+        reason: str | None = f"sandbox_error: {cause}"[:128]
         record = _end_run(store, spawn_uuid, attempt, SpawnStatus.ERROR, reason=reason)
         return finished(record) if record else summary(store.get(spawn_uuid))
     watcher.flush(final=True)  # the stream holds all the output before its end
