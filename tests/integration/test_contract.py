@@ -149,7 +149,7 @@ def test_fields_carry_this_deployments_limits(test_config):
     request = spec["components"]["schemas"]["SpawnRequest"]["properties"]
     assert request["ttl_seconds"]["maximum"] == 77
     assert request["memory_limit_mb"]["maximum"] == 333
-    assert request["task_type"]["enum"] == ["python", "shell"]
+    assert request["task_type"]["enum"] == ["python", "shell", "bash"]
     window = spec["components"]["schemas"]["WindowOpenRequest"]["properties"]
     assert window["target"]["enum"] == list(app.extensions["vx11"].settings.window_targets)
 

@@ -358,7 +358,7 @@ def blueprint(settings: Settings) -> Blueprint:
     def create_spawn(spawn_request):
         """Submit a spawn
 
-        Queue python or shell code while the spawner window is open.
+        Queue python, shell or bash code while the spawner window is open.
 
         A closed window is a semantic refusal: HTTP 200 with ``error: off_by_policy``.
 
