@@ -38,9 +38,12 @@ from vx11.core.config import Settings
 from workers.sandbox import Limits, Outcome, SandboxConfig, run_sandboxed
 from workers.sandbox.levels import base_config, bwrap_problem
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="the sandbox switches to its own uid and makes cgroups as root"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        os.geteuid() != 0, reason="the sandbox switches to its own uid and makes cgroups as root"
+    ),
+    pytest.mark.serial,  # kill -9 -1 at the basic level reaches every run of the uid
+]
 
 LEVELS = ["bwrap", "basic"]
 SANDBOX_UID = pwd.getpwnam("nobody").pw_uid

@@ -34,6 +34,9 @@ import pytest
 from tests.support import wait_for
 from workers.sandbox import Limits, Outcome, SandboxConfig, SandboxError, run_sandboxed
 
+# RLIMIT_NPROC counts every process of the sandbox uid on the host: run alone.
+pytestmark = pytest.mark.serial
+
 IS_ROOT = os.geteuid() == 0
 SANDBOX_USER = "nobody"
 SANDBOX_UID, SANDBOX_GID = (

@@ -30,6 +30,9 @@ from workers.sandbox import (
 )
 from workers.sandbox.levels import bwrap_problem
 
+# At the basic level RLIMIT_NPROC counts every process of the sandbox uid: run alone.
+pytestmark = pytest.mark.serial
+
 IS_ROOT = os.geteuid() == 0
 LIMITS = Limits(
     wall_time=10, cpu_time=10, memory_mb=256, max_processes=64, max_file_size_mb=4,
