@@ -45,8 +45,8 @@ def records(svc) -> list[dict]:
 @pytest.mark.parametrize(
     ("step", "fail", "error"),
     [
-        ("the window check", lambda svc, m: m.setattr(svc.windows, "get", redis_down),
-         "redis_unavailable"),
+        ("the token, rate and window check",
+         lambda svc, m: m.setattr(svc.admission, "_script", redis_down), "redis_unavailable"),
         ("the record", lambda svc, m: m.setattr(Ledger, "add", database_down),
          "database_unavailable"),
         ("the publish", lambda svc, m: m.setattr(submit, "publish_spawn", broker_down),

@@ -195,11 +195,17 @@ class TokenStore:
         pipe.execute()
         return token, info
 
-    def verify(self, token: str) -> TokenInfo | None:
-        """The token's info if it is valid now (known, not revoked, not expired)."""
-        if self.dev_token is not None and hmac.compare_digest(
+    def is_development(self, token: str) -> bool:
+        """Whether ``token`` is the development token (and it is accepted here)."""
+        return self.dev_token is not None and hmac.compare_digest(
             token.encode("utf-8", "surrogateescape"), self.dev_token.encode()
-        ):
+        )
+
+    def verify(self, token: str) -> TokenInfo | None:
+        """The token's info if it is valid now (known, not revoked, not expired). The
+        gateway checks a request's token with its rate and window in one round trip
+        (:mod:`vx11.gateway.admission`); this is the same check on its own."""
+        if self.is_development(token):
             return DEVELOPMENT
         token_hash = hash_token(token)
         # The client does not decode responses (make_redis): every reply is bytes.

@@ -2,7 +2,9 @@
 gateway process and replica shares one count per token.
 
 The counting is the ``limits`` library's moving window (the engine flask-limiter is built
-on; flask-limiter itself checks before the token is verified, so it cannot key by it):
+on; flask-limiter itself checks before the token is verified, so it cannot key by it),
+with its Redis lists and keys, done in the same Lua script as the token check
+(:mod:`vx11.gateway.admission`), so a counted request costs no round trip of its own:
 a rate of ``n`` per ``m`` seconds lets at most ``n`` requests through in any ``m``-second
 span, so a quiet token may send its ``n`` at once. A refused request takes no place in
 the window. Timestamps are the gateway's clock: replicas on several hosts need them in
@@ -11,18 +13,16 @@ sync (NTP), or a fast clock counts a little short.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from fractions import Fraction
 
 from limits import RateLimitItem, RateLimitItemPerSecond
-from limits.storage import RedisStorage
-from limits.strategies import MovingWindowRateLimiter
-from redis import Redis
 
 from vx11.core.config import Settings
 from vx11.core.errors import RateLimited
-from vx11.core.tokens import Scope, TokenInfo
+from vx11.core.tokens import Scope
 
 KEY_PREFIX = "vx11:ratelimit"
 LIMITED_SCOPES = frozenset({Scope.SPAWN, Scope.WINDOW})
@@ -48,33 +48,55 @@ def describe(item: RateLimitItem) -> str:
 
 
 class RateLimits:
-    """The request-rate check of every gateway process, on the gateway's Redis."""
+    """The request-rate limits of every gateway process: which rate a token has, the
+    Redis list its requests are counted in, and the refusal. The counting itself is
+    :data:`COUNT`, run in the request's admission script (:mod:`vx11.gateway.admission`)."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
-        # The gateway's own connection pool: its timeouts, and a down Redis raises
-        # redis.exceptions.ConnectionError (a 503), as everywhere else in the gateway.
-        storage = RedisStorage(
-            settings.redis_url, connection_pool=redis.connection_pool, key_prefix=KEY_PREFIX
-        )
-        self.limiter = MovingWindowRateLimiter(storage)
+    def __init__(self, settings: Settings) -> None:
         self.default_per_second = settings.rate_limit_per_second
 
-    def check(self, token: TokenInfo, scope: Scope) -> None:
-        """Count a request by ``token`` to an endpoint needing ``scope``; raise
-        :class:`~vx11.core.errors.RateLimited` if it is over the token's rate."""
-        if scope not in LIMITED_SCOPES:
-            return
-        per_second = token.rate_limit_per_second
+    def item_for(self, own_rate: float | None) -> RateLimitItem | None:
+        """The rate of a token whose own rate is ``own_rate`` (None: the default), as
+        ``n`` per ``m`` seconds; None: not limited."""
+        per_second = own_rate
         if per_second is None:
             per_second = self.default_per_second
         if per_second <= 0:  # 0: no limit
-            return
-        item = rate_item(per_second)
-        if self.limiter.hit(item, token.token_id):
-            return
-        reset_at = self.limiter.get_window_stats(item, token.token_id).reset_time
-        limit = describe(item)
-        raise RateLimited(
-            f"this token is over its rate limit of {limit} on spawn and window requests",
-            retry_after=max(1, math.ceil(reset_at - time.time())),
+            return None
+        return _item(per_second)
+
+    @staticmethod
+    def key_for(item: RateLimitItem, token_id: str) -> str:
+        """The Redis list of the requests of token ``token_id`` counted against ``item``
+        (the limits library's key, so counts survive an upgrade)."""
+        return f"{KEY_PREFIX}:{item.key_for(token_id)}"
+
+    @staticmethod
+    def refusal(item: RateLimitItem, oldest: float) -> RateLimited:
+        """The 429 for a request over ``item`` whose window's oldest request counted was
+        at ``oldest`` (Unix time): a place frees when that one leaves the window."""
+        return RateLimited(
+            f"this token is over its rate limit of {describe(item)} on spawn and window requests",
+            retry_after=max(1, math.ceil(oldest + item.get_expiry() - time.time())),
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _item(per_second: float) -> RateLimitItem:
+    return rate_item(per_second)
+
+
+COUNT = """
+local function count(key, limit, span, now)
+  local entry = redis.call('LINDEX', key, limit - 1)
+  if entry and tonumber(entry) >= tonumber(now) - span then return entry end
+  redis.call('LPUSH', key, now)
+  redis.call('LTRIM', key, 0, limit - 1)
+  redis.call('EXPIRE', key, span)
+  return false
+end
+"""
+"""``count(key, limit, span, now)``, ``now`` a Unix time as text: a request counted in
+the moving window of ``limit`` requests in any ``span`` seconds (the limits library's
+list: newest first, one entry per request); or, when the window is full, not counted and
+the oldest entry returned."""

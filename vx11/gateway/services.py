@@ -19,6 +19,7 @@ from vx11.core.events import SpawnEvents
 from vx11.core.ledger import Ledger
 from vx11.core.policy import OpenWindows, WindowStore
 from vx11.core.tokens import TokenStore
+from vx11.gateway.admission import Admission
 from vx11.gateway.idempotency import IdempotencyKeys
 from vx11.gateway.ratelimit import RateLimits
 
@@ -42,24 +43,29 @@ class Services:
     """Reads Celery's result backend (status probe)."""
     rate_limits: RateLimits
     """Each token's request rate on the spawn and window endpoints, counted in Redis."""
+    admission: Admission
+    """A request's token, rate and window, checked in one Redis round trip."""
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         redis = make_redis(settings)
         ledger = Ledger.from_url(settings.effective_database_url)
+        tokens = TokenStore(redis, dev_token=None if settings.production else settings.dev_token)
+        rate_limits = RateLimits(settings)
         return cls(
             settings=settings,
             redis=redis,
             windows=WindowStore(redis),
             events=SpawnEvents(redis),
-            tokens=TokenStore(redis, dev_token=None if settings.production else settings.dev_token),
+            tokens=tokens,
             ledger=ledger,
             idempotency=IdempotencyKeys(redis),
             audit=AuditLog(ledger.engine),
             open_windows=OpenWindows(redis),
             celery=make_celery(settings),
             results=make_celery(settings, results=True),
-            rate_limits=RateLimits(redis, settings),
+            rate_limits=rate_limits,
+            admission=Admission(redis, tokens, rate_limits),
         )
 
 

@@ -1,5 +1,8 @@
 """Accepting a spawn: the policy check, the ledger record and the publish, in that order.
 
+The policy check is the spawner window, read with the request's token and rate in one
+Redis round trip before the view (:mod:`vx11.gateway.admission`).
+
 The record is written before the job is published, so a worker never meets a job
 without its record; if the publish fails, the record is ended ERROR at once. If the
 gateway dies between the two (its client got no answer), the record stays unpublished
@@ -33,6 +36,7 @@ from vx11.core.logs import spawn_accepted
 from vx11.core.policy import SPAWN_TARGET
 from vx11.core.states import SpawnStatus
 from vx11.core.tokens import TokenInfo
+from vx11.gateway.admission import Admitted
 from vx11.gateway.audit import record_spawn_decision
 from vx11.gateway.services import Services
 
@@ -68,18 +72,18 @@ def resolve_limits(request: dict[str, Any], settings: Settings) -> dict[str, int
 def submit_spawn(
     svc: Services,
     request: dict[str, Any],
-    token: TokenInfo,
+    admitted: Admitted,
     idempotency: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Queue ``request`` (already validated), as ``token``'s, if the spawner window is
-    open.
+    """Queue ``request`` (already validated) as the spawn ``admitted`` let through, if
+    the spawner window it read was open.
 
     Returns the new record, or a :func:`refusal` when policy says no. Either decision
     is audited; an audit entry that cannot be written is a 503 and queues nothing.
     ``idempotency`` (the key's ledger fields) makes the record the key's only spawn:
     :class:`~vx11.core.ledger.store.AlreadyAccepted` if it has one already.
     """
-    window = svc.windows.get(SPAWN_TARGET)
+    window, token = admitted.window, admitted.token
     if window is None:
         reason = f"no open policy window for target {SPAWN_TARGET} (policy SOLO_MADRE)"
         record_spawn_decision(svc, AuditEvent.SPAWN_REFUSED, request, reason=reason)

@@ -14,8 +14,9 @@ from typing import Any
 
 from flask import current_app, g, request
 
-from vx11.core.errors import AuthRequired, InsufficientScope, InvalidToken
+from vx11.core.errors import AuthRequired
 from vx11.core.tokens import Scope, TokenInfo
+from vx11.gateway.admission import Admitted
 from vx11.gateway.api.blueprint import Blueprint
 from vx11.gateway.api.openapi import SECURITY_SCHEME
 from vx11.gateway.ratelimit import LIMITED_SCOPES
@@ -23,14 +24,19 @@ from vx11.gateway.services import services
 
 HEADER = "X-VX11-Token"
 SCOPE_ATTRIBUTE = "vx11_required_scope"
+WINDOW_ATTRIBUTE = "vx11_window"
 
 
 AUTH_ERRORS = {401: "UNAUTHORIZED", 403: "FORBIDDEN", 503: "SERVICE_UNAVAILABLE"}
 
 
-def requires(scope: Scope) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def requires(
+    scope: Scope, *, window: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare the scope a view needs (read by :func:`authenticate`), and document it
-    in the OpenAPI operation with the errors authentication can answer."""
+    in the OpenAPI operation with the errors authentication can answer. ``window``: the
+    target whose policy window the view acts under, read with the token
+    (:func:`admitted`)."""
     errors = dict(AUTH_ERRORS)
     if scope in LIMITED_SCOPES:
         errors[429] = "TOO_MANY_REQUESTS"
@@ -42,6 +48,7 @@ def requires(scope: Scope) -> Callable[[Callable[..., Any]], Callable[..., Any]]
 
     def mark(view: Callable[..., Any]) -> Callable[..., Any]:
         setattr(view, SCOPE_ATTRIBUTE, scope)
+        setattr(view, WINDOW_ATTRIBUTE, window)
         return document(view)
 
     return mark
@@ -57,25 +64,28 @@ def authenticated_blueprint(
 
 
 def authenticate() -> None:
-    """A ``before_request`` hook: the caller's token, checked against the view's scope,
-    is kept as ``g.token`` for the view."""
+    """A ``before_request`` hook: the caller's token, checked against the view's scope
+    and counted against its rate, with the view's window, in one Redis round trip
+    (:mod:`vx11.gateway.admission`); kept as ``g.token`` and ``g.admitted`` for the
+    view."""
     token = request.headers.get(HEADER)
     if not token:
         raise AuthRequired()
-    info = services().tokens.verify(token)
-    if info is None:
-        raise InvalidToken()
     view = current_app.view_functions.get(request.endpoint or "")
     required = getattr(view, SCOPE_ATTRIBUTE, Scope.ADMIN)
-    if not info.allows(required):
-        raise InsufficientScope(f"this token lacks the {required} scope", required=str(required))
-    g.token = info
-    services().rate_limits.check(info, required)
+    admitted = services().admission.admit(token, required, getattr(view, WINDOW_ATTRIBUTE, None))
+    g.token, g.admitted = admitted.token, admitted
 
 
 def caller() -> TokenInfo:
     """The token of the request being served (after :func:`authenticate`)."""
     return g.token
+
+
+def admitted() -> Admitted:
+    """What :func:`authenticate` found for the request being served: its token and,
+    for a view declared with a window, that window."""
+    return g.admitted
 
 
 def owner_filter() -> str | None:

@@ -16,10 +16,17 @@ from vx11.core.config import Settings
 from vx11.core.errors import ValidationFailed
 from vx11.core.ledger import SpawnFilter
 from vx11.core.ledger.store import AlreadyAccepted
+from vx11.core.policy import SPAWN_TARGET
 from vx11.core.record import SpawnDetail, SpawnRecord, UTCDateTime
 from vx11.core.states import SpawnStatus
 from vx11.core.tokens import Scope
-from vx11.gateway.api.auth import authenticated_blueprint, caller, owner_filter, requires
+from vx11.gateway.api.auth import (
+    admitted,
+    authenticated_blueprint,
+    caller,
+    owner_filter,
+    requires,
+)
 from vx11.gateway.api.blueprint import Blueprint
 from vx11.gateway.api.fields import Choice, FullMatch, PageQuery, Utf8Length, page_schema
 from vx11.gateway.idempotency import HEADER as IDEMPOTENCY_KEY
@@ -279,7 +286,7 @@ def idempotency_key() -> str | None:
 
 def accept(svc: Services, spawn_request: dict[str, Any]) -> dict[str, Any]:
     """The answer to a valid spawn request: the accepted spawn, or the refusal."""
-    return submit_spawn(svc, spawn_request, caller())
+    return submit_spawn(svc, spawn_request, admitted())
 
 
 def accept_once(svc: Services, spawn_request: dict[str, Any], key: str):
@@ -290,7 +297,7 @@ def accept_once(svc: Services, spawn_request: dict[str, Any], key: str):
         if attempt.replay is not None:
             return jsonify(attempt.replay), {REPLAYED: "true"}
         try:
-            answer = submit_spawn(svc, spawn_request, caller(), attempt.ledger_fields)
+            answer = submit_spawn(svc, spawn_request, admitted(), attempt.ledger_fields)
         except AlreadyAccepted as earlier:
             record = resume(svc, earlier.record, attempt.fingerprint)
             replay = ANSWER.dump({**record, "status": "QUEUED"})  # as it was accepted
@@ -350,7 +357,7 @@ def blueprint(settings: Settings) -> Blueprint:
     blp = authenticated_blueprint("spawns", __name__, __doc__)
 
     @blp.post("/spawn")
-    @requires(Scope.SPAWN)
+    @requires(Scope.SPAWN, window=SPAWN_TARGET)
     @blp.arguments(request_schema(settings), example=spawn_example(settings))
     @blp.response(200, SpawnAnswer)
     @blp.alt_response(409, response="CONFLICT")
