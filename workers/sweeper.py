@@ -31,12 +31,13 @@ from celery import Celery
 
 from vx11.core.audit import AuditLog
 from vx11.core.dispatch import SPAWN_TASK, publish_callback, publish_spawn
-from vx11.core.errors import IllegalTransition, ServiceUnavailable
+from vx11.core.errors import IllegalTransition, NotFound, ServiceUnavailable
 from vx11.core.events import LIVE_TTL, SpawnEvents
 from vx11.core.ledger import Ledger
 from vx11.core.policy import OpenWindows
 from vx11.core.states import SpawnStatus
 from vx11.core.times import utcnow
+from vx11.core.unpublished import Unpublished
 from workers.resources import settings
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,8 @@ SWEEP_EVERY = 10.0
 LOST_AFTER = LIVE_TTL + 5
 RECHECK_AFTER = 3.0
 UNPUBLISHED_AFTER = 30.0
-"""Seconds after which a QUEUED spawn whose job was never recorded as published (its
-gateway died between the two writes) is ended by the sweeper."""
+"""Seconds after which a QUEUED spawn whose job its gateway never confirmed published
+(the gateway died between its record and its publish) is ended by the sweeper."""
 ORPHANED_AFTER = 15.0
 """Seconds after its acceptance (and after its last delivery) a QUEUED spawn's job, held
 by no live worker nor waiting in the queue, is taken for lost by the broker."""
@@ -62,23 +63,38 @@ def lost_candidates(store: Ledger, events: SpawnEvents) -> list[str]:
     return [spawn_uuid for spawn_uuid in running if spawn_uuid not in live]
 
 
-def end_unpublished(store: Ledger, events: SpawnEvents) -> list[str]:
+def end_unpublished(store: Ledger, events: SpawnEvents, unpublished: Unpublished) -> list[str]:
     """End ERROR ``gateway_lost`` the QUEUED spawns whose gateway died before it could
-    record their job as published; their uuids. Their client never got an answer (the
-    gateway records the publish before it answers), so the spawn must not run: a job
-    that did reach the broker finds it ended and never starts. Its idempotency key is
-    let go with it: the client's retry (the same Idempotency-Key, once its pending mark
-    lapses) makes a fresh spawn, and a retry that came before this publishes this one
-    (:func:`vx11.gateway.submit.resume`)."""
+    confirm their job published (:mod:`vx11.core.unpublished`: noted more than
+    :data:`UNPUBLISHED_AFTER` seconds ago; or, from a gateway of an earlier version,
+    recorded unpublished in the ledger that long ago); their uuids. Their client never
+    got an answer (the gateway confirms the publish before it answers), so the spawn
+    must not run: a job that did reach the broker finds it ended and never starts.
+    Taking the note first tells a gateway that was only slow that its spawn was taken
+    for lost. Its idempotency key is let go with it: the client's retry (the same
+    Idempotency-Key, once its pending mark lapses) makes a fresh spawn, and a retry that
+    came before this publishes this one (:func:`vx11.gateway.submit.resume`)."""
     created_before = utcnow() - timedelta(seconds=UNPUBLISHED_AFTER)
+    lost = [
+        spawn_uuid
+        for spawn_uuid in unpublished.older_than(UNPUBLISHED_AFTER)
+        if unpublished.take(spawn_uuid)  # else its gateway confirmed it meanwhile
+    ]
+    lost += store.queued_before(created_before, published=False)
     ended = []
-    for spawn_uuid in store.queued_before(created_before, published=False):
-        try:
+    for spawn_uuid in lost:
+        try:  # only if it never started (attempt 0): a job that did, was published
             store.transition(
-                spawn_uuid, SpawnStatus.ERROR, reason="gateway_lost", idempotency_key=None
+                spawn_uuid,
+                SpawnStatus.ERROR,
+                attempt=0,
+                reason="gateway_lost",
+                idempotency_key=None,
             )
         except IllegalTransition:
             continue  # a worker claimed it meanwhile: it was published after all
+        except NotFound:
+            continue  # noted, never recorded: its request failed before its commit
         events.finish(spawn_uuid, {"spawn_uuid": spawn_uuid, "status": "ERROR"})
         log.warning("spawn %s: its gateway died before publishing it; ended", spawn_uuid)
         ended.append(spawn_uuid)
@@ -130,17 +146,20 @@ def _retry_or_end(store: Ledger, events: SpawnEvents, celery: Celery, spawn_uuid
     return True
 
 
-def lost_jobs(store: Ledger, celery: Celery) -> dict[str, str | None]:
-    """The spawns QUEUED and published more than :data:`ORPHANED_AFTER` seconds ago
-    whose job the Redis broker has lost track of, and no live worker holds (active,
-    reserved or scheduled): ``{spawn uuid: delivery tag}`` of a job left delivered and
-    unacknowledged, or ``{spawn uuid: None}`` of a job gone altogether.
+def lost_jobs(store: Ledger, celery: Celery, unpublished: Unpublished) -> dict[str, str | None]:
+    """The spawns QUEUED and published (their gateway's note taken) more than
+    :data:`ORPHANED_AFTER` seconds ago whose job the Redis broker has lost track of, and
+    no live worker holds (active, reserved or scheduled): ``{spawn uuid: delivery tag}``
+    of a job left delivered and unacknowledged, or ``{spawn uuid: None}`` of a job gone
+    altogether.
 
     Only while the spawner queue is empty, as its jobs are not indexed by id (a backlog
     drains first); empty on another broker (RabbitMQ hands back an unacknowledged job
     itself) and when no worker answers (who holds what cannot be told)."""
     created_before = utcnow() - timedelta(seconds=ORPHANED_AFTER)
     queued = set(store.queued_before(created_before, published=True))
+    if queued:  # one whose gateway has not confirmed its publish is end_unpublished's
+        queued -= unpublished.all()
     if not queued:
         return {}
     with celery.connection_for_write() as conn:
@@ -170,15 +189,17 @@ def lost_jobs(store: Ledger, celery: Celery) -> dict[str, str | None]:
     return lost
 
 
-def recover_lost_jobs(store: Ledger, celery: Celery, stop: threading.Event) -> list[str]:
+def recover_lost_jobs(
+    store: Ledger, celery: Celery, stop: threading.Event, unpublished: Unpublished
+) -> list[str]:
     """Recover the jobs :func:`lost_jobs` finds alike at two looks :data:`RECHECK_AFTER`
     apart: one left unacknowledged goes back to the queue, one gone is published again
     (the worker that gets it checks the policy window, and a spawn that started
     meanwhile is never run twice: its claim is a compare-and-set). Their uuids."""
-    first = lost_jobs(store, celery)
+    first = lost_jobs(store, celery, unpublished)
     if not first or stop.wait(RECHECK_AFTER):
         return []
-    again = lost_jobs(store, celery)
+    again = lost_jobs(store, celery, unpublished)
     recovered = []
     for spawn_uuid, tag in sorted(again.items()):
         if spawn_uuid not in first or first[spawn_uuid] != tag:
@@ -201,14 +222,15 @@ def run_forever(store: Ledger, events: SpawnEvents, celery: Celery, stop: thread
     """Sweep every :data:`SWEEP_EVERY` seconds until ``stop`` is set; ``celery`` is the
     worker's app, which publishes the retries and callbacks."""
     audit_log, open_windows = AuditLog(store.engine), OpenWindows(events.redis)
+    unpublished = Unpublished(events.redis)
     while not stop.wait(SWEEP_EVERY):
         try:
             sweep(store, events, celery, stop)
-            end_unpublished(store, events)
+            end_unpublished(store, events, unpublished)
         except Exception:  # a down database, Redis or broker: try again next round
             log.exception("sweeping lost spawns failed")
         try:
-            recover_lost_jobs(store, celery, stop)
+            recover_lost_jobs(store, celery, stop, unpublished)
         except Exception:  # the same
             log.exception("recovering lost jobs failed")
         try:

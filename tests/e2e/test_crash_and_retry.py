@@ -44,7 +44,7 @@ threading.setprofile(die_at_the_step)
 STEPS = {
     "before the record": "vx11.core.ledger.store:Ledger.add",
     "between the record and the publish": "vx11.core.dispatch:publish_spawn",
-    "between the publish and recording it": "vx11.core.ledger.store:Ledger.mark_published",
+    "between the publish and confirming it": "vx11.core.unpublished:Unpublished.take",
     "before the answer is kept": "vx11.gateway.idempotency:IdempotencyKeys.answer",
 }
 

@@ -11,6 +11,7 @@ import sqlalchemy.exc
 
 from vx11.core.errors import ServiceUnavailable
 from vx11.core.ledger import Ledger
+from vx11.core.unpublished import Unpublished
 from vx11.gateway import submit
 
 SPAWN = {"task_type": "shell", "code": "echo once", "ttl_seconds": 30}
@@ -51,9 +52,8 @@ def records(svc) -> list[dict]:
          "database_unavailable"),
         ("the publish", lambda svc, m: m.setattr(submit, "publish_spawn", broker_down),
          "spawner_unavailable"),
-        ("recording the publish",
-         lambda svc, m: m.setattr(Ledger, "mark_published", database_down),
-         "database_unavailable"),
+        ("confirming the publish", lambda svc, m: m.setattr(Unpublished, "take", redis_down),
+         "redis_unavailable"),
     ],
 )  # fmt: skip
 def test_a_503_at_any_step_means_the_spawn_will_not_run(
@@ -68,10 +68,10 @@ def test_a_503_at_any_step_means_the_spawn_will_not_run(
     assert jobs(redis_url) <= 1
 
 
-def test_when_the_ledger_can_record_neither_publish_nor_end_the_answer_says_unknown(
+def test_when_the_publish_can_be_neither_confirmed_nor_ended_the_answer_says_unknown(
     svc, client, auth, redis_url, monkeypatch
 ):
-    monkeypatch.setattr(Ledger, "mark_published", database_down)
+    monkeypatch.setattr(Unpublished, "take", redis_down)
     monkeypatch.setattr(Ledger, "transition", database_down)
     answer = client.post("/vx11/spawn", json=SPAWN, headers=auth)
     assert (answer.status_code, answer.json["error"]) == (503, "spawn_outcome_unknown")

@@ -1,13 +1,14 @@
 """Whether a request may reach its view, decided in one Redis round trip: its token
 (known, not revoked, not expired, with the scope the view needs), its request rate
-(:mod:`vx11.gateway.ratelimit`) and, for a spawn, the spawner window.
+(:mod:`vx11.gateway.ratelimit`) and, for a spawn, the spawner window, with the new
+spawn's uuid noted as not yet published (:mod:`vx11.core.unpublished`).
 
 One Lua script does all of it, in the order the checks answer: 401 ``invalid_token``,
 403 ``insufficient_scope``, 429 ``rate_limited``, then the window (a closed one is the
 view's refusal, not an error). A request refused at a step is not counted by the steps
-after it: a 401 or 403 takes no place in the rate window. The development token is not
-in Redis: the script skips its token step, and a request that needs neither a count nor
-a window makes no round trip.
+after it: a 401 or 403 takes no place in the rate window, and a refused or closed
+request notes nothing. The development token is not in Redis: the script skips its
+token step, and a request that needs neither a count nor a window makes no round trip.
 
 A token's own rate (``rate_limit_per_second``) is fixed when it is made, so each process
 keeps it once it has read the token; the first request of a token a process has not
@@ -16,6 +17,7 @@ seen yet, on a counted endpoint, reads the token first (two round trips, once).
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -36,16 +38,17 @@ from vx11.core.tokens import (
     hash_token,
 )
 from vx11.core.tokens import key_for as token_key
+from vx11.core.unpublished import KEY as UNPUBLISHED_KEY
 from vx11.gateway.ratelimit import COUNT, LIMITED_SCOPES, RateLimits
 
 _SCRIPT = (
     COUNT
     + """
--- KEYS: the token's hash, its rate list, the window
+-- KEYS: the token's hash, its rate list, the window, the unpublished notes
 -- ARGV: 1 '1' to check the token; 2 the scope required; 3 now (ISO 8601, seconds);
 -- 4 the token is touched if last used at or before this (same form); 5 'stop': stop
 -- after the token; 6 the rate's requests ('0': not counted); 7 its span, seconds;
--- 8 now (Unix time); 9 '1' to read the window
+-- 8 now (Unix time); 9 '1' to read the window; 10 the uuid noted if it is open
 local token = {}
 if ARGV[1] == '1' then
   token = redis.call('HGETALL', KEYS[1])
@@ -76,6 +79,7 @@ end
 local window = false
 if ARGV[9] == '1' then
   window = redis.call('GET', KEYS[3])
+  if window and ARGV[10] ~= '' then redis.call('ZADD', KEYS[4], ARGV[8], ARGV[10]) end
 end
 return {'ok', token, window}
 """
@@ -88,10 +92,11 @@ _UNKNOWN = object()
 @dataclass(frozen=True)
 class Admitted:
     """A request let through: its token and, for a view gated by a window, that window
-    (None: closed)."""
+    (None: closed) and, when open, the uuid noted for the spawn it may record."""
 
     token: TokenInfo
     window: Window | None = None
+    spawn_uuid: str | None = None
 
 
 class Admission:
@@ -105,7 +110,8 @@ class Admission:
 
     def admit(self, token: str, scope: Scope, window: str | None = None) -> Admitted:
         """Admit a request with ``token`` to a view needing ``scope`` and, with
-        ``window``, reading that target's window. Raises :class:`~vx11.core.errors.InvalidToken`,
+        ``window``, reading that target's window (and noting a spawn uuid if it is
+        open). Raises :class:`~vx11.core.errors.InvalidToken`,
         :class:`~vx11.core.errors.InsufficientScope` or
         :class:`~vx11.core.errors.RateLimited`; Redis errors pass through."""
         counted = scope in LIMITED_SCOPES
@@ -137,7 +143,8 @@ class Admission:
         item: RateLimitItem | None,
         window: str | None,
     ) -> Admitted:
-        reply = self._call(token_hash, scope, item=item, window=window)
+        spawn_uuid = str(uuid.uuid4()) if window else None
+        reply = self._call(token_hash, scope, item=item, window=window, spawn_uuid=spawn_uuid)
         info = DEVELOPMENT if token_hash is None else self._checked(token_hash, reply, scope)
         if reply[0] == b"limited":
             assert item is not None
@@ -145,7 +152,7 @@ class Admission:
         raw = reply[2] if window else None
         if not raw:
             return Admitted(info)
-        return Admitted(info, Window.from_json(raw))
+        return Admitted(info, Window.from_json(raw), spawn_uuid)
 
     def _call(
         self,
@@ -155,6 +162,7 @@ class Admission:
         stop_after_token: bool = False,
         item: RateLimitItem | None = None,
         window: str | None = None,
+        spawn_uuid: str | None = None,
     ) -> list[Any]:
         now = utcnow()
         rate_key = ""
@@ -165,6 +173,7 @@ class Admission:
             token_key(token_hash) if token_hash else "",
             rate_key,
             window_key(window) if window else "",
+            UNPUBLISHED_KEY,
         ]
         args = [
             "1" if token_hash else "0",
@@ -176,6 +185,7 @@ class Admission:
             item.get_expiry() if item else 0,
             repr(now.timestamp()),
             "1" if window else "0",
+            spawn_uuid or "",
         ]
         reply: list[Any] = self._script(keys=keys, args=args)
         return reply

@@ -19,6 +19,7 @@ from vx11.core.events import SpawnEvents
 from vx11.core.ledger import Ledger
 from vx11.core.policy import OpenWindows, WindowStore
 from vx11.core.tokens import TokenStore
+from vx11.core.unpublished import Unpublished
 from vx11.gateway.admission import Admission
 from vx11.gateway.idempotency import IdempotencyKeys
 from vx11.gateway.ratelimit import RateLimits
@@ -45,6 +46,8 @@ class Services:
     """Each token's request rate on the spawn and window endpoints, counted in Redis."""
     admission: Admission
     """A request's token, rate and window, checked in one Redis round trip."""
+    unpublished: Unpublished
+    """The spawns recorded whose job is not yet confirmed published."""
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -66,6 +69,7 @@ class Services:
             results=make_celery(settings, results=True),
             rate_limits=rate_limits,
             admission=Admission(redis, tokens, rate_limits),
+            unpublished=Unpublished(redis),
         )
 
 

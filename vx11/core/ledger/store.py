@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -92,11 +92,12 @@ class Ledger:
         also: Callable[[Connection, dict[str, Any]], None] | None = None,
         *,
         max_active: int = 0,
+        uuids: Iterator[str] | None = None,
     ) -> dict[str, Any]:
-        """Record a new QUEUED spawn. Its uuid is fresh and its short ``spawn_id`` (the
-        uuid's first 8 hex digits) unique: a rare clash draws a new uuid. ``also(conn,
-        record)`` writes what must stand or fall with it (its audit entry) in the same
-        transaction.
+        """Record a new QUEUED spawn, in one transaction. Its uuid is fresh (the next of
+        ``uuids``, else a new one) and its short ``spawn_id`` (the uuid's first 8 hex
+        digits) unique: a rare clash takes the next uuid. ``also(conn, record)`` writes
+        what must stand or fall with it (its audit entry) in the same transaction.
 
         With ``max_active``, the record's ``owner`` may have at most that many spawns
         QUEUED or RUNNING, this one included; one more is
@@ -108,8 +109,9 @@ class Ledger:
         With an ``idempotency_key`` in ``fields``, at most one spawn of its ``owner``
         ever has it: if one does, nothing is written and :class:`AlreadyAccepted`
         carries that spawn's record (the unique index refuses the insert)."""
+        fresh = uuids if uuids is not None else _fresh_uuids()
         for _ in range(_ID_ATTEMPTS):
-            spawn_uuid = str(uuid.uuid4())
+            spawn_uuid = next(fresh)
             row = {
                 "published": False,
                 "stdout_truncated": False,
@@ -151,7 +153,10 @@ class Ledger:
             raise AlreadyAccepted(_complete(earlier))
 
     def mark_published(self, spawn_uuid: str) -> None:
-        """Its job has reached the broker: the sweeper need not publish it again."""
+        """Its job has reached the broker: the sweeper need not publish it again. (A
+        gateway records a spawn ``published`` from the start, and notes it in Redis
+        until the job is, :mod:`vx11.core.unpublished`; this is for a record a gateway
+        of an earlier version wrote unpublished.)"""
         with self.engine.begin() as conn:
             conn.execute(
                 update(spawns).where(spawns.c.spawn_uuid == spawn_uuid).values(published=True)
@@ -301,6 +306,11 @@ class Ledger:
             spawns.c.created_at < as_utc(before)
         )
         return delete_in_batches(self.engine, spawns.c.spawn_uuid, old, dry_run=dry_run)
+
+
+def _fresh_uuids() -> Iterator[str]:
+    while True:
+        yield str(uuid.uuid4())
 
 
 class AlreadyAccepted(Exception):

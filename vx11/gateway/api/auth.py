@@ -84,7 +84,7 @@ def caller() -> TokenInfo:
 
 def admitted() -> Admitted:
     """What :func:`authenticate` found for the request being served: its token and,
-    for a view declared with a window, that window."""
+    for a view declared with a window, that window and the uuid noted for its spawn."""
     return g.admitted
 
 

@@ -3,13 +3,15 @@ the history, ``GET /vx11/spawns``."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from dataclasses import replace
 from typing import Any
 
-from flask import jsonify, request
+from flask import g, jsonify, request
 from marshmallow import Schema, ValidationError, fields, post_load, validate
+from redis.exceptions import RedisError
 
 from vx11.core.callbacks import callback_url_validator
 from vx11.core.config import Settings
@@ -286,7 +288,19 @@ def idempotency_key() -> str | None:
 
 def accept(svc: Services, spawn_request: dict[str, Any]) -> dict[str, Any]:
     """The answer to a valid spawn request: the accepted spawn, or the refusal."""
+    g.note_used = True
     return submit_spawn(svc, spawn_request, admitted())
+
+
+def forget_unused_note(_exc: BaseException | None) -> None:
+    """At the end of a request whose spawn uuid was noted unpublished
+    (:mod:`vx11.gateway.admission`) but never recorded (invalid, replayed, refused by
+    its key), take the note away; one left behind is the sweeper's to take."""
+    entry = g.get("admitted")
+    if entry is None or entry.spawn_uuid is None or g.get("note_used"):
+        return
+    with contextlib.suppress(RedisError):
+        services().unpublished.take(entry.spawn_uuid)
 
 
 def accept_once(svc: Services, spawn_request: dict[str, Any], key: str):
@@ -296,6 +310,7 @@ def accept_once(svc: Services, spawn_request: dict[str, Any], key: str):
     with svc.idempotency.attempt(caller().token_id, key, spawn_request) as attempt:
         if attempt.replay is not None:
             return jsonify(attempt.replay), {REPLAYED: "true"}
+        g.note_used = True
         try:
             answer = submit_spawn(svc, spawn_request, admitted(), attempt.ledger_fields)
         except AlreadyAccepted as earlier:
@@ -355,6 +370,8 @@ SpawnPage = page_schema("SpawnPage", "spawns", SpawnSummary)
 
 def blueprint(settings: Settings) -> Blueprint:
     blp = authenticated_blueprint("spawns", __name__, __doc__)
+
+    blp.teardown_request(forget_unused_note)
 
     @blp.post("/spawn")
     @requires(Scope.SPAWN, window=SPAWN_TARGET)
