@@ -5,6 +5,7 @@ importing the worker code that runs them."""
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 from kombu.exceptions import OperationalError
@@ -15,6 +16,7 @@ from vx11.core.errors import ServiceUnavailable
 
 if TYPE_CHECKING:
     from celery import Celery
+    from kombu import Producer
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +30,38 @@ TIME_LIMIT_MARGIN = 30
 """Seconds Celery's hard time limit allows past a spawn's own wall-clock limit."""
 
 
+class Producers:
+    """One producer per thread of a publishing process, each kept with its broker
+    connection (opened by the thread's first publish) for the thread's life. A publish
+    then takes nothing from Celery's producer pool, whose every check-out takes a
+    connection from the connection pool and revives the producer on it, and every
+    check-in hands both back."""
+
+    def __init__(self, celery: Celery) -> None:
+        self.celery = celery
+        self._local = threading.local()
+
+    def get(self) -> Producer:
+        """This thread's producer."""
+        producer: Producer | None = getattr(self._local, "producer", None)
+        if producer is None:
+            connection = self.celery.connection_for_write()
+            producer = self._local.producer = self.celery.amqp.Producer(
+                connection, auto_declare=False
+            )
+        return producer
+
+
 def publish_spawn(
-    celery: Celery, record: dict[str, Any], settings: Settings, attempt: int = 1
+    celery: Celery,
+    record: dict[str, Any],
+    settings: Settings,
+    attempt: int = 1,
+    producers: Producers | None = None,
 ) -> None:
     """Queue ``record`` for a worker, as its ``attempt``-th start (more than 1: a retry
-    after a lost worker). The Celery task id is the spawn's uuid."""
+    after a lost worker), with this thread's producer of ``producers`` (else one of
+    Celery's pool). The Celery task id is the spawn's uuid."""
     ttl = record["ttl_seconds"]
     try:
         celery.send_task(
@@ -50,6 +79,7 @@ def publish_spawn(
                 "attempt": attempt,
             },
             task_id=record["spawn_uuid"],
+            producer=producers.get() if producers else None,
             queue=settings.spawn_queue,
             time_limit=ttl + TIME_LIMIT_MARGIN,
             soft_time_limit=ttl + TIME_LIMIT_MARGIN // 2,

@@ -15,6 +15,7 @@ from redis import Redis
 from vx11.core.audit import AuditLog
 from vx11.core.config import Settings
 from vx11.core.connections import make_redis
+from vx11.core.dispatch import Producers
 from vx11.core.events import SpawnEvents
 from vx11.core.ledger import Ledger
 from vx11.core.policy import OpenWindows, WindowStore
@@ -40,6 +41,8 @@ class Services:
     """The windows whose expiry the workers' sweeper will record."""
     celery: Celery
     """Publishes spawn jobs (no result backend)."""
+    producers: Producers
+    """Each thread's producer for :attr:`celery`, kept with its broker connection."""
     results: Celery
     """Reads Celery's result backend (status probe)."""
     rate_limits: RateLimits
@@ -53,6 +56,7 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         redis = make_redis(settings)
         ledger = Ledger.from_url(settings.effective_database_url)
+        celery = make_celery(settings)
         tokens = TokenStore(redis, dev_token=None if settings.production else settings.dev_token)
         rate_limits = RateLimits(settings)
         return cls(
@@ -65,7 +69,8 @@ class Services:
             idempotency=IdempotencyKeys(redis),
             audit=AuditLog(ledger.engine),
             open_windows=OpenWindows(redis),
-            celery=make_celery(settings),
+            celery=celery,
+            producers=Producers(celery),
             results=make_celery(settings, results=True),
             rate_limits=rate_limits,
             admission=Admission(redis, tokens, rate_limits),

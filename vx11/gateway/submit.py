@@ -166,7 +166,7 @@ def resume(svc: Services, record: dict[str, Any], fingerprint: str) -> dict[str,
         return publish(svc, record)
     if not record["published"]:  # recorded by a gateway that marked publishes in the ledger
         try:
-            publish_spawn(svc.celery, record, svc.settings)
+            publish_spawn(svc.celery, record, svc.settings, producers=svc.producers)
             svc.ledger.mark_published(record["spawn_uuid"])
         except Exception as exc:
             _end_unpublished(svc, record, "broker_unavailable", exc)
@@ -186,7 +186,7 @@ def publish(svc: Services, record: dict[str, Any]) -> dict[str, Any]:
     request took longer than :data:`workers.sweeper.UNPUBLISHED_AFTER`): it is ended,
     and answered so, unless a worker has started it."""
     try:
-        publish_spawn(svc.celery, record, svc.settings)
+        publish_spawn(svc.celery, record, svc.settings, producers=svc.producers)
     except ServiceUnavailable as exc:
         _end_unpublished(svc, record, "broker_unavailable", exc)
         raise
