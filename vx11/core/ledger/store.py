@@ -7,6 +7,7 @@ ones are stranded. Records outlive Celery's result expiry and any restart.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -19,11 +20,15 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Integer,
     RowMapping,
     Select,
+    Update,
+    bindparam,
     delete,
     func,
     insert,
+    literal_column,
     select,
     update,
 )
@@ -182,12 +187,10 @@ class Ledger:
         """The record whose ``spawn_id`` or ``spawn_uuid`` is ``ident``; with ``owner``,
         only if that token submitted it (another's is "not found", so ids cannot be
         probed)."""
-        column = spawns.c.spawn_id if ident.startswith("spawn-") else spawns.c.spawn_uuid
-        query = select(spawns).where(column == ident)
-        if owner is not None:
-            query = query.where(spawns.c.owner == owner)
+        query = _get_statement(ident.startswith("spawn-"), owner is not None)
+        params = {"ident": ident} if owner is None else {"ident": ident, "owner": owner}
         with self.engine.connect() as conn:
-            row = conn.execute(query).mappings().first()
+            row = conn.execute(query, params).mappings().first()
         if row is None:
             raise NotFound(f"no spawn {ident}")
         return _complete(row)
@@ -206,15 +209,15 @@ class Ledger:
         A compare-and-set on the current state, so two processes racing on one spawn
         cannot both win; the loser gets :class:`~vx11.core.errors.IllegalTransition`.
         """
-        sources = [s.value for s in ALLOWED_SOURCES[target]]
         values = {**fields, "status": target.value}
         if target.is_terminal:
             values.setdefault("finished_at", utcnow())
-        conditions = [spawns.c.spawn_uuid == spawn_uuid, spawns.c.status.in_(sources)]
+        params = {f"{_SET}{name}": value for name, value in values.items()}
+        params[_UUID] = spawn_uuid
         if attempt is not None:
-            conditions.append(func.coalesce(spawns.c.attempts, 0) == attempt)
-        stmt = update(spawns).where(*conditions).values(values).returning(*spawns.c)
-        row, retried = self._change(stmt)
+            params[_ATTEMPT] = attempt
+        stmt = _transition_statement(target, frozenset(values), attempt is not None)
+        row, retried = self._change(stmt, params)
         if row is None:
             current = self.get(spawn_uuid)
             if retried and current["status"] == target.value:
@@ -222,15 +225,15 @@ class Ledger:
             raise IllegalTransition(SpawnStatus(current["status"]), target)
         return _complete(row)
 
-    def _change(self, stmt: Any) -> tuple[RowMapping | None, bool]:
-        """The first row of ``stmt``, run in a transaction of its own and tried again
-        while the database does not answer, for up to :attr:`patience` seconds; and
-        whether it was tried more than once."""
+    def _change(self, stmt: Any, params: dict[str, Any]) -> tuple[RowMapping | None, bool]:
+        """The first row of ``stmt`` with ``params``, run in a transaction of its own and
+        tried again while the database does not answer, for up to :attr:`patience`
+        seconds; and whether it was tried more than once."""
         deadline, retried = time.monotonic() + self.patience, False
         while True:
             try:
                 with self.engine.begin() as conn:
-                    return conn.execute(stmt).mappings().first(), retried
+                    return conn.execute(stmt, params).mappings().first(), retried
             except DATABASE_UNAVAILABLE:
                 if time.monotonic() >= deadline:
                     raise
@@ -311,6 +314,49 @@ class Ledger:
 def _fresh_uuids() -> Iterator[str]:
     while True:
         yield str(uuid.uuid4())
+
+
+# --- the statements a worker runs per spawn, built once -----------------------------------
+# A spawn's claim and end each run one UPDATE ... RETURNING, and a look-up one SELECT. Each
+# is built once per shape (the state moved to, the columns set, whether the attempt is
+# checked) with its values as bound parameters: SQLAlchemy then finds the statement's
+# compiled form in the engine's cache by a key memoized on the statement itself, instead
+# of building and hashing a new statement per call.
+
+_SET = "set_"
+_UUID = "where_spawn_uuid"
+_ATTEMPT = "where_attempt"
+
+
+@functools.cache
+def _transition_statement(
+    target: SpawnStatus, columns: frozenset[str], with_attempt: bool
+) -> Update:
+    """``UPDATE spawns SET <columns> WHERE spawn_uuid = :uuid AND status IN (<the states
+    target may be entered from>) [AND coalesce(attempts, 0) = :attempt] RETURNING *``.
+    The source states are fixed per target, so they are written into the SQL."""
+    sources = sorted(source.value for source in ALLOWED_SOURCES[target])
+    conditions = [
+        spawns.c.spawn_uuid == bindparam(_UUID, type_=spawns.c.spawn_uuid.type),
+        spawns.c.status.in_([literal_column(f"'{source}'") for source in sources]),
+    ]
+    if with_attempt:
+        attempts = func.coalesce(spawns.c.attempts, literal_column("0"))
+        conditions.append(attempts == bindparam(_ATTEMPT, type_=Integer()))
+    values = {
+        name: bindparam(f"{_SET}{name}", type_=spawns.c[name].type) for name in sorted(columns)
+    }
+    return update(spawns).where(*conditions).values(values).returning(*spawns.c)
+
+
+@functools.cache
+def _get_statement(by_spawn_id: bool, of_owner: bool) -> Select[Any]:
+    """``SELECT * FROM spawns WHERE <spawn_id or spawn_uuid> = :ident [AND owner = :owner]``."""
+    column = spawns.c.spawn_id if by_spawn_id else spawns.c.spawn_uuid
+    query = select(spawns).where(column == bindparam("ident", type_=column.type))
+    if of_owner:
+        query = query.where(spawns.c.owner == bindparam("owner", type_=spawns.c.owner.type))
+    return query
 
 
 class AlreadyAccepted(Exception):
