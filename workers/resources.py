@@ -61,15 +61,17 @@ def redis_client() -> Redis:
     return make_redis(settings())
 
 
+@functools.cache
 def windows() -> WindowStore:
     return WindowStore(redis_client())
 
 
+@functools.cache
 def events() -> SpawnEvents:
     return SpawnEvents(redis_client())
 
 
 @worker_process_init.connect
 def _fresh_connections_after_fork(**_: Any) -> None:
-    ledger.cache_clear()
-    redis_client.cache_clear()
+    for made in (ledger, redis_client, windows, events):
+        made.cache_clear()

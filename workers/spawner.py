@@ -18,7 +18,7 @@ from vx11.core import logs
 from vx11.core.config import Settings
 from vx11.core.dispatch import SPAWN_TASK, publish_callback
 from vx11.core.errors import IllegalTransition
-from vx11.core.events import LIVE_TTL, SpawnEvents
+from vx11.core.events import LIVE_TTL, STATE, SpawnEvents
 from vx11.core.ledger import Ledger
 from vx11.core.policy import SPAWN_TARGET, Window
 from vx11.core.states import SpawnStatus
@@ -72,19 +72,36 @@ class SpawnWatcher(Watcher):
 
     Output is sent at once when the stream has been quiet for :attr:`COALESCE` seconds,
     else gathered until then (or the next tick): a program that writes a line at a time
-    costs one stream entry per burst, not one per line."""
+    costs one stream entry per burst, not one per line.
+
+    A tick asks Redis, in one round trip, whether a cancel is requested, and sends the
+    output gathered and, once the run is a second old, the live snapshot. The claim
+    asked for a cancel a moment ago (``cancel_requested``): a tick within half a
+    :attr:`poll_interval` of the last ask asks nothing, so a short run makes no round
+    trip of its own. No snapshot before :attr:`LIVE_EVERY`: nothing looks for one that
+    young (the sweeper takes a run for lost only once it is ``LOST_AFTER`` old, and a
+    job delivered again leaves its run alone for ``LIVE_TTL`` after its start)."""
 
     LIVE_EVERY = 1.0
-    """Seconds between two live snapshots (which are also the worker's heartbeat)."""
+    """Seconds between two live snapshots (which are also the worker's heartbeat), and
+    from the claim to the first."""
     COALESCE = 0.05
     """Seconds output is gathered into one event while it keeps coming."""
 
     def __init__(
-        self, spawn_uuid: str, events: SpawnEvents, shutdown: ShutdownDeadline = DEADLINE
+        self,
+        spawn_uuid: str,
+        events: SpawnEvents,
+        shutdown: ShutdownDeadline = DEADLINE,
+        *,
+        cancel_requested: bool = False,
     ) -> None:
         self.spawn_uuid, self.events, self.shutdown = spawn_uuid, events, shutdown
         self.sample: Callable[[], dict[str, Any]] = lambda: {}
-        self.next_live = 0.0
+        self.checked = time.monotonic()
+        """When Redis was last asked whether a cancel is requested."""
+        self.cancel_requested = cancel_requested
+        self.next_live = self.checked + self.LIVE_EVERY
         self.decoders = {
             name: codecs.getincrementaldecoder("utf-8")(errors="replace")
             for name in ("stdout", "stderr")
@@ -106,17 +123,22 @@ class SpawnWatcher(Watcher):
         if time.monotonic() - self.last_sent >= self.COALESCE:
             self.flush()
 
+    def _take_pending(self) -> list[tuple[str, dict[str, Any]]]:
+        pending, self.pending = self.pending, []
+        self.last_sent = time.monotonic()
+        return [(stream, {"text": text}) for stream, text in pending]
+
     def flush(self, final: bool = False) -> None:
         """Send what is pending; ``final``: also the end of a split UTF-8 character."""
         if final:
             for stream, decoder in self.decoders.items():
                 if tail := decoder.decode(b"", final=True):
                     self.pending.append([stream, tail])
-        pending, self.pending = self.pending, []
-        self.last_sent = time.monotonic()
+        if not self.pending:
+            return
+        entries = self._take_pending()
         with _quietly("stream output of", self.spawn_uuid):
-            for stream, text in pending:
-                self.events.append(self.spawn_uuid, stream, {"text": text})
+            self.events.send(self.spawn_uuid, entries)
 
     def started(self, sample: Callable[[], dict[str, Any]]) -> None:
         self.sample = sample
@@ -125,14 +147,26 @@ class SpawnWatcher(Watcher):
         if self.shutdown.passed():
             self.shut_down = True
             return True
-        self.flush()
+        now = time.monotonic()
+        live_due = now >= self.next_live
+        if not live_due and not self.pending and now - self.checked < self.poll_interval / 2:
+            self.last_sent = now  # a tick sends what is pending: nothing was
+            return self.cancel_requested  # asked less than a tick ago
+        entries = self._take_pending()
+        live = None
+        if live_due:
+            self.next_live = now + self.LIVE_EVERY
+            live = self.sample()
         try:
-            if time.monotonic() >= self.next_live:
-                self.next_live = time.monotonic() + self.LIVE_EVERY
-                self.events.set_live(self.spawn_uuid, self.sample())
-            return self.events.cancel_requested(self.spawn_uuid)
-        except redis.exceptions.RedisError:
+            self.cancel_requested = self.events.send(
+                self.spawn_uuid, entries, live=live, check_cancel=True
+            )
+        except redis.exceptions.RedisError as exc:
+            if entries:
+                log.warning("could not stream output of spawn %s: %s", self.spawn_uuid, exc)
             return False
+        self.checked = now
+        return self.cancel_requested
 
 
 @contextlib.contextmanager
@@ -141,6 +175,15 @@ def _quietly(what: str, spawn_uuid: str):
         yield
     except redis.exceptions.RedisError as exc:
         log.warning("could not %s spawn %s: %s", what, spawn_uuid, exc)
+
+
+def _announce_start(spawn_uuid: str) -> bool:
+    """The ``state RUNNING`` event, and whether a cancel is already requested (a retry
+    of a run cancelled when its worker was lost), in one round trip."""
+    running = (STATE, {"status": SpawnStatus.RUNNING.value})
+    with _quietly("announce the start of", spawn_uuid):
+        return events().send(spawn_uuid, [running], check_cancel=True)
+    return False
 
 
 def finished(record: dict[str, Any]) -> dict[str, Any]:
@@ -266,9 +309,7 @@ def run_spawn(
         spawn_uuid,
         extra={"attempt": attempt, "worker": self.request.hostname, "task_type": task_type},
     )
-    with _quietly("announce the start of", spawn_uuid):
-        events().append(spawn_uuid, "state", {"status": SpawnStatus.RUNNING.value})
-    watcher = SpawnWatcher(spawn_uuid, events())
+    watcher = SpawnWatcher(spawn_uuid, events(), cancel_requested=_announce_start(spawn_uuid))
     try:
         outcome = run_sandboxed(
             task_type,

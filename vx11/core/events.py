@@ -12,7 +12,7 @@ Cancel requests for running spawns are keys beside the streams.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -87,6 +87,37 @@ class SpawnEvents:
             approximate=True,
         )
 
+    def send(
+        self,
+        spawn_uuid: str,
+        entries: Sequence[tuple[str, dict[str, Any]]] = (),
+        *,
+        live: dict[str, Any] | None = None,
+        check_cancel: bool = False,
+    ) -> bool:
+        """In one round trip: append ``entries`` (``(kind, data)``, in order), set the
+        live snapshot (the running spawn's processes now, also its worker's heartbeat,
+        lasting :data:`LIVE_TTL`) to ``live`` unless None and, with ``check_cancel``,
+        ask whether a cancel is requested; whether one is (False when not asked).
+        Nothing to do: no round trip at all."""
+        pipe = self.redis.pipeline(transaction=False)
+        key = stream_key(spawn_uuid)
+        for kind, data in entries:
+            pipe.xadd(
+                key,
+                {"kind": kind, "data": json.dumps(data)},
+                maxlen=STREAM_MAXLEN,
+                approximate=True,
+            )
+        if live is not None:
+            pipe.set(live_key(spawn_uuid), json.dumps(live), ex=LIVE_TTL)
+        if check_cancel:
+            pipe.exists(cancel_key(spawn_uuid))
+        if not len(pipe):
+            return False
+        replies = pipe.execute()
+        return check_cancel and bool(replies[-1])
+
     def finish(self, spawn_uuid: str, summary: dict[str, Any]) -> None:
         """Append the ``end`` event and let the stream (and any cancel request) expire."""
         pipe = self.redis.pipeline()
@@ -142,10 +173,6 @@ class SpawnEvents:
 
     def cancel_requested(self, spawn_uuid: str) -> bool:
         return bool(self.redis.exists(cancel_key(spawn_uuid)))
-
-    def set_live(self, spawn_uuid: str, snapshot: dict[str, Any]) -> None:
-        """The running spawn's processes now; also its worker's heartbeat."""
-        self.redis.set(live_key(spawn_uuid), json.dumps(snapshot), ex=LIVE_TTL)
 
     def live(self, spawn_uuids: list[str]) -> dict[str, dict[str, Any]]:
         """The live snapshots of those of ``spawn_uuids`` that have one."""
