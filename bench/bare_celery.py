@@ -6,8 +6,8 @@ Its worker runs as its own process (``celery -A bench.bare_celery worker``) with
 command line of VX11's worker (``vx11.cli.stack.worker_argv``: prefork pool, the same
 concurrency and log level), on the benchmark's redis-server as broker and result
 backend, in a database of its own. Two variants: Celery's defaults, as a user starts,
-and VX11's Celery settings (late acknowledgement, prefetch 1, started state, task
-events), which shows what those settings cost on their own.
+and VX11's Celery settings (late acknowledgement, prefetch 1, task events), which
+shows what those settings cost on their own.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ VX11_SETTINGS = {
     # celeryconfig.py's settings that change what a worker does per task
     "task_acks_late": True,
     "worker_prefetch_multiplier": 1,
-    "task_track_started": True,
     "worker_send_task_events": True,
 }
 VARIANTS = {"defaults": 1, "vx11": 2}
