@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from vx11.cli.client import Client
-from vx11.cli.common import Moment, choices_option, client_command, echo_json, table, when
+from vx11.cli.common import Moment, choices_option, client_command, echo_listing, table, when
 
 EVENTS = (
     "window_opened",
@@ -64,7 +64,7 @@ def audit(
     accepted, refused or cancelled; a token created or revoked): when, by which token,
     from which address, about what, and why. --json has each entry whole, its detail
     included. Needs an admin token."""
-    params: dict[str, Any] = {
+    params = {
         "event": list(events) or None,
         "target": target,
         "token_label": token_label,
@@ -74,18 +74,10 @@ def audit(
         "until": until,
         "limit": limit,
     }
-    params = {key: value for key, value in params.items() if value is not None}
-    if all_pages:
-        entries = [e for page in client.pages("/vx11/audit", params) for e in page["entries"]]
-        page: dict[str, Any] = {"entries": entries, "next_cursor": None}
-    else:
-        page = client.page("/vx11/audit", params)
-    if as_json:
-        echo_json(page)
-        return
-    click.echo(audit_table(page["entries"]))
-    if page.get("next_cursor"):
-        click.echo("vx11: more entries follow: --all lists every page", err=True)
+    echo_listing(
+        client, "/vx11/audit", "entries", params,
+        all_pages=all_pages, as_json=as_json, render=audit_table,
+    )  # fmt: skip
 
 
 def audit_table(entries: list[dict[str, Any]]) -> str:

@@ -181,6 +181,33 @@ def echo_answer(answer: Any, as_json: bool, text: Callable[[Any], str]) -> None:
 # --- formatting ----------------------------------------------------------------------------
 
 
+def echo_listing(
+    client: Client,
+    path: str,
+    key: str,
+    params: dict[str, Any],
+    *,
+    all_pages: bool,
+    as_json: bool,
+    render: Callable[[list[dict[str, Any]]], str],
+) -> None:
+    """A listing (``/vx11/spawns``, ``/vx11/audit``): one page, or every page with
+    ``all_pages``; as JSON, or as ``render`` draws its rows (under ``key``), with a hint
+    on stderr when more pages follow. Parameters left None are not sent."""
+    params = {name: value for name, value in params.items() if value is not None}
+    if all_pages:
+        rows = [row for page in client.pages(path, params) for row in page[key]]
+        page: dict[str, Any] = {key: rows, "next_cursor": None}
+    else:
+        page = client.page(path, params)
+    if as_json:
+        echo_json(page)
+        return
+    click.echo(render(page[key]))
+    if page.get("next_cursor"):
+        click.echo(f"vx11: more {key} follow: --all lists every page", err=True)
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """Rows as aligned columns under upper-case headers; None shows as ``-``."""
     cells = [[str(h).upper() for h in headers]]

@@ -23,6 +23,7 @@ from vx11.cli.common import (
     duration,
     echo_answer,
     echo_json,
+    echo_listing,
     table,
     when,
 )
@@ -325,7 +326,7 @@ def spawns_ls(
     as_json: bool,
 ) -> None:
     """Spawns, newest first: one page (--limit), or all of them (--all)."""
-    params: dict[str, Any] = {
+    params = {
         "status": list(statuses) or None,
         "task_type": task_type,
         "correlation_id": correlation_id,
@@ -333,18 +334,10 @@ def spawns_ls(
         "until": until,
         "limit": limit,
     }
-    params = {key: value for key, value in params.items() if value is not None}
-    if all_pages:
-        records = [r for page in client.pages("/vx11/spawns", params) for r in page["spawns"]]
-        page: dict[str, Any] = {"spawns": records, "next_cursor": None}
-    else:
-        page = client.page("/vx11/spawns", params)
-    if as_json:
-        echo_json(page)
-        return
-    click.echo(spawns_table(page["spawns"]))
-    if page.get("next_cursor"):
-        click.echo("vx11: more spawns follow: --all lists every page", err=True)
+    echo_listing(
+        client, "/vx11/spawns", "spawns", params,
+        all_pages=all_pages, as_json=as_json, render=spawns_table,
+    )  # fmt: skip
 
 
 def spawns_table(records: list[dict[str, Any]]) -> str:
