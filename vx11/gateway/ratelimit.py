@@ -31,6 +31,7 @@ LONGEST_SPAN = 10
 """Longest span, seconds, a fractional rate is counted over (0.3/s: 3 in any 10 s)."""
 
 
+@functools.lru_cache(maxsize=256)
 def rate_item(per_second: float) -> RateLimitItem:
     """``per_second`` as ``n`` requests in any ``m`` seconds: the fraction ``n/m`` nearest
     to it with ``m`` at most :data:`LONGEST_SPAN` (20 → 20 per 1 s, 2.5 → 5 per 2 s,
@@ -63,7 +64,7 @@ class RateLimits:
             per_second = self.default_per_second
         if per_second <= 0:  # 0: no limit
             return None
-        return _item(per_second)
+        return rate_item(per_second)
 
     @staticmethod
     def key_for(item: RateLimitItem, token_id: str) -> str:
@@ -79,11 +80,6 @@ class RateLimits:
             f"this token is over its rate limit of {describe(item)} on spawn and window requests",
             retry_after=max(1, math.ceil(oldest + item.get_expiry() - time.time())),
         )
-
-
-@functools.lru_cache(maxsize=256)
-def _item(per_second: float) -> RateLimitItem:
-    return rate_item(per_second)
 
 
 COUNT = """
