@@ -356,6 +356,9 @@ def test_following_an_unknown_spawn_is_not_found_in_one_line(served):
     assert len(result.output.splitlines()) == 1
 
 
+COMPLETE_STDOUT_EVENT = re.compile(rb"event: stdout\ndata: [^\n]*\n\n")
+
+
 class CuttingRelay:
     """A TCP relay to the gateway at ``port`` that cuts the first event stream it carries
     right after passing on a piece with a ``stdout`` event, as a proxy or a restarting
@@ -393,9 +396,14 @@ class CuttingRelay:
         upstream.close()
 
     def _down(self, upstream: socket.socket, client: socket.socket, streams: list[bool]) -> None:
+        passed = b""
         while data := self._recv(upstream):
             client.sendall(data)
-            if streams and streams[-1] and b"event: stdout" in data and not self.cut.is_set():
+            passed += data
+            # Cut once a whole stdout event (to its blank line) has gone through: a piece
+            # may end inside an event, which the client rightly does not count as had.
+            whole = COMPLETE_STDOUT_EVENT.search(passed)
+            if streams and streams[-1] and whole and not self.cut.is_set():
                 self.cut.set()
                 break
         for sock in (client, upstream):
