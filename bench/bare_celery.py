@@ -7,12 +7,15 @@ command line of VX11's worker (``vx11.cli.stack.worker_argv``: prefork pool, the
 concurrency and log level), on the benchmark's redis-server as broker and result
 backend, in a database of its own. Two variants: Celery's defaults, as a user starts,
 and VX11's Celery settings (late acknowledgement, prefetch 1, task events), which
-shows what those settings cost on their own.
+shows what those settings cost on their own. Two tasks: ``shell`` (the code through
+``/bin/sh -c``) and ``python`` (the code through the system's ``python3 -I -c``, the
+interpreter VX11's sandbox runs).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import time
@@ -32,6 +35,7 @@ BROKER_ENV = "BENCH_BARE_CELERY_URL"
 SETTINGS_ENV = "BENCH_BARE_CELERY_SETTINGS"
 """``defaults`` (Celery's own) or ``vx11`` (VX11's worker settings, :data:`VX11_SETTINGS`)."""
 TASK = "bench.bare.shell"
+PYTHON_TASK = "bench.bare.python"
 QUEUE = "bench-bare"
 
 VX11_SETTINGS = {
@@ -42,6 +46,8 @@ VX11_SETTINGS = {
 }
 VARIANTS = {"defaults": 1, "vx11": 2}
 """Each variant and the Redis database it uses, so the two never share a queue."""
+PYTHON = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or "/usr/bin/python3"
+"""The system's python3, as the sandbox finds it (not the benchmark's virtualenv)."""
 
 app = Celery("bench-bare")
 app.conf.update(
@@ -58,6 +64,13 @@ if os.environ.get(SETTINGS_ENV) == "vx11":
 def shell(code: str) -> dict[str, Any]:
     """``code`` run by ``/bin/sh -c``, as VX11's shell spawns are, output captured."""
     done = subprocess.run(code, shell=True, capture_output=True, text=True, timeout=30)
+    return {"exit_code": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+
+
+@app.task(name=PYTHON_TASK)
+def python(code: str) -> dict[str, Any]:
+    """``code`` run by ``python3 -I -c``, as VX11's python spawns are, output captured."""
+    done = subprocess.run([PYTHON, "-I", "-c", code], capture_output=True, text=True, timeout=30)
     return {"exit_code": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
 
 
@@ -106,24 +119,26 @@ class BareCelery:
     def wait_ready(self) -> None:
         self.stack.wait_ready(self.name)
 
-    def run(self, tasks: int, concurrency: int) -> BareRun:
-        """``tasks`` runs of ``true``, each published with ``send_task`` as it comes,
-        then every result awaited; raises unless each one ran and exited 0. A few runs
-        first, not counted, warm the pool processes."""
-        self._run(2 * concurrency)
-        return self._run(tasks)
+    def run(self, tasks: int, concurrency: int, task: str = TASK) -> BareRun:
+        """``tasks`` runs of shell ``true`` (or, ``task`` :data:`PYTHON_TASK`, python
+        ``print(1)``), each published with ``send_task`` as it comes, then every result
+        awaited; raises unless each one ran, exited 0 and printed what it should. A few
+        runs first, not counted, warm the pool processes."""
+        self._run(2 * concurrency, task)
+        return self._run(tasks, task)
 
-    def _run(self, tasks: int) -> BareRun:
+    def _run(self, tasks: int, task: str) -> BareRun:
+        code, expected = ("print(1)", "1\n") if task == PYTHON_TASK else ("true", "")
         timeout = 120 + tasks
         cpu_before = self.stack.cpu()
         started = time.perf_counter()
-        results = [self.client.send_task(TASK, args=("true",), queue=QUEUE) for _ in range(tasks)]
+        results = [self.client.send_task(task, args=(code,), queue=QUEUE) for _ in range(tasks)]
         published = time.perf_counter() - started
         deadline = time.monotonic() + timeout
         outcomes = [r.get(timeout=max(1.0, deadline - time.monotonic())) for r in results]
         elapsed = time.perf_counter() - started
         used = {name: after - cpu_before[name] for name, after in self.stack.cpu().items()}
-        failed = [o for o in outcomes if o["exit_code"] != 0]
+        failed = [o for o in outcomes if o["exit_code"] != 0 or o["stdout"] != expected]
         if failed or len({r.id for r in results}) != tasks:
             raise RuntimeError(f"bare Celery: {len(failed)} of {tasks} runs failed: {failed[:3]}")
         return BareRun(
@@ -146,7 +161,7 @@ def bare_celery_figures(
     mean of its runs before and after VX11's."""
     figures, notes = [], []
     for variant, label, goal in (
-        ("defaults", "bare Celery", 0.6),
+        ("defaults", "bare Celery", 0.5),
         ("vx11", "bare Celery with VX11's Celery settings", None),
     ):
         measured = runs[variant]
@@ -174,6 +189,32 @@ def bare_celery_figures(
             )
         )
     return figures, notes
+
+
+def bare_python_figure(
+    vx11_rate: float, runs: list[BareRun], concurrency: int
+) -> tuple[list[Figure], list[str]]:
+    """VX11's python ``print(1)`` spawns per second through the API over the bare
+    task's (Celery's defaults) with the same code, the mean of its runs before and after
+    VX11's. Goal (issue 15): faster than the unsandboxed alternative."""
+    rate = statistics.mean(run.rate for run in runs)
+    figure = Figure(
+        f"VX11 vs bare Celery: {runs[0].tasks} x python `print(1)`",
+        "spawns/s",
+        vx11_rate,
+        rate,
+        "ratio",
+        1.5,
+    )
+    note = (
+        f"bare Celery (defaults), python: {runs[0].tasks} `{PYTHON} -I -c 'print(1)'` through "
+        f"subprocess.run, concurrency {concurrency}; runs before and after VX11's: "
+        + ", ".join(
+            f"{run.rate:.1f}/s (CPU per task: worker and its commands {_ms(run.worker_cpu)})"
+            for run in runs
+        )
+    )
+    return [figure], [note]
 
 
 def _ms(seconds: float) -> str:

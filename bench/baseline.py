@@ -4,6 +4,7 @@ uses, called directly or from a local process pool of the worker's concurrency."
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -18,7 +19,6 @@ from tests.support import child_pids
 from vx11.core.config import Settings
 from workers.sandbox import Limits, Outcome, SandboxConfig, run_sandboxed
 from workers.sandbox.levels import choose
-from workers.sandbox.process import become_subreaper
 from workers.spawner import limits_for
 
 
@@ -83,10 +83,17 @@ def _init_pool(limits: Limits, config: SandboxConfig) -> None:
     global _pool_sandbox
     # Like Celery's pool processes: Ctrl-C is the parent's to handle.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # ... and each one the reaper of its own runs' orphans. A fork keeps the parent's
-    # memo of having become one, not the kernel's flag (see reap_orphans).
-    become_subreaper.cache_clear()
+    # ... and each one the reaper of its own runs' orphans, as a worker's pool process
+    # is: a fork keeps the sandbox's memo of having become one, not the kernel's flag.
+    _become_subreaper()
     _pool_sandbox = (limits, config)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 def _pool_run(job: tuple[str, str]) -> Outcome:

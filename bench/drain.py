@@ -205,9 +205,15 @@ def _check(stack: BenchStack, phase: Phase) -> None:
     results = _celery_disagreements(stack, ledger)
     if results:
         problems.append(f"{len(results)} Celery results differ from the ledger: {results[:3]}")
-    log = stack.processes["worker"].log()
-    received = Counter(u for u in RECEIVED.findall(log) if u in expected)
-    ran = Counter(u for u, _ in RAN.findall(log) if u in expected)
+    # A spawn's record is terminal just before its pool process logs the run's line.
+    deadline = time.monotonic() + 10
+    while True:
+        log = stack.processes["worker"].log()
+        received = Counter(u for u in RECEIVED.findall(log) if u in expected)
+        ran = Counter(u for u, _ in RAN.findall(log) if u in expected)
+        if (received == expected and ran == expected) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     if received != expected or ran != expected:
         problems.append(
             f"the worker's log shows {len(received)} received ({sum(received.values())} "

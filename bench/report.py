@@ -11,7 +11,8 @@ class Figure:
 
     ``kind`` is ``ratio`` (VX11 / baseline, goal is a minimum), ``slowdown`` (VX11 /
     baseline, goal is a maximum) or ``difference`` (VX11 - baseline, goal is a maximum).
-    A figure without a goal is informative.
+    A figure without a goal is informative; ``goal_note`` is said after the goal (what
+    else the goal asks that the table cannot check).
     """
 
     name: str
@@ -20,6 +21,7 @@ class Figure:
     baseline: float
     kind: str
     goal: float | None = None
+    goal_note: str | None = None
 
     @property
     def compared(self) -> float:
@@ -43,6 +45,8 @@ class Figure:
         else:
             compared = f"{self.compared:+.1f} {self.unit}"
             goal = f"<= {self.goal:g} {self.unit}" if self.goal is not None else "-"
+        if self.goal_note:
+            goal = f"{goal}, {self.goal_note}"
         met = {True: "yes", False: "NO", None: "-"}[self.met]
         return [
             self.name,

@@ -7,21 +7,38 @@ import argparse
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.bare_celery import VARIANTS, BareCelery, bare_celery_figures
+from bench.bare_celery import (
+    PYTHON_TASK,
+    VARIANTS,
+    BareCelery,
+    bare_celery_figures,
+    bare_python_figure,
+)
 from bench.baseline import BareSandbox
 from bench.drain import queue_drain
 from bench.history import MIN_RECORDS, history_figures
+from bench.isolate import UPSTREAM, build_isolate, find_isolate
 from bench.load import load_generator
-from bench.measure import accept_throughput, end_to_end_latency, end_to_end_throughput
+from bench.measure import (
+    accept_throughput,
+    end_to_end_latency,
+    end_to_end_python,
+    end_to_end_throughput,
+    refusals_note,
+)
 from bench.report import Figure, markdown_table, text_table
 from bench.sandbox_cost import sandbox_cost
 from bench.stack import BenchStack
 from vx11.cli.stack import StackOptions
+from vx11.core.config import Settings
+from workers.sandbox import resolve_python
 
 FIGURES = ("accept", "throughput", "celery", "latency", "drain", "sandbox", "history")
 STACK_FIGURES = {"accept", "throughput", "celery", "latency", "drain"}
@@ -57,7 +74,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--connections", type=int, default=16, help="keep-alive connections for accept (16)"
     )
-    parser.add_argument("--samples", type=int, default=50, help="latency samples (50)")
+    parser.add_argument(
+        "--python-spawns",
+        type=int,
+        default=500,
+        help="python print(1) spawns through the API and through the bare Celery task in "
+        "the python figure, part of celery (500; 0 leaves the figure out)",
+    )
+    parser.add_argument("--samples", type=int, default=40, help="latency samples (40)")
     parser.add_argument(
         "--clients", type=int, default=4, help="submitting threads for throughput (4)"
     )
@@ -66,6 +90,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=200,
         help="runs of each variant in the sandbox cost figure (200)",
+    )
+    parser.add_argument(
+        "--build-isolate",
+        nargs="?",
+        const=UPSTREAM,
+        metavar="SOURCE",
+        help="before the sandbox figure, build ioi/isolate from SOURCE (a checkout, or a git "
+        f"URL; {UPSTREAM} when omitted) into the benchmark's cache, and measure its --run "
+        "beside the sandbox (an isolate on PATH is used without this)",
+    )
+    parser.add_argument(
+        "--limits",
+        choices=("defaults", "off"),
+        default="defaults",
+        help="the per-token rate limit and quota: ./scripts/run's defaults (clients wait out "
+        "a 429 as its Retry-After asks), or off (the rows through the API then say so "
+        "when the defaults set one)",
     )
     parser.add_argument(
         "--load-generator",
@@ -99,8 +140,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.spawns < 1 or args.samples < 2 or args.connections < 1 or args.clients < 1:
         parser.error("--spawns, --connections and --clients must be >= 1, --samples >= 2")
-    if args.queue_depth < 0:
-        parser.error("--queue-depth must be >= 0")
+    if args.queue_depth < 0 or args.python_spawns < 0:
+        parser.error("--queue-depth and --python-spawns must be >= 0")
     if args.sandbox_runs < 2:
         parser.error("--sandbox-runs must be >= 2")
     if args.history_records < MIN_RECORDS:
@@ -116,6 +157,41 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def limits_switched_off(defaults: Settings) -> list[str]:
+    """The per-token limits that ``./scripts/run``'s defaults set (and --limits off
+    switches off)."""
+    return [
+        what
+        for what, value in (
+            ("rate limit", defaults.rate_limit_per_second),
+            ("quota", defaults.max_active_spawns),
+        )
+        if value
+    ]
+
+
+def configuration_note(settings: Settings, limits: str, switched: list[str]) -> str:
+    def limit(name: str, value: float) -> str:
+        return f"{name}={value:g} ({'no limit' if not value else 'a limit'})"
+
+    if limits == "off" and switched:
+        measured = f"./scripts/run's defaults, but the {' and '.join(switched)} switched off"
+    else:
+        measured = "./scripts/run's defaults (vx11 up)"
+    refused = (
+        "; clients wait out a 429 as its Retry-After asks, wrk counts it as an error"
+        if limits == "defaults" and switched
+        else ""
+    )
+    return (
+        f"configuration: {measured}: "
+        f"{limit('VX11_RATE_LIMIT_PER_SECOND', settings.rate_limit_per_second)}, "
+        f"{limit('VX11_MAX_ACTIVE_SPAWNS', settings.max_active_spawns)}, "
+        f"VX11_SANDBOX={settings.sandbox}{refused}; the gateway with its metrics "
+        "directory as vx11 up starts it; Flower, which vx11 up also starts, is not"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     wanted = set(args.only or FIGURES)
@@ -125,14 +201,31 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="vx11-bench-"))
     root.chmod(0o711)  # the sandbox's unprivileged user must reach its working directories
     stack = BenchStack(root, options)
+    switched = limits_switched_off(Settings.from_env(environ={}))
+    if args.limits == "off":
+        stack.config.update(rate_limit_per_second="0", max_active_spawns="0")
+    # A row measured through POST /vx11/spawn with a default limit switched off says so.
+    suffix = f" ({' and '.join(switched)} off)" if args.limits == "off" and switched else ""
     figures: list[Figure] = []
-    notes: list[str] = []
+    notes: list[str] = [configuration_note(stack.settings, args.limits, switched)]
     load_before = os.getloadavg()
     previous = signal.signal(signal.SIGTERM, _interrupt)
+
+    def through_api(measured: tuple[list[Figure], list[str]]) -> None:
+        figures.extend(replace(f, name=f.name + suffix) for f in measured[0])
+        notes.extend(measured[1])
+
     try:
         if "sandbox" in wanted:  # first, while no service of the stack runs
+            isolate = find_isolate()
+            if args.build_isolate:
+                try:
+                    isolate = build_isolate(args.build_isolate, progress)
+                except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                    progress(str(exc))
+                    notes.append(f"isolate: --build-isolate failed: {exc}")
             progress(f"sandbox cost: {args.sandbox_runs} runs of each variant, round-robin")
-            sandbox = sandbox_cost(stack.settings, args.sandbox_runs)
+            sandbox = sandbox_cost(stack.settings, args.sandbox_runs, isolate)
         if wanted & STACK_FIGURES:
             progress(f"starting redis-server and gunicorn in {root}")
             stack.start_gateway()
@@ -141,13 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         if "accept" in wanted:
             generator = load_generator(args.load_generator, root)
             progress(f"accept throughput with {generator.name} (no worker consuming)")
-            measured = accept_throughput(stack, generator, args.connections, args.duration)
-            figures += measured[0]
-            notes += measured[1]
+            through_api(accept_throughput(stack, generator, args.connections, args.duration))
         if wanted & WORKER_FIGURES:
             progress("starting the Celery worker")
             stack.start_worker()
         concurrency = options.worker_concurrency
+        python_spawns = args.python_spawns if "celery" in wanted else 0
         if "celery" in wanted:
             progress("starting the bare Celery workers (Celery's defaults, VX11's settings)")
             bare_celery = {variant: BareCelery(stack, variant) for variant in VARIANTS}
@@ -157,29 +249,36 @@ def main(argv: list[str] | None = None) -> int:
                 worker.wait_ready()
             progress(f"bare Celery: {args.spawns} shell spawns with each variant")
             bare_runs = {v: [w.run(args.spawns, concurrency)] for v, w in bare_celery.items()}
+            if python_spawns:
+                progress(f"bare Celery: {python_spawns} python spawns (Celery's defaults)")
+                bare_python = [bare_celery["defaults"].run(python_spawns, concurrency, PYTHON_TASK)]
         if wanted & {"throughput", "celery"}:
             progress(f"end-to-end throughput: {args.spawns} shell spawns, bare pool then VX11")
             throughput = end_to_end_throughput(stack, bare, args.spawns, args.clients, concurrency)
-            figures += throughput[0]
-            notes += throughput[1]
+            through_api(throughput)
+        if python_spawns:
+            progress(f"end-to-end throughput: {python_spawns} python spawns through the API")
+            python_rate, python_notes = end_to_end_python(
+                stack, python_spawns, args.clients, concurrency
+            )
+            notes.extend(python_notes)
+            progress(f"bare Celery: {python_spawns} python spawns, again")
+            bare_python.append(bare_celery["defaults"].run(python_spawns, concurrency, PYTHON_TASK))
         if "celery" in wanted:
             progress(f"bare Celery: {args.spawns} shell spawns with each variant, again")
             for variant, worker in reversed(bare_celery.items()):
                 bare_runs[variant].append(worker.run(args.spawns, concurrency))
                 worker.close()
                 stack.stop_process(worker.name)
-            measured = bare_celery_figures(throughput[0][0], bare_runs, concurrency)
-            figures += measured[0]
-            notes += measured[1]
+            through_api(bare_celery_figures(throughput[0][0], bare_runs, concurrency))
+            if python_spawns:
+                through_api(bare_python_figure(python_rate, bare_python, concurrency))
         if "latency" in wanted:
-            progress(f"end-to-end latency: {args.samples} python spawns, interleaved with bare")
-            measured = end_to_end_latency(stack, bare, args.samples)
-            figures += measured[0]
-            notes += measured[1]
+            progress(f"end-to-end latency: {args.samples} python spawns, each then a plain run")
+            python = resolve_python(stack.settings.sandbox_python)
+            through_api(end_to_end_latency(stack, python, args.samples))
         if "drain" in wanted:
-            measured = queue_drain(stack, args.queue_depth, args.spawns, args.clients, progress)
-            figures += measured[0]
-            notes += measured[1]
+            through_api(queue_drain(stack, args.queue_depth, args.spawns, args.clients, progress))
         if "sandbox" in wanted:  # measured first, shown last
             figures += sandbox[0]
             notes += sandbox[1]
@@ -189,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             measured = history_figures(root, args.history_records, args.postgres)
             figures += measured[0]
             notes += measured[1]
+        if refused := refusals_note():
+            notes.append(refused)
     except KeyboardInterrupt:
         progress("interrupted; stopping what was started")
         return 130

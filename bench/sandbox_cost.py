@@ -1,10 +1,16 @@
-"""4. Sandbox cost: the wall time of one bare ``run_sandboxed`` run at each level, next to
-a plain ``subprocess.run`` of the same command (issue 3).
+"""4. Sandbox cost: the wall time of one ``run_sandboxed`` run, with the sandbox a worker
+on this machine chooses, next to a plain ``subprocess.run`` of the same command (issues
+3 and 15), and, where an ``isolate`` binary is found, next to ioi/isolate's ``--run`` on
+a kept box.
 
-Every variant runs once per round, the rounds run one after another and each round
-starts one variant further along, so that drift in the machine's load weighs on every
-variant alike. A few parts of the sandbox are timed alone in the same rounds, to say
-where its time goes.
+Everything runs in this one process, one run after another, as in one of a worker's
+pool processes: whatever the sandbox prepares once per process (and reuses) is
+prepared in the rounds not counted. Every variant runs once per round, the rounds run
+one after another and each round starts one variant further along, so that drift in
+the machine's load weighs on every variant alike.
+
+Only the sandbox's public face is used (``run_sandboxed``, ``levels.choose``): the
+figure measures whatever the sandbox does inside, however it does it.
 """
 
 from __future__ import annotations
@@ -15,20 +21,19 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from bench.baseline import reap_orphans
+from bench.isolate import MISSING, IsolateBox, version
 from bench.report import Figure
 from vx11.core.config import Settings
 from workers.sandbox import Limits, SandboxConfig, resolve_python, run_sandboxed, sandbox_identity
-from workers.sandbox.bwrap import bwrap_argv
-from workers.sandbox.launch import SHELL
-from workers.sandbox.levels import base_config, bwrap_problem
-from workers.sandbox.process import end_adopted
+from workers.sandbox.levels import base_config, choose
 from workers.spawner import limits_for
 
 TTL_SECONDS = 30  # the limits of a 30 s spawn, as in the other figures
-SHELL_TRUE = [SHELL, "-c", "true"]
+SHELL_TRUE = ["/bin/sh", "-c", "true"]
+"""VX11's shell spawns run POSIX ``sh``, at both levels."""
 
 
 @dataclass
@@ -48,14 +53,34 @@ class Variant:
         return statistics.quantiles(self.times, n=10, method="inclusive")[-1]
 
 
-def sandbox_cost(settings: Settings, runs: int, warmup: int = 3) -> tuple[list[Figure], list[str]]:
+def sandbox_cost(
+    settings: Settings, runs: int, isolate: str | None = None, warmup: int = 3
+) -> tuple[list[Figure], list[str]]:
     """Per-run medians over ``runs`` round-robin rounds (after ``warmup`` rounds not
-    counted) of the plain commands, the sandboxed runs at each level, and the parts."""
-    config = base_config(settings)  # detects, and makes, this worker's cgroup parents
+    counted) of the plain commands, the sandboxed runs (the level a worker chooses, and
+    the basic level beside it when that is bwrap) and ``isolate``'s runs."""
+    chosen = choose(settings)  # as a worker does at start: probes bwrap, makes cgroups
+    configs = [chosen]
+    if chosen.level != "basic":
+        configs.append(base_config(settings))
+    limits = limits_for(TTL_SECONDS, None, settings)
+    python = resolve_python(chosen.python)  # the interpreter the sandbox runs, for all
+    notes: list[str] = []
+    box = None
+    if isolate is None:
+        notes.append(MISSING)
+    elif os.geteuid() != 0:
+        notes.append(f"isolate: {isolate} needs root, skipped")
+    else:
+        box = IsolateBox(isolate, os.getpid() % 100, _isolate_options(limits, chosen))
     try:
-        limits = limits_for(TTL_SECONDS, None, settings)
-        problem = bwrap_problem(config)
-        variants = _variants(config, limits, problem)
+        variants = _variants(configs, limits, python)
+        if box is not None:
+            try:
+                variants += _isolate_variants(box, python)
+            except (OSError, RuntimeError) as exc:
+                notes.append(f"isolate: {isolate} could not run here, skipped: {exc}")
+                box = None
         gc.collect()
         for index in range(warmup + runs):
             shift = index % len(variants)
@@ -67,50 +92,57 @@ def sandbox_cost(settings: Settings, runs: int, warmup: int = 3) -> tuple[list[F
                     variant.times.append(elapsed)
             reap_orphans()  # no service runs yet: every dead child here is an orphan
     finally:
-        if config.cgroups is not None:
-            config.cgroups.close()
+        if box is not None:
+            box.cleanup()
+        for config in configs:
+            if config.cgroups is not None:
+                config.cgroups.close()
     timed = {variant.name: variant for variant in variants}
-    return _figures(timed), _notes(timed, config, problem, runs, warmup)
+    figures = _figures(timed, chosen.level)
+    notes = _notes(timed, chosen, python, box, runs, warmup) + notes
+    return figures, notes
 
 
-def _variants(config: SandboxConfig, limits: Limits, problem: str | None) -> list[Variant]:
-    python = resolve_python(config.python)  # the interpreter the sandbox runs, for both
-    basic = config
+def _variants(configs: list[SandboxConfig], limits: Limits, python: str) -> list[Variant]:
     variants = [
         Variant("plain shell", lambda: _plain(SHELL_TRUE, "")),
-        Variant("basic shell", lambda: _sandboxed(basic, limits, "shell", "true", "")),
         Variant("plain python", lambda: _plain([python, "-I", "-c", "print(1)"], "1\n")),
-        Variant("basic python", lambda: _sandboxed(basic, limits, "python", "print(1)", "1\n")),
-        # The parts, each alone:
-        Variant("fork", lambda: _plain(SHELL_TRUE, "", preexec_fn=_nothing)),
     ]
-    if config.cgroups is not None:
-        no_cgroup = replace(config, cgroups=None)
-        variants.append(
-            Variant("basic shell, no cgroup",
-                    lambda: _sandboxed(no_cgroup, limits, "shell", "true", ""))
-        )  # fmt: skip
-    identity = sandbox_identity(config.user)
-    if identity is not None and config.adopt_orphans:
-        variants.append(Variant("orphan sweep", lambda: end_adopted(identity.uid)))
-    if problem is None:
-        bwrap = replace(config, level="bwrap")
-        namespaces = bwrap_argv(config.bwrap, config.tmpfs_mb << 20, SHELL_TRUE, [])
+    for config in configs:
         variants += [
-            Variant("bwrap shell", lambda: _sandboxed(bwrap, limits, "shell", "true", "")),
-            Variant("bwrap python",
-                    lambda: _sandboxed(bwrap, limits, "python", "print(1)", "1\n")),
-            Variant("bwrap alone", lambda: _plain(namespaces, "")),
+            Variant(f"{config.level} shell",
+                    lambda c=config: _sandboxed(c, limits, "shell", "true", "")),
+            Variant(f"{config.level} python",
+                    lambda c=config: _sandboxed(c, limits, "python", "print(1)", "1\n")),
         ]  # fmt: skip
     return variants
 
 
-def _nothing() -> None:
-    """An empty ``preexec_fn``: subprocess then forks the whole process, not vfork."""
+def _isolate_options(limits: Limits, config: SandboxConfig) -> tuple[str, ...]:
+    """The limits of the sandboxed runs that isolate can set without control groups."""
+    return (
+        f"--time={limits.cpu_time}",
+        f"--wall-time={limits.wall_time}",
+        f"--fsize={limits.max_file_size_mb << 10}",
+        f"--open-files={config.max_open_files}",
+    )
 
 
-def _plain(argv: list[str], expected: str, **options) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, **options)
+def _isolate_variants(box: IsolateBox, python: str) -> list[Variant]:
+    """isolate's two runs on a box made now; each run once first, to fail early."""
+    box.init()
+    shell = box.argv(SHELL_TRUE)
+    python_argv = box.argv([python, "-I", "-c", "print(1)"])
+    _plain(shell, "")
+    _plain(python_argv, "1\n")
+    return [
+        Variant("isolate shell", lambda: _plain(shell, "")),
+        Variant("isolate python", lambda: _plain(python_argv, "1\n")),
+    ]
+
+
+def _plain(argv: list[str], expected: str) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0 or done.stdout != expected:
         raise RuntimeError(f"{argv[:3]} failed: {done.returncode} {done.stderr[-300:]!r}")
 
@@ -123,91 +155,79 @@ def _sandboxed(
         raise RuntimeError(f"a bare sandbox run ({config.level}) failed: {outcome}")
 
 
-FIGURES = (
-    ("bwrap shell", "plain shell", "sandbox cost: bwrap shell `true` vs plain", 3.0),
-    ("bwrap python", "plain python", "sandbox cost: bwrap python print(1) vs plain", 1.5),
-    ("basic shell", "plain shell", "sandbox cost: basic shell `true` vs plain", None),
-    ("basic python", "plain python", "sandbox cost: basic python print(1) vs plain", None),
-)
+GOALS = {"shell": 3.0, "python": 1.0}
+"""Issue 15's goals, for the level a worker chooses."""
+LABELS = {"shell": "shell `true`", "python": "python print(1)"}
 
 
-def _figures(timed: dict[str, Variant]) -> list[Figure]:
+def _figures(timed: dict[str, Variant], chosen: str) -> list[Figure]:
+    levels = [chosen] + [level for level in ("basic",) if level != chosen]
+    rows = [
+        (f"{level} {kind}", f"sandbox cost: {level} {LABELS[kind]} vs plain",
+         GOALS[kind] if level == chosen else None)
+        for level in levels
+        for kind in ("shell", "python")
+    ] + [
+        (f"isolate {kind}", f"sandbox cost: isolate --run {LABELS[kind]} vs plain", None)
+        for kind in ("shell", "python")
+    ]  # fmt: skip
     return [
         Figure(
-            name, "ms", timed[sandboxed].median * 1000, timed[plain].median * 1000, "slowdown", goal
+            name,
+            "ms",
+            timed[variant].median * 1000,
+            timed[f"plain {variant.split()[-1]}"].median * 1000,
+            "slowdown",
+            goal,
         )
-        for sandboxed, plain, name, goal in FIGURES
-        if sandboxed in timed
+        for variant, name, goal in rows
+        if variant in timed
     ]
 
 
 def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
-
-
-PARTS = (
-    ("fork", "plain shell forked (an empty preexec_fn) instead of vforked"),
-    ("basic shell, no cgroup", "basic shell without its cgroup"),
-    ("orphan sweep", "the orphan sweep alone (end_adopted)"),
-    ("bwrap alone", "bwrap's namespaces alone (vfork, no cgroup, bwrap's own uid)"),
-)
+    return f"{seconds * 1000:.2f} ms"
 
 
 def _notes(
-    timed: dict[str, Variant], config: SandboxConfig, problem: str | None, runs: int, warmup: int
+    timed: dict[str, Variant],
+    chosen: SandboxConfig,
+    python: str,
+    box: IsolateBox | None,
+    runs: int,
+    warmup: int,
 ) -> list[str]:
-    """The medians, then the sandbox's time beyond the plain run split, by subtracting
-    medians, into the parts timed alone; ``the rest`` is what no part accounts for."""
     cgroups = (
-        f"per-run cgroups v{config.cgroups.version}"
-        if config.cgroups is not None
+        f"per-run cgroups v{chosen.cgroups.version}"
+        if chosen.cgroups is not None
         else "no cgroups (a worker could not make them here)"
     )
-    user = config.user if sandbox_identity(config.user) is not None else "the benchmark's"
-    part_names = {name for name, _ in PARTS}
+    user = chosen.user if sandbox_identity(chosen.user) is not None else "the benchmark's"
     notes = [
         f"sandbox cost: {runs} runs of each, round-robin (each round starts one variant "
-        f"further), after {warmup} rounds not counted; {cgroups}; the limits of a "
-        f"{TTL_SECONDS} s spawn; code runs as {user} uid; python is "
-        f"{resolve_python(config.python)}; this process {_rss_mb():.0f} MB resident, "
+        f"further), after {warmup} rounds not counted, all in this one process as in a "
+        f"worker's pool process; the level a worker chooses here: {chosen.level} "
+        f"(levels.choose), {cgroups}; the limits of a {TTL_SECONDS} s spawn; code runs as "
+        f"{user} uid; python is {python}; this process {_rss_mb():.0f} MB resident, "
         f"{_process_count()} processes on the machine",
         "sandbox cost: medians (p90): "
-        + ", ".join(
-            f"{v.name} {_ms(v.median)} ({_ms(v.p90)})"
-            for v in timed.values()
-            if v.name not in part_names
-        ),
+        + ", ".join(f"{v.name} {_ms(v.median)} ({_ms(v.p90)})" for v in timed.values()),
     ]
-    if problem is not None:
-        notes.append(f"sandbox cost: the bwrap level is unusable here, rows skipped: {problem}")
-    notes.append(
-        "sandbox cost: parts, medians: "
-        + ", ".join(f"{label} {_ms(timed[name].median)}" for name, label in PARTS if name in timed)
-    )
-
-    def median(name: str) -> float:
-        return timed[name].median
-
-    shares = [("fork instead of vfork", median("fork") - median("plain shell"))]
-    if "basic shell, no cgroup" in timed:
-        shares.append(("cgroup", median("basic shell") - median("basic shell, no cgroup")))
-    if "orphan sweep" in timed:
-        shares.append(("orphan sweep", median("orphan sweep")))
-    namespaces = (
-        [("bwrap's namespaces", median("bwrap alone") - median("plain shell"))]
-        if "bwrap alone" in timed
-        else []
-    )
-    for sandboxed, plain, _, _ in FIGURES:
-        if sandboxed not in timed:
-            continue
-        extra = median(sandboxed) - median(plain)
-        split = shares + (namespaces if sandboxed.startswith("bwrap") else [])
+    if chosen.level == "basic":
+        notes.append("sandbox cost: the bwrap level is unusable here (levels.choose): basic only")
+    if box is not None:
         notes.append(
-            f"sandbox cost: {sandboxed} beyond plain {_ms(extra)}: "
-            + ", ".join(f"{label} {_ms(share)}" for label, share in split)
-            + f", the rest {_ms(extra - sum(share for _, share in split))}"
+            f"isolate: {version(box.binary)} ({box.binary}), box {box.box_id} kept for every "
+            f"run, no --cg (rlimits only, one process per run), {' '.join(box.options)}"
         )
+        for kind in ("shell", "python"):
+            if f"{chosen.level} {kind}" in timed:
+                ours = timed[f"{chosen.level} {kind}"].median
+                theirs = timed[f"isolate {kind}"].median
+                notes.append(
+                    f"isolate: {chosen.level} {LABELS[kind]} {_ms(ours)} vs isolate --run "
+                    f"{_ms(theirs)}: {ours / theirs:.2f}x"
+                )
     return notes
 
 

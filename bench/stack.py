@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.cpu import Cpu, snapshot
 from tests.support import Process, RedisServer, free_port, http, service_env, wait_for
-from vx11.cli.stack import StackOptions, gunicorn_argv, worker_argv
+from vx11.cli.stack import StackOptions, gateway_env, gunicorn_argv, worker_argv
 from vx11.core.config import Settings
 from vx11.core.states import TERMINAL_STATES
 from vx11.gateway.services import make_celery
@@ -47,7 +47,8 @@ class BenchStack:
         return f"http://{self.host}:{self.port}"
 
     def start_gateway(self) -> None:
-        """redis-server, then gunicorn with the configuration of ``vx11 up``."""
+        """redis-server, then gunicorn with the configuration of ``vx11 up`` (its workers
+        sharing a prometheus-client multiprocess directory, as there)."""
         redis_server = RedisServer(free_port(), self.root / "redis")
         self.processes["redis"] = redis_server
         redis_server.start()
@@ -57,7 +58,10 @@ class BenchStack:
         argv = gunicorn_argv(
             self.host, self.port, self.options.gunicorn_workers, self.options.gunicorn_threads
         )
-        gateway = Process("gateway", argv, service_env(self.config), self.root)
+        metrics_dir = self.root / "metrics"
+        metrics_dir.mkdir()
+        env = gateway_env(service_env(self.config), str(metrics_dir))
+        gateway = Process("gateway", argv, env, self.root)
         self.processes["gateway"] = gateway
         gateway.start()
         wait_for(lambda: http("GET", f"{self.base}/health", timeout=2)[0] == 200, timeout=60)
