@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = BenchStack(root, options)
     switched = limits_switched_off(Settings.from_env(environ={}))
     if args.limits == "off":
-        stack.config.update(rate_limit_per_second="0", max_active_spawns="0")
+        stack.config.update(rate_limit_per_second=0.0, max_active_spawns=0)
     # A row measured through POST /vx11/spawn with a default limit switched off says so.
     suffix = f" ({' and '.join(switched)} off)" if args.limits == "off" and switched else ""
     figures: list[Figure] = []
