@@ -35,7 +35,7 @@ import redis
 
 from tests.support import ROOT, wait_for
 from vx11.core.config import Settings
-from workers.sandbox import Limits, Outcome, SandboxConfig, run_sandboxed
+from workers.sandbox import Limits, Outcome, SandboxConfig, run_sandboxed, slot
 from workers.sandbox.levels import base_config, bwrap_problem
 
 pytestmark = [
@@ -122,7 +122,9 @@ def process_table() -> dict[int, Proc]:
 
 
 def our_sandbox_processes() -> list[Proc]:
-    """Processes of the sandbox's uid descended from this test process (the worker).
+    """Processes of the sandbox's uid descended from this test process (the worker),
+    but for idle slots (:mod:`workers.sandbox.slot`: bwrap, its init and the launcher,
+    which wait for the next run).
 
     Other sessions may run sandboxes as the same uid on this machine at the same time:
     only our descendants are ours. An orphan of a run is adopted by this process (a
@@ -131,11 +133,18 @@ def our_sandbox_processes() -> list[Proc]:
     children: dict[int, list[int]] = {}
     for proc in table.values():
         children.setdefault(proc.ppid, []).append(proc.pid)
+    idle = set()
+    for launchers in slot.SLOTS.idle.values():
+        for launcher in launchers:
+            chain = [launcher.proc.pid]
+            while len(chain) < slot.SLOT_PROCESSES and len(children.get(chain[-1], [])) == 1:
+                chain.append(children[chain[-1]][0])
+            idle.update(chain)
     found, todo = [], list(children.get(os.getpid(), []))
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, []))
-        if table[pid].uid == SANDBOX_UID:
+        if table[pid].uid == SANDBOX_UID and pid not in idle:
             found.append(table[pid])
     return found
 
@@ -178,10 +187,15 @@ class PeakSampler:
 
     def _sample_cgroup(self) -> None:
         while not self._stop.is_set():
-            for spawn in self.pids_parent.glob("spawn-*"):
+            # a spawn's cgroup (basic level), or its slot's, which also holds the slot's
+            # own processes (bwrap level)
+            spawns = ((c, 0) for c in self.pids_parent.glob("spawn-*"))
+            slots = ((c, slot.SLOT_PROCESSES) for c in self.pids_parent.glob("slot-*"))
+            for cgroup, own in [*spawns, *slots]:
                 with contextlib.suppress(OSError, ValueError):  # removed meanwhile
-                    self.in_cgroup = max(self.in_cgroup, int((spawn / "pids.current").read_text()))
-                    events = (spawn / "pids.events").read_text().splitlines()
+                    current = int((cgroup / "pids.current").read_text()) - own
+                    self.in_cgroup = max(self.in_cgroup, current)
+                    events = (cgroup / "pids.events").read_text().splitlines()
                     self.refused = max(self.refused, int(dict(map(str.split, events))["max"]))
             time.sleep(0.001)
 
@@ -336,6 +350,7 @@ def sandbox(request) -> Iterator[Sandbox]:
             pytest.skip(f"the bwrap level does not work here: {problem}")
         yield Sandbox(config)
     finally:
+        slot.SLOTS.close()  # the slots and their cgroups, before the cgroups' parents
         if config.cgroups is not None:
             config.cgroups.close()
         shutil.rmtree(root, ignore_errors=True)

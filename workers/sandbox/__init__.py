@@ -14,7 +14,7 @@ import os
 import pwd
 import shutil
 
-from workers.sandbox import basic, bwrap
+from workers.sandbox import basic, slot
 from workers.sandbox.launch import SANDBOX_PATH, SHELL
 from workers.sandbox.process import (
     Exit,
@@ -104,61 +104,25 @@ def run_sandboxed(
         raise ValueError(f"unknown task_type {task_type!r}")
     identity = sandbox_identity(config.user)
     interpreter = resolve_interpreter(task_type, config)
-    adopting = identity is not None and config.adopt_orphans and become_subreaper()
+    data = (stdin or "").encode("utf-8")
     if config.level == "bwrap":
-        launching = bwrap.prepared(task_type, code, args, config, interpreter)
+        done, figures = slot.run(
+            task_type, code, args, stdin=data, limits=limits, config=config,
+            identity=identity, interpreter=interpreter, python=resolve_python(config.python),
+            watcher=watcher,
+        )  # fmt: skip
     else:
-        launching = basic.prepared(task_type, code, args, config, identity, interpreter)
-    cgroup = (
-        config.cgroups.create(limits.memory_mb << 20, limits.max_processes)
-        if config.cgroups
-        else None
-    )
-    if watcher is not None and cgroup is not None:
-        watcher.started(cgroup.sample)
-    try:
-        with launching as launch:
-            done = run_process(
-                launch.argv,
-                env=launch.env,
-                cwd=launch.cwd,
-                stdin=(stdin or "").encode("utf-8"),
-                limits=limits,
-                process_limits=rlimits(
-                    limits, cgroup=cgroup is not None, max_open_files=config.max_open_files
-                ),
-                drain_bytes=max(config.drain_bytes, limits.output_bytes * 2),
-                cgroup=cgroup,
-                identity=identity,
-                pass_fds=launch.pass_fds,
-                watcher=watcher,
-            )
-        if cgroup is not None:
-            cgroup.kill()  # whatever outlived the run's process group
-            peak = cgroup.peak_memory_bytes()
-            oom = cgroup.oom_killed()
-            cgroup_cpu_ms = cgroup.cpu_time_ms()
-    finally:
-        if cgroup is not None:
-            cgroup.kill()
-            cgroup.remove()
-        if adopting:
-            assert identity is not None  # adopting is only ever true with an identity
-            if cgroup is not None:
-                reap_adopted(identity.uid)  # the cgroup kill left nothing alive
-            else:
-                end_adopted(identity.uid)
+        done, figures = _run_basic(
+            task_type, code, args, data, limits, config, identity, interpreter, watcher
+        )
     exit_code, term_signal = decode_status(done.status)
-    if config.level == "bwrap":
-        exit_code, term_signal = bwrap.decode_exit(exit_code, term_signal)
-    cpu_ms = int((done.rusage.ru_utime + done.rusage.ru_stime) * 1000)
-    if cgroup is not None and cgroup_cpu_ms is not None:
-        cpu_ms = cgroup_cpu_ms  # counts processes the run's leader never waited for
-    if cgroup is not None:
-        peak_kb = peak // 1024 if peak is not None else None
-    else:  # includes the worker's own pages copied at fork: an upper bound
-        peak_kb = done.rusage.ru_maxrss
-        oom = False
+    cpu_ms = int(done.cpu_seconds * 1000)
+    peak_kb: int | None = done.max_rss_kb  # of one process
+    oom = False
+    if figures is not None:
+        # the cgroup counts every process of the run, waited for or not
+        cpu_ms = figures.cpu_ms if figures.cpu_ms is not None else cpu_ms
+        peak_kb, oom = figures.peak_memory_kb, figures.oom
     return Outcome(
         exit_code=exit_code,
         term_signal=term_signal,
@@ -173,6 +137,61 @@ def run_sandboxed(
         level=config.level,
         stopped=done.ended_by == "stopped",
     )
+
+
+def _run_basic(
+    task_type: str,
+    code: str,
+    args: tuple[str, ...] | list[str],
+    stdin: bytes,
+    limits: Limits,
+    config: SandboxConfig,
+    identity: Identity | None,
+    interpreter: str,
+    watcher: Watcher | None,
+) -> tuple[Exit, slot.Figures | None]:
+    """One run at the basic level: a child of this process, in a cgroup of its own."""
+    adopting = identity is not None and config.adopt_orphans and become_subreaper()
+    cgroup = (
+        config.cgroups.create(limits.memory_mb << 20, limits.max_processes)
+        if config.cgroups
+        else None
+    )
+    if watcher is not None and cgroup is not None:
+        watcher.started(cgroup.sample)
+    try:
+        with basic.prepared(task_type, code, args, config, identity, interpreter) as launch:
+            done = run_process(
+                launch.argv,
+                env=launch.env,
+                cwd=launch.cwd,
+                stdin=stdin,
+                limits=limits,
+                process_limits=rlimits(
+                    limits, cgroup=cgroup is not None, max_open_files=config.max_open_files
+                ),
+                drain_bytes=max(config.drain_bytes, limits.output_bytes * 2),
+                cgroup=cgroup,
+                identity=identity,
+                watcher=watcher,
+            )
+        if cgroup is None:
+            return done, None  # ru_maxrss includes the worker's pages copied at fork
+        cgroup.kill()  # whatever outlived the run's process group
+        peak = cgroup.peak_memory_bytes()
+        return done, slot.Figures(
+            cgroup.cpu_time_ms(), peak // 1024 if peak is not None else None, cgroup.oom_killed()
+        )
+    finally:
+        if cgroup is not None:
+            cgroup.kill()
+            cgroup.remove()
+        if adopting:
+            assert identity is not None  # adopting is only ever true with an identity
+            if cgroup is not None:
+                reap_adopted(identity.uid)  # the cgroup kill left nothing alive
+            else:
+                end_adopted(identity.uid)
 
 
 def _limit_hit(

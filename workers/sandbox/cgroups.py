@@ -65,6 +65,40 @@ class SpawnCgroup:
             finally:
                 os.close(fd)
 
+    def limit(self, memory_bytes: int, max_processes: int) -> None:
+        """Set the memory (without swap) and process-count limits."""
+        memory = self.dirs["memory"]
+        if self.version == 1:
+            # memsw may never be below the memory limit: set it on both sides, so that
+            # the limit can go up or down (it exists only with swap accounting)
+            for name in ("memory.memsw.limit_in_bytes", "memory.limit_in_bytes",
+                         "memory.memsw.limit_in_bytes"):  # fmt: skip
+                with contextlib.suppress(OSError):
+                    (memory / name).write_text(str(memory_bytes))
+            if int((memory / "memory.limit_in_bytes").read_text()) != memory_bytes:
+                raise OSError(f"cannot set the memory limit of {memory}")
+        else:
+            (memory / "memory.max").write_text(str(memory_bytes))
+        (self.dirs["pids"] / "pids.max").write_text(str(max_processes))
+
+    def memory_bytes(self) -> int | None:
+        """Memory in use now (pages of its processes and the files they cached)."""
+        name = "memory.usage_in_bytes" if self.version == 1 else "memory.current"
+        try:
+            return int((self.dirs["memory"] / name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel's OOM killer has killed in it so far."""
+        name = "memory.oom_control" if self.version == 1 else "memory.events"
+        try:
+            text = (self.dirs["memory"] / name).read_text()
+        except OSError:
+            return 0
+        counts = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
+        return int(counts.get("oom_kill", "0"))
+
     def pids(self) -> set[int]:
         found: set[int] = set()
         for path in self.procs_files:
@@ -93,6 +127,32 @@ class SpawnCgroup:
         except (OSError, ValueError):
             return None
 
+    def reset_peak(self) -> int | None:
+        """Start counting peak memory from now; returns the descriptor to read it through
+        (v2 resets it per open file, on kernel 6.12 and later), or None."""
+        if self.version == 1:
+            with contextlib.suppress(OSError):
+                (self.dirs["memory"] / "memory.max_usage_in_bytes").write_text("0")
+            return None
+        try:
+            fd = os.open(self.dirs["memory"] / "memory.peak", os.O_RDWR)
+        except OSError:
+            return None
+        with contextlib.suppress(OSError):
+            os.write(fd, b"reset\n")
+        return fd
+
+    def read_peak(self, fd: int | None) -> int | None:
+        """Peak memory since :meth:`reset_peak` gave ``fd``."""
+        if fd is None:
+            return self.peak_memory_bytes()
+        try:
+            return int(os.pread(fd, 64, 0))
+        except (OSError, ValueError):
+            return None
+        finally:
+            os.close(fd)
+
     def cpu_time_ms(self) -> int | None:
         """CPU time of every process the spawn ran, reaped or not."""
         try:
@@ -107,23 +167,14 @@ class SpawnCgroup:
         """The spawn's live processes: count, pids (as the worker sees them), resident
         memory and CPU time so far."""
         pids = sorted(self.pids())
-        name = "memory.usage_in_bytes" if self.version == 1 else "memory.current"
-        try:
-            rss_kb = int((self.dirs["memory"] / name).read_text()) // 1024
-        except (OSError, ValueError):
-            rss_kb = None
-        return {"count": len(pids), "pids": pids[:64], "rss_kb": rss_kb,
+        memory = self.memory_bytes()
+        return {"count": len(pids), "pids": pids[:64],
+                "rss_kb": memory // 1024 if memory is not None else None,
                 "cpu_time_ms": self.cpu_time_ms()}  # fmt: skip
 
     def oom_killed(self) -> bool:
         """Whether the kernel's OOM killer killed a process of this spawn."""
-        name = "memory.oom_control" if self.version == 1 else "memory.events"
-        try:
-            text = (self.dirs["memory"] / name).read_text()
-        except OSError:
-            return False
-        counts = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
-        return int(counts.get("oom_kill", "0")) > 0
+        return self.oom_kills() > 0
 
     def remove(self) -> None:
         for directory in dict.fromkeys(self.dirs.values()):
@@ -176,24 +227,20 @@ class Cgroups:
             self.close()
             raise CgroupUnavailable(f"cannot create cgroups under {self.parents}: {exc}") from exc
 
-    def create(self, memory_bytes: int, max_processes: int) -> SpawnCgroup:
-        name = f"spawn-{uuid.uuid4().hex[:12]}"
+    def create(self, memory_bytes: int, max_processes: int, kind: str = "spawn") -> SpawnCgroup:
+        """A new cgroup for one spawn (basic level) or one slot (bwrap level)."""
+        name = f"{kind}-{uuid.uuid4().hex[:12]}"
         dirs = {controller: parent / name for controller, parent in self.parents.items()}
         cgroup = SpawnCgroup(self.version, dirs)
         try:
             for directory in dict.fromkeys(dirs.values()):
                 directory.mkdir()
-            memory, pids = dirs["memory"], dirs["pids"]
             if self.version == 1:
-                (memory / "memory.limit_in_bytes").write_text(str(memory_bytes))
-                with contextlib.suppress(OSError):  # only with swap accounting
-                    (memory / "memory.memsw.limit_in_bytes").write_text(str(memory_bytes))
-                (memory / "memory.swappiness").write_text("0")
+                (dirs["memory"] / "memory.swappiness").write_text("0")
             else:
-                (memory / "memory.max").write_text(str(memory_bytes))
                 with contextlib.suppress(OSError):
-                    (memory / "memory.swap.max").write_text("0")
-            (pids / "pids.max").write_text(str(max_processes))
+                    (dirs["memory"] / "memory.swap.max").write_text("0")
+            cgroup.limit(memory_bytes, max_processes)
         except OSError:
             cgroup.remove()
             raise
@@ -213,7 +260,7 @@ def _remove_stale_siblings(parent: Path) -> None:
         pid = stale.name.split("-")[1]
         if not pid.isdigit() or Path(f"/proc/{pid}").exists():
             continue
-        for child in stale.glob("spawn-*"):
+        for child in [*stale.glob("spawn-*"), *stale.glob("slot-*")]:
             with contextlib.suppress(OSError):
                 child.rmdir()
         with contextlib.suppress(OSError):

@@ -1,9 +1,10 @@
-"""What a sandbox level prepares for :func:`~workers.sandbox.process.run_process`."""
+"""The command line of a run, the same at both levels, and what the basic level
+prepares for :func:`~workers.sandbox.process.run_process`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 SHELL = "/bin/sh"
@@ -27,4 +28,3 @@ class Launch:
     argv: list[str]
     env: dict[str, str]
     cwd: str | None
-    pass_fds: tuple[int, ...] = field(default=())

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vx11.core.config import Settings
-from workers.sandbox import bwrap, run_sandboxed, sandbox_identity
+from workers.sandbox import bwrap, run_sandboxed, sandbox_identity, slot
 from workers.sandbox.cgroups import Cgroups, CgroupUnavailable
 from workers.sandbox.process import adopting_orphans
 from workers.sandbox.spec import Limits, SandboxConfig, SandboxError
@@ -55,6 +55,8 @@ def bwrap_problem(config: SandboxConfig) -> str | None:
                                     config=probe)  # fmt: skip
     except (OSError, SandboxError) as exc:
         return f"bwrap could not start: {exc}"
+    finally:
+        slot.SLOTS.close()  # the process that probes (a worker's main one) runs no spawn
     if outcome.exit_code != 0 or outcome.stdout.strip() != PROBE_OUTPUT:
         return f"bwrap probe failed: exit {outcome.exit_code}: {outcome.stderr.strip()[:300]}"
     return None

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from workers.sandbox.cgroups import SpawnCgroup
 from workers.sandbox.spec import Limits
@@ -83,15 +83,33 @@ class Watcher:
 
 @dataclass(frozen=True)
 class Exit:
-    """How one supervised process ended."""
+    """How one supervised run ended."""
 
     status: int
-    rusage: resource.struct_rusage
+    """Its wait status."""
+    cpu_seconds: float
+    """CPU time of the run and of the processes it waited for."""
+    max_rss_kb: int
+    """The largest resident size of one of its processes (``ru_maxrss``)."""
     duration: float
     ended_by: str | None
     """None (it exited), ``timeout``, ``output`` (past the drain bound) or ``stopped``."""
     stdout: _Capture
     stderr: _Capture
+
+
+class Running(Protocol):
+    """A run being supervised, however it was started."""
+
+    ended_fd: int
+    """Readable once the run has ended."""
+
+    def kill(self) -> None:
+        """Kill the whole run (a no-op once it has ended)."""
+
+    def collect(self) -> tuple[int, float, int]:
+        """Once it has ended: ``(wait status, cpu seconds, max rss in KiB)``."""
+        ...
 
 
 def rlimits(limits: Limits, *, cgroup: bool, max_open_files: int) -> dict[int, int]:
@@ -110,7 +128,7 @@ def rlimits(limits: Limits, *, cgroup: bool, max_open_files: int) -> dict[int, i
     }
 
 
-def _preexec(
+def preexec(
     limits: dict[int, int], cgroup: SpawnCgroup | None, identity: Identity | None
 ) -> Callable[[], None]:
     def preexec() -> None:  # in the child, after setsid, before exec
@@ -139,68 +157,102 @@ def run_process(
     drain_bytes: int,
     cgroup: SpawnCgroup | None = None,
     identity: Identity | None = None,
-    pass_fds: Sequence[int] = (),
     watcher: Watcher | None = None,
 ) -> Exit:
-    """Run ``argv`` under ``limits`` and supervise it to its end."""
-    with open(os.devnull, "rb") if not stdin else _stdin_file(stdin) as stdin_file:
+    """Run ``argv`` as a child of this process under ``limits`` and supervise it to its
+    end (the basic level)."""
+    with stdin_file(stdin) as stdin_handle:
         started = time.monotonic()
         with _leaders_lock:  # not taken for an orphan by a concurrent end_adopted
             proc = subprocess.Popen(
                 list(argv),
                 cwd=cwd,
                 env=env,
-                stdin=stdin_file,
+                stdin=stdin_handle,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
                 close_fds=True,
-                pass_fds=tuple(pass_fds),
-                preexec_fn=_preexec(process_limits, cgroup, identity),
+                preexec_fn=preexec(process_limits, cgroup, identity),
             )
             _running_leaders.add(proc.pid)
-    out, err = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
+    assert proc.stdout is not None and proc.stderr is not None  # made pipes above
     try:
-        status, rusage, ended_by = _supervise(
-            proc, started + limits.wall_time, out, err, drain_bytes, watcher or Watcher()
-        )
+        with proc.stdout, proc.stderr:
+            return supervise(
+                _Child(proc.pid),
+                proc.stdout.fileno(),
+                proc.stderr.fileno(),
+                started=started,
+                limits=limits,
+                drain_bytes=drain_bytes,
+                watcher=watcher,
+            )
     finally:
         _running_leaders.discard(proc.pid)
-    return Exit(status, rusage, time.monotonic() - started, ended_by, out, err)
+        proc.returncode = -1  # reaped by supervise; Popen must not wait for it again
 
 
-def _stdin_file(data: bytes) -> IO[bytes]:
-    handle = tempfile.TemporaryFile()  # noqa: SIM115 - the caller's with-statement closes it
-    handle.write(data)
-    handle.seek(0)
-    return handle
+class _Child:
+    """A run that is this process's child, the leader of its own process group."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.ended_fd = os.pidfd_open(pid)
+
+    def kill(self) -> None:
+        # The group is killed while the leader is still an unreaped zombie, so its pid
+        # (the group id) cannot have been reused by then.
+        kill_group(self.pid)
+
+    def collect(self) -> tuple[int, float, int]:
+        os.close(self.ended_fd)
+        _, status, usage = os.wait4(self.pid, 0)
+        return status, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
 
 
-def _supervise(
-    proc: subprocess.Popen[bytes],
-    deadline: float,
-    out: _Capture,
-    err: _Capture,
+@contextlib.contextmanager
+def stdin_file(data: bytes) -> Iterator[IO[bytes]]:
+    """What a run reads on stdin: ``data`` in an unnamed file, or ``/dev/null``."""
+    if not data:
+        with open(os.devnull, "rb") as devnull:
+            yield devnull
+        return
+    with tempfile.TemporaryFile() as handle:
+        handle.write(data)
+        handle.seek(0)
+        yield handle
+
+
+def supervise(
+    running: Running,
+    stdout_fd: int,
+    stderr_fd: int,
+    *,
+    started: float,
+    limits: Limits,
     drain_bytes: int,
-    watcher: Watcher,
-) -> tuple[int, resource.struct_rusage, str | None]:
-    """Pump output until the process exits, the deadline passes, the output passes
-    ``drain_bytes`` or the watcher asks to stop; then kill what is left of its group and
-    drain briefly. Returns ``(wait status, rusage, ended_by)``: ``ended_by`` is None
-    when the process exited by itself, else ``timeout``, ``output`` or ``stopped``.
-
-    The group is killed while the leader is still an unreaped zombie, so its pid (the
-    group id) cannot have been reused by then.
-    """
-    assert proc.stdout is not None and proc.stderr is not None  # run_process made them pipes
+    watcher: Watcher | None,
+) -> Exit:
+    """Pump output until the run ends, its wall-clock limit passes, its output passes
+    ``drain_bytes`` or the watcher asks to stop; then kill what is left of it and drain
+    briefly."""
+    watcher = watcher or Watcher()
+    out, err = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
+    deadline = started + limits.wall_time
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ, out)
-    sel.register(proc.stderr, selectors.EVENT_READ, err)
-    pidfd = os.pidfd_open(proc.pid)
-    sel.register(pidfd, selectors.EVENT_READ, None)
+    sel.register(stdout_fd, selectors.EVENT_READ, out)
+    sel.register(stderr_fd, selectors.EVENT_READ, err)
+    sel.register(running.ended_fd, selectors.EVENT_READ, None)
     ended_by: str | None = None
     exited = None
     drain_until = next_poll = 0.0
+
+    def end() -> tuple[int, float, int]:
+        running.kill()
+        sel.unregister(running.ended_fd)
+        return running.collect()
+
     try:
         while True:
             now = time.monotonic()
@@ -212,14 +264,14 @@ def _supervise(
                     if watcher.should_stop():
                         ended_by = "stopped"
             if exited is None and ended_by is not None:
-                exited = _end(proc.pid, sel, pidfd)
+                exited = end()
                 drain_until = time.monotonic() + DRAIN_GRACE
             if exited is not None and (not sel.get_map() or now >= drain_until):
                 break
             wake = drain_until if exited is not None else min(deadline, next_poll)
             for key, _ in sel.select(timeout=max(0.0, wake - now)):
                 if key.data is None:
-                    exited = _end(proc.pid, sel, pidfd)
+                    exited = end()
                     drain_until = time.monotonic() + DRAIN_GRACE
                     continue
                 chunk = os.read(key.fd, READ_CHUNK)
@@ -233,23 +285,10 @@ def _supervise(
                     ended_by = "output"
     finally:
         if exited is None:  # an exception above: leave nothing running
-            exited = _end(proc.pid, sel, pidfd)
+            exited = end()
         sel.close()
-        os.close(pidfd)
-        proc.stdout.close()
-        proc.stderr.close()
-    _, status, rusage = exited
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return status, rusage, ended_by
-
-
-def _end(
-    pid: int, sel: selectors.BaseSelector, pidfd: int
-) -> tuple[int, int, resource.struct_rusage]:
-    """Kill the run's process group, then reap its leader."""
-    kill_group(pid)
-    sel.unregister(pidfd)
-    return os.wait4(pid, 0)
+    status, cpu_seconds, max_rss_kb = exited
+    return Exit(status, cpu_seconds, max_rss_kb, time.monotonic() - started, ended_by, out, err)
 
 
 PR_SET_CHILD_SUBREAPER = 36

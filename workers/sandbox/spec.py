@@ -64,6 +64,9 @@ class SandboxConfig:
     etc: str | None = None
     """The directory bound read-only at ``/etc`` at the bwrap level, made when the worker
     chose that level (:func:`.bwrap.shared_etc`, also what None stands for)."""
+    warm_python: bool = True
+    """At the bwrap level, run python spawns in the slot's started interpreter (a fork)
+    instead of starting ``python3`` for each (:mod:`.launcher`)."""
     tmpfs_mb: int = 64
     max_open_files: int = 256
     drain_bytes: int = 64 << 20

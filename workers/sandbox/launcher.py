@@ -1,0 +1,401 @@
+"""The launcher: the program a slot's bubblewrap runs, started once and reused by every
+run of that slot (:mod:`.slot` starts it and talks to it).
+
+It is run as ``python3 -I -u -c <this file>`` and imports only the standard library:
+nothing of the worker, no secret, no code or data of any spawn. For each run it is
+handed, over its control socket, the run's limits and the file descriptors of the run
+(a reply socket, stdin, stdout, stderr, and a memory file holding the code and its
+arguments), and forks:
+
+- ``A``, in the launcher's namespaces, which makes new user, mount, pid and ipc
+  namespaces (the run's uid is 65534 in its own user namespace, and may make no
+  further one), mounts fresh size-capped tmpfs on ``/work``, ``/tmp`` and ``/dev/shm``,
+  forks ``B``, hands the worker a pidfd of ``B`` and exits;
+- ``B``, the init (pid 1) of the run's pid namespace: it mounts the run's ``/proc``,
+  forks ``C``, reaps everything, and when ``C`` has exited kills what is left, then
+  reports ``C``'s wait status and the CPU time and peak memory of the whole run;
+- ``C``, the run: its own session, the run's stdio, rlimits, no capabilities (bounding
+  set empty, no new privileges), then either ``execve`` of the command, or, for
+  python, the code run right here: this process already is a started interpreter
+  (``python3 -I -u``), so a python spawn costs a fork instead of an interpreter start.
+
+Nothing of the code ever enters the launcher's memory: ``C`` reads it from the memory
+file after the fork. Runs of one launcher never overlap (a slot runs one spawn at a
+time, and ``B``'s end kills its whole pid namespace before the worker starts the next).
+"""
+
+import sys
+
+STARTUP_MODULES = frozenset(sys.modules)  # first: what `python3 -I -u` itself imported
+
+import array  # noqa: E402 - after STARTUP_MODULES, on purpose
+import contextlib  # noqa: E402
+import ctypes  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+
+CONTROL_FD = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+"""The launcher's end of its control socket, passed by the worker."""
+RUN_UID = 65534
+"""The uid of the launcher in its bubblewrap, and of each run in its own namespace."""
+WORKDIR = "/work"
+SCRIPT = WORKDIR + "/main.py"
+FD_NAMES = ("reply", "stdin", "stdout", "stderr", "program")
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus")
+"""Parts of a run's ``/proc`` bound read-only, as bubblewrap's ``--proc`` does."""
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result):
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def mount(source, target, fstype, flags, data=None):
+    _check(
+        libc.mount(
+            source and source.encode(),
+            target.encode(),
+            fstype and fstype.encode(),
+            ctypes.c_ulong(flags),
+            data and data.encode(),
+        )
+    )
+
+
+def write_file(path, text):
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def drop_capabilities():
+    """No capability now, none in the bounding set, none through exec ever again."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        _check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0))
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+    _check(libc.capset(ctypes.byref(_CapHeader(LINUX_CAPABILITY_VERSION_3, 0)), (_CapData * 2)()))
+
+
+def receive(sock):
+    """One request: its header and its file descriptors (by name); None at EOF."""
+    fds = array.array("i")
+    data, ancdata, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(len(FD_NAMES) * fds.itemsize))
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return json.loads(data), dict(zip(FD_NAMES, fds, strict=True))
+
+
+def reply(fd, message, fds=()):
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.sendmsg(
+            [json.dumps(message).encode()],
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else [],
+        )
+    finally:
+        sock.close()
+
+
+# --- A: the run's namespaces ------------------------------------------------------------
+
+
+def prepare(request, fds):
+    """In ``A``: the run's namespaces and filesystems, then ``B``; never returns."""
+    step = "start"
+    try:
+        os.close(CONTROL_FD)
+        step = "oom_score_adj"
+        write_file("/proc/self/oom_score_adj", "1000")  # the run goes first on an OOM
+        step = "unshare"
+        _check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC))
+        step = "uid map"
+        write_file("/proc/self/setgroups", "deny")
+        write_file("/proc/self/uid_map", f"{RUN_UID} {RUN_UID} 1")
+        write_file("/proc/self/gid_map", f"{RUN_UID} {RUN_UID} 1")
+        step = "no user namespaces"
+        write_file("/proc/sys/user/max_user_namespaces", "0")
+        step = "mounts"
+        mount(None, "/", None, MS_REC | MS_PRIVATE)
+        size = request["tmpfs_bytes"]
+        for path in (WORKDIR, "/tmp", "/dev/shm"):
+            mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0755")
+        step = "fork"
+        started_r, started_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(started_w)
+            os.read(started_r, 1)  # EOF once A has exited: its reply goes first
+            os.close(started_r)
+            init(request, fds)
+        pidfd = os.pidfd_open(pid)
+        reply(fds["reply"], {"started": True}, [pidfd])
+    except BaseException as exc:
+        try:
+            reply(fds["reply"], {"error": f"{step}: {type(exc).__name__}: {exc}"})
+        finally:
+            os._exit(1)
+    os._exit(0)
+
+
+# --- B: the init of the run's pid namespace ---------------------------------------------
+
+
+def init(request, fds):
+    """In ``B``: the run's ``/proc``, then ``C``, then its end; never returns."""
+    status = None
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # pid 1: ignores what it does not handle
+        set_command_line(["vx11-sandbox-init"])
+        flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+        mount("proc", "/proc", "proc", flags)
+        for name in PROC_READ_ONLY:
+            path = "/proc/" + name
+            if os.path.exists(path):
+                mount(path, path, None, MS_BIND | MS_REC)
+                mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags)
+        if request["task_type"] == "python":
+            write_script(fds["program"])
+        child = os.fork()
+        if child == 0:
+            run(request, fds)
+        for name in ("stdin", "stdout", "stderr", "program"):
+            os.close(fds[name])
+        while status is None:
+            pid, wait_status = os.wait()
+            if pid == child:
+                status = wait_status
+        with contextlib.suppress(ProcessLookupError):  # none left: ESRCH
+            os.kill(-1, signal.SIGKILL)  # whatever the run left behind in its namespace
+        while True:
+            try:
+                os.wait()
+            except ChildProcessError:
+                break
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        reply(
+            fds["reply"],
+            {
+                "status": status,
+                "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                "max_rss_kb": usage.ru_maxrss,
+            },
+        )
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            reply(fds["reply"], {"error": f"{type(exc).__name__}: {exc}"})
+    os._exit(0)
+
+
+def write_script(program_fd):
+    """``/work/main.py``, read-only, as ``python3 main.py`` would find it."""
+    source = program(program_fd)["code"]
+    fd = os.open(SCRIPT, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    try:
+        os.write(fd, source.encode("utf-8", "surrogatepass"))
+    finally:
+        os.close(fd)
+
+
+def program(fd):
+    """The run's code and arguments, from its memory file."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return json.loads(b"".join(chunks))
+
+
+# --- C: the run -------------------------------------------------------------------------
+
+
+def run(request, fds):
+    """In ``C``: the run itself; never returns."""
+    try:
+        what = program(fds["program"])
+        os.setsid()
+        for target, name in enumerate(("stdin", "stdout", "stderr")):
+            os.dup2(fds[name], target)
+        os.closerange(3, 1 << 30)  # close_range(2)
+        os.umask(0o077)
+        for kind, soft, hard in request["rlimits"]:
+            resource.setrlimit(kind, (soft, hard))
+        drop_capabilities()
+        os.chdir(WORKDIR)
+        for signum in range(1, signal.NSIG):
+            if signum not in (signal.SIGKILL, signal.SIGSTOP):
+                with contextlib.suppress(OSError, ValueError):
+                    signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        if request["task_type"] == "python" and request.get("warm"):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            os._exit(run_python(what["code"], what["args"]))
+        argv = what["argv"]
+        os.execve(argv[0], argv, ENVIRONMENT)
+    except BaseException as exc:
+        try:
+            os.write(2, f"vx11 sandbox: could not start the run: {exc}\n".encode())
+        finally:
+            os._exit(127)
+
+
+def run_python(source, args):
+    """Run ``source`` as ``python3 -I -u main.py ARGS`` would, in this interpreter;
+    return its exit status."""
+    import io
+
+    for name in list(sys.modules):
+        if name not in STARTUP_MODULES:
+            del sys.modules[name]
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        old = getattr(sys, name)
+        mode = "rb" if fd == 0 else "wb"
+        raw = io.FileIO(fd, mode, closefd=False)
+        raw.name = f"<{name}>"
+        buffered = io.BufferedReader(raw) if fd == 0 else raw
+        stream = io.TextIOWrapper(
+            buffered,
+            encoding=old.encoding,
+            errors=old.errors,
+            newline="\n",
+            line_buffering=old.line_buffering,
+            write_through=old.write_through,
+        )
+        stream.mode = mode[0]
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+    sys.argv = ["main.py", *args]
+    sys.orig_argv = [sys.orig_argv[0], "-I", "-u", "main.py", *args]
+    set_command_line(sys.orig_argv)
+    main = type(sys)("__main__")
+    main.__dict__.update(
+        __file__=SCRIPT,
+        __cached__=None,
+        __builtins__=sys.modules["builtins"],
+        __annotations__={},
+        __loader__=sys.modules["_frozen_importlib_external"].SourceFileLoader("__main__", SCRIPT),
+    )
+    sys.modules["__main__"] = main
+    try:
+        exec(compile(source, SCRIPT, "exec"), main.__dict__)
+        status = 0
+    except SystemExit as exc:
+        status = exit_status(exc)
+    except BaseException:
+        kind, value, traceback = sys.exc_info()
+        value.with_traceback(traceback.tb_next)  # from main.py on, as python3 prints it
+        sys.excepthook(kind, value, traceback.tb_next)
+        status = 1
+    return finish(status)
+
+
+def set_command_line(argv):
+    """Make ``/proc/self/cmdline`` read ``argv``, as it would after ``execve`` (then NUL
+    bytes): they are written over the launcher's own command line, which holds the
+    launcher's source and so has room for them (what does not fit is cut)."""
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+    text = b"\0".join(arg.encode("utf-8", "surrogateescape") for arg in argv)
+    text = text[: end - start - 1]
+    ctypes.memmove(start, text, len(text))
+    ctypes.memset(start + len(text), 0, end - start - len(text))
+
+
+def exit_status(exc):
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    with contextlib.suppress(Exception):
+        print(code, file=sys.stderr)
+    return 1
+
+
+def finish(status):
+    """What the interpreter does at its exit: join threads, run atexit, flush."""
+    try:
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            threading._shutdown()
+    except SystemExit as exc:
+        status = exit_status(exc)
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+    atexit = sys.modules.get("atexit")
+    if atexit is not None:
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            status = 120
+    return status
+
+
+# --- the launcher ---------------------------------------------------------------------
+
+
+ENVIRONMENT = dict(os.environ)
+"""The environment bubblewrap gave the launcher; every run gets exactly this."""
+
+
+def main():
+    control = socket.socket(fileno=CONTROL_FD)
+    os.set_inheritable(CONTROL_FD, False)
+    sys.stdout.flush()
+    while True:
+        got = receive(control)
+        if got is None:
+            return
+        request, fds = got
+        pid = os.fork()
+        if pid == 0:
+            prepare(request, fds)
+        for fd in fds.values():
+            os.close(fd)
+        del request, fds, got
+        os.waitpid(pid, 0)  # A is done in a few milliseconds: it must not hold a pid longer
+
+
+if __name__ == "__main__":
+    main()
