@@ -36,6 +36,8 @@ import os  # noqa: E402
 import resource  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import Any, NoReturn  # noqa: E402
 
 CONTROL_FD = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 """The launcher's end of its control socket, passed by the worker."""
@@ -60,13 +62,15 @@ PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus")
 libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _check(result):
+def _check(result: int) -> None:
     if result != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
 
-def mount(source, target, fstype, flags, data=None):
+def mount(
+    source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
     _check(
         libc.mount(
             source and source.encode(),
@@ -78,7 +82,7 @@ def mount(source, target, fstype, flags, data=None):
     )
 
 
-def write_file(path, text):
+def write_file(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY)
     try:
         os.write(fd, text.encode())
@@ -98,7 +102,7 @@ class _CapData(ctypes.Structure):
     ]
 
 
-def drop_capabilities():
+def drop_capabilities() -> None:
     """No capability now, none in the bounding set, none through exec ever again."""
     with open("/proc/sys/kernel/cap_last_cap") as f:
         last = int(f.read())
@@ -108,7 +112,7 @@ def drop_capabilities():
     _check(libc.capset(ctypes.byref(_CapHeader(LINUX_CAPABILITY_VERSION_3, 0)), (_CapData * 2)()))
 
 
-def receive(sock):
+def receive(sock: socket.socket) -> tuple[dict[str, Any], dict[str, int]] | None:
     """One request: its header and its file descriptors (by name); None at EOF."""
     fds = array.array("i")
     data, ancdata, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(len(FD_NAMES) * fds.itemsize))
@@ -122,7 +126,7 @@ def receive(sock):
     return json.loads(data), dict(zip(FD_NAMES, fds, strict=True))
 
 
-def reply(fd, message, fds=()):
+def reply(fd: int, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
     sock = socket.socket(fileno=os.dup(fd))
     try:
         sock.sendmsg(
@@ -136,7 +140,7 @@ def reply(fd, message, fds=()):
 # --- A: the run's namespaces ------------------------------------------------------------
 
 
-def prepare(request, fds):
+def prepare(request: dict[str, Any], fds: dict[str, int]) -> NoReturn:
     """In ``A``: the run's namespaces and filesystems, then ``B``; never returns."""
     step = "start"
     try:
@@ -177,7 +181,7 @@ def prepare(request, fds):
 # --- B: the init of the run's pid namespace ---------------------------------------------
 
 
-def init(request, fds):
+def init(request: dict[str, Any], fds: dict[str, int]) -> NoReturn:
     """In ``B``: the run's ``/proc``, then ``C``, then its end; never returns."""
     status = None
     try:
@@ -223,7 +227,7 @@ def init(request, fds):
     os._exit(0)
 
 
-def write_script(program_fd):
+def write_script(program_fd: int) -> None:
     """``/work/main.py``, read-only, as ``python3 main.py`` would find it."""
     source = program(program_fd)["code"]
     fd = os.open(SCRIPT, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
@@ -233,19 +237,20 @@ def write_script(program_fd):
         os.close(fd)
 
 
-def program(fd):
+def program(fd: int) -> dict[str, Any]:
     """The run's code and arguments, from its memory file."""
     os.lseek(fd, 0, os.SEEK_SET)
     chunks = []
     while chunk := os.read(fd, 1 << 20):
         chunks.append(chunk)
-    return json.loads(b"".join(chunks))
+    what: dict[str, Any] = json.loads(b"".join(chunks))
+    return what
 
 
 # --- C: the run -------------------------------------------------------------------------
 
 
-def run(request, fds):
+def run(request: dict[str, Any], fds: dict[str, int]) -> NoReturn:
     """In ``C``: the run itself; never returns."""
     try:
         what = program(fds["program"])
@@ -277,7 +282,7 @@ def run(request, fds):
             os._exit(127)
 
 
-def run_python(source, args):
+def run_python(source: str, args: list[str]) -> int:
     """Run ``source`` as ``python3 -I -u main.py ARGS`` would, in this interpreter;
     return its exit status."""
     import io
@@ -299,7 +304,7 @@ def run_python(source, args):
             line_buffering=old.line_buffering,
             write_through=old.write_through,
         )
-        stream.mode = mode[0]
+        stream.mode = mode[0]  # type: ignore[misc]  # as python3 sets it
         setattr(sys, name, stream)
         setattr(sys, f"__{name}__", stream)
     sys.argv = ["main.py", *args]
@@ -319,15 +324,17 @@ def run_python(source, args):
         status = 0
     except SystemExit as exc:
         status = exit_status(exc)
-    except BaseException:
-        kind, value, traceback = sys.exc_info()
-        value.with_traceback(traceback.tb_next)  # from main.py on, as python3 prints it
-        sys.excepthook(kind, value, traceback.tb_next)
+    except BaseException as exc:
+        traceback = exc.__traceback__.tb_next if exc.__traceback__ else None
+        exc.with_traceback(traceback)  # from main.py on, as python3 prints it
+        sys.excepthook(type(exc), exc, traceback)
         status = 1
+        if isinstance(exc, KeyboardInterrupt):
+            status = -signal.SIGINT  # python3 then ends by the signal (below)
     return finish(status)
 
 
-def set_command_line(argv):
+def set_command_line(argv: list[str]) -> None:
     """Make ``/proc/self/cmdline`` read ``argv``, as it would after ``execve`` (then NUL
     bytes): they are written over the launcher's own command line, which holds the
     launcher's source and so has room for them (what does not fit is cut)."""
@@ -340,7 +347,7 @@ def set_command_line(argv):
     ctypes.memset(start + len(text), 0, end - start - len(text))
 
 
-def exit_status(exc):
+def exit_status(exc: SystemExit) -> int:
     code = exc.code
     if code is None:
         return 0
@@ -351,7 +358,7 @@ def exit_status(exc):
     return 1
 
 
-def finish(status):
+def finish(status: int) -> int:
     """What the interpreter does at its exit: join threads, run atexit, flush."""
     try:
         threading = sys.modules.get("threading")
@@ -369,6 +376,9 @@ def finish(status):
             stream.flush()
         except Exception:
             status = 120
+    if status == -signal.SIGINT:  # an uncaught KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     return status
 
 
@@ -379,13 +389,15 @@ ENVIRONMENT = dict(os.environ)
 """The environment bubblewrap gave the launcher; every run gets exactly this."""
 
 
-def main():
+def main() -> None:
     control = socket.socket(fileno=CONTROL_FD)
     os.set_inheritable(CONTROL_FD, False)
     sys.stdout.flush()
     while True:
         got = receive(control)
-        if got is None:
+        if got is None:  # the worker is gone: so is every run it started
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(-1, signal.SIGKILL)
             return
         request, fds = got
         pid = os.fork()

@@ -101,8 +101,8 @@ class Exit:
 class Running(Protocol):
     """A run being supervised, however it was started."""
 
-    ended_fd: int
-    """Readable once the run has ended."""
+    ended_fds: tuple[int, ...]
+    """One of them is readable once the run has ended, or must be ended."""
 
     def kill(self) -> None:
         """Kill the whole run (a no-op once it has ended)."""
@@ -198,7 +198,7 @@ class _Child:
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.ended_fd = os.pidfd_open(pid)
+        self.ended_fds: tuple[int, ...] = (os.pidfd_open(pid),)
 
     def kill(self) -> None:
         # The group is killed while the leader is still an unreaped zombie, so its pid
@@ -206,7 +206,7 @@ class _Child:
         kill_group(self.pid)
 
     def collect(self) -> tuple[int, float, int]:
-        os.close(self.ended_fd)
+        os.close(self.ended_fds[0])
         _, status, usage = os.wait4(self.pid, 0)
         return status, usage.ru_utime + usage.ru_stime, usage.ru_maxrss
 
@@ -243,14 +243,20 @@ def supervise(
     sel = selectors.DefaultSelector()
     sel.register(stdout_fd, selectors.EVENT_READ, out)
     sel.register(stderr_fd, selectors.EVENT_READ, err)
-    sel.register(running.ended_fd, selectors.EVENT_READ, None)
+    for fd in running.ended_fds:
+        sel.register(fd, selectors.EVENT_READ, None)
     ended_by: str | None = None
     exited = None
     drain_until = next_poll = 0.0
 
+    ending = False
+
     def end() -> tuple[int, float, int]:
+        nonlocal ending
+        ending = True
         running.kill()
-        sel.unregister(running.ended_fd)
+        for fd in running.ended_fds:
+            sel.unregister(fd)
         return running.collect()
 
     try:
@@ -284,7 +290,7 @@ def supervise(
                 if exited is None and ended_by is None and out.seen + err.seen > drain_bytes:
                     ended_by = "output"
     finally:
-        if exited is None:  # an exception above: leave nothing running
+        if not ending:  # an exception above: leave nothing running
             exited = end()
         sel.close()
     status, cpu_seconds, max_rss_kb = exited

@@ -48,7 +48,7 @@ from workers.sandbox.spec import Limits, SandboxConfig, SandboxError
 log = logging.getLogger(__name__)
 
 LAUNCHER_SOURCE = Path(__file__).with_name("launcher.py")
-RENEW_AFTER_RUNS = 1000
+RENEW_AFTER_RUNS = 100
 """Runs of one launcher before it is replaced by a fresh one (docs/security.md: what
 runs forked from one interpreter share)."""
 START_TIMEOUT = 30.0
@@ -115,20 +115,20 @@ class LaunchedRun:
     def __init__(self, launcher: Launcher, reply: socket.socket, pidfd: int) -> None:
         self.launcher = launcher
         self.reply = reply
-        self.ended_fd = pidfd
-        self.killed = False
+        self.pidfd = pidfd
+        # readable: the run has ended; the launcher died (its end of the socket closed)
+        self.ended_fds: tuple[int, ...] = (pidfd, launcher.control.fileno())
 
     def kill(self) -> None:
-        self.killed = True
         with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(self.ended_fd, signal.SIGKILL)
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
 
     def collect(self) -> tuple[int, float, int]:
         """The run's end: its init has exited, and its whole pid namespace with it."""
         poll = select.poll()
-        poll.register(self.ended_fd, select.POLLIN)
+        poll.register(self.pidfd, select.POLLIN)
         poll.poll()
-        os.close(self.ended_fd)
+        os.close(self.pidfd)
         self.reply.setblocking(False)
         try:
             message = json.loads(self.reply.recv(4096) or b"{}")
@@ -140,7 +140,7 @@ class LaunchedRun:
             return message["status"], message["cpu_seconds"], message["max_rss_kb"]
         if "error" in message:
             raise SandboxError(f"the sandbox could not run the code: {message['error']}")
-        if not self.killed and not self.launcher.alive(wait=0.5):
+        if not self.launcher.alive(wait=0.5):
             raise LauncherDied("the sandbox's launcher died during the run")
         return signal.SIGKILL, 0.0, 0  # killed by the worker, or by the kernel's OOM killer
 
