@@ -48,15 +48,22 @@ def test_a_spawn_whose_whole_worker_is_killed_ends_or_is_retried_in_bounded_time
 
 
 def pool_process_running(stack, spawn_id: str) -> int:
-    """The pid of the worker's pool process that runs the spawn: the parent of the first
-    process of its sandbox (from the spawn's live snapshot)."""
+    """The pid of the worker's pool process that runs the spawn: the nearest ancestor of
+    a process of its sandbox (from the spawn's live snapshot) that is a Celery process
+    (at the bwrap level, the slot's bubblewrap and launcher are in between)."""
+
+    def parent(pid: int) -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
     def found():
         processes = record_of(stack, spawn_id).get("processes") or {}
         pids = processes.get("pids") or []
-        return pids and int(
-            Path(f"/proc/{min(pids)}/stat").read_text().rsplit(")", 1)[1].split()[1]
-        )
+        if not pids:
+            return None
+        pid = parent(min(pids))
+        while b"celery" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            pid = parent(pid)
+        return pid
 
     return wait_for(found, timeout=30)
 
