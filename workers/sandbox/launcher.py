@@ -46,6 +46,9 @@ RUN_UID = 65534
 WORKDIR = "/work"
 SCRIPT = WORKDIR + "/main.py"
 FD_NAMES = ("reply", "stdin", "stdout", "stderr", "program")
+SPAWN_MIN_ADDRESS_SPACE = 128 << 20
+"""The least address space the init keeps to finish a run once it has taken the run's
+rlimits itself (it then starts the command by ``posix_spawn``)."""
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
@@ -56,8 +59,6 @@ MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
-PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus")
-"""Parts of a run's ``/proc`` bound read-only, as bubblewrap's ``--proc`` does."""
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -102,11 +103,13 @@ class _CapData(ctypes.Structure):
     ]
 
 
+with open("/proc/sys/kernel/cap_last_cap") as _f:
+    CAP_LAST_CAP = int(_f.read())
+
+
 def drop_capabilities() -> None:
     """No capability now, none in the bounding set, none through exec ever again."""
-    with open("/proc/sys/kernel/cap_last_cap") as f:
-        last = int(f.read())
-    for cap in range(last + 1):
+    for cap in range(CAP_LAST_CAP + 1):
         _check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0))
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
     _check(libc.capset(ctypes.byref(_CapHeader(LINUX_CAPABILITY_VERSION_3, 0)), (_CapData * 2)()))
@@ -165,11 +168,12 @@ def prepare(request: dict[str, Any], fds: dict[str, int]) -> NoReturn:
         pid = os.fork()
         if pid == 0:
             os.close(started_w)
-            os.read(started_r, 1)  # EOF once A has exited: its reply goes first
+            os.read(started_r, 1)  # EOF once A has replied: its reply goes first
             os.close(started_r)
             init(request, fds)
         pidfd = os.pidfd_open(pid)
         reply(fds["reply"], {"started": True}, [pidfd])
+        os.close(started_w)
     except BaseException as exc:
         try:
             reply(fds["reply"], {"error": f"{step}: {type(exc).__name__}: {exc}"})
@@ -187,18 +191,16 @@ def init(request: dict[str, Any], fds: dict[str, int]) -> NoReturn:
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # pid 1: ignores what it does not handle
         set_command_line(["vx11-sandbox-init"])
-        flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
-        mount("proc", "/proc", "proc", flags)
-        for name in PROC_READ_ONLY:
-            path = "/proc/" + name
-            if os.path.exists(path):
-                mount(path, path, None, MS_BIND | MS_REC)
-                mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags)
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        what = program(fds["program"])
         if request["task_type"] == "python":
-            write_script(fds["program"])
-        child = os.fork()
-        if child == 0:
-            run(request, fds)
+            write_script(what["code"])
+        drop_capabilities()  # nothing below needs one, and C inherits none
+        os.chdir(WORKDIR)
+        os.umask(0o077)
+        for fd in fds.values():
+            os.set_inheritable(fd, False)
+        child = start(request, what, fds)
         for name in ("stdin", "stdout", "stderr", "program"):
             os.close(fds[name])
         while status is None:
@@ -227,9 +229,46 @@ def init(request: dict[str, Any], fds: dict[str, int]) -> NoReturn:
     os._exit(0)
 
 
-def write_script(program_fd: int) -> None:
+def start(request: dict[str, Any], what: dict[str, Any], fds: dict[str, int]) -> int:
+    """Start ``C``; return its pid. A command is started by ``posix_spawn`` (a vfork,
+    not a copy of this interpreter) once this process has taken the run's rlimits,
+    which it does when they leave it room to finish (:data:`SPAWN_MIN_ADDRESS_SPACE`);
+    python code, and runs with less room, get a fork that takes them itself."""
+    rlimits = request["rlimits"]
+    address_space = min(
+        (soft for kind, soft, _ in rlimits if kind == resource.RLIMIT_AS),
+        default=resource.RLIM_INFINITY,
+    )
+    warm = bool(request["task_type"] == "python" and request.get("warm"))
+    if warm or 0 <= address_space < SPAWN_MIN_ADDRESS_SPACE:
+        child = os.fork()
+        if child == 0:
+            run(rlimits, what, fds, warm=warm)
+        return child
+    set_rlimits(rlimits)
+    argv = what["argv"]
+    return os.posix_spawn(
+        argv[0],
+        argv,
+        ENVIRONMENT,
+        file_actions=[
+            (os.POSIX_SPAWN_DUP2, fds["stdin"], 0),
+            (os.POSIX_SPAWN_DUP2, fds["stdout"], 1),
+            (os.POSIX_SPAWN_DUP2, fds["stderr"], 2),
+        ],
+        setsid=True,
+        setsigmask=(),
+        setsigdef=(signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ),
+    )
+
+
+def set_rlimits(rlimits: list[list[int]]) -> None:
+    for kind, soft, hard in rlimits:
+        resource.setrlimit(kind, (soft, hard))
+
+
+def write_script(source: str) -> None:
     """``/work/main.py``, read-only, as ``python3 main.py`` would find it."""
-    source = program(program_fd)["code"]
     fd = os.open(SCRIPT, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
     try:
         os.write(fd, source.encode("utf-8", "surrogatepass"))
@@ -239,40 +278,31 @@ def write_script(program_fd: int) -> None:
 
 def program(fd: int) -> dict[str, Any]:
     """The run's code and arguments, from its memory file."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        chunks.append(chunk)
-    what: dict[str, Any] = json.loads(b"".join(chunks))
+    what: dict[str, Any] = json.loads(os.pread(fd, os.fstat(fd).st_size, 0))
     return what
 
 
-# --- C: the run -------------------------------------------------------------------------
+# --- C: the run, when it is forked ------------------------------------------------------
 
 
-def run(request: dict[str, Any], fds: dict[str, int]) -> NoReturn:
+def run(
+    rlimits: list[list[int]], what: dict[str, Any], fds: dict[str, int], *, warm: bool
+) -> NoReturn:
     """In ``C``: the run itself; never returns."""
     try:
-        what = program(fds["program"])
         os.setsid()
         for target, name in enumerate(("stdin", "stdout", "stderr")):
             os.dup2(fds[name], target)
         os.closerange(3, 1 << 30)  # close_range(2)
-        os.umask(0o077)
-        for kind, soft, hard in request["rlimits"]:
-            resource.setrlimit(kind, (soft, hard))
-        drop_capabilities()
-        os.chdir(WORKDIR)
-        for signum in range(1, signal.NSIG):
-            if signum not in (signal.SIGKILL, signal.SIGSTOP):
-                with contextlib.suppress(OSError, ValueError):
-                    signal.signal(signum, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())
-        if request["task_type"] == "python" and request.get("warm"):
+        set_rlimits(rlimits)
+        # The launcher handles no signal and blocks none: what python3 sets at its
+        # start (SIGINT raises KeyboardInterrupt, SIGPIPE and SIGXFSZ ignored) is all
+        # there is, but for SIGINT, which the init set back to its default.
+        if warm:
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             os._exit(run_python(what["code"], what["args"]))
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # ignored stays ignored across execve
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
         argv = what["argv"]
         os.execve(argv[0], argv, ENVIRONMENT)
     except BaseException as exc:

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import resource
-import select
 import signal
 import socket
 import subprocess
@@ -116,26 +115,22 @@ class LaunchedRun:
         self.launcher = launcher
         self.reply = reply
         self.pidfd = pidfd
-        # readable: the run has ended; the launcher died (its end of the socket closed)
-        self.ended_fds: tuple[int, ...] = (pidfd, launcher.control.fileno())
+        # readable: the run's init reported its end (or died); the launcher died
+        self.ended_fds: tuple[int, ...] = (reply.fileno(), launcher.control.fileno())
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
 
     def collect(self) -> tuple[int, float, int]:
-        """The run's end: its init has exited, and its whole pid namespace with it."""
-        poll = select.poll()
-        poll.register(self.pidfd, select.POLLIN)
-        poll.poll()
-        os.close(self.pidfd)
-        self.reply.setblocking(False)
+        """The run's end. Its init reports it once every other process of the run is
+        dead and reaped, so nothing of the run is left by then; or it was killed, and
+        its pid namespace with it."""
         try:
             message = json.loads(self.reply.recv(4096) or b"{}")
-        except BlockingIOError:
-            message = {}
         finally:
             self.reply.close()
+            os.close(self.pidfd)
         if "status" in message:
             return message["status"], message["cpu_seconds"], message["max_rss_kb"]
         if "error" in message:
