@@ -522,3 +522,20 @@ class BrokerProxy:
             return bool(data)
         except OSError:
             return False
+
+
+def idle_slot_pids(children: dict[int, list[int]]) -> set[int]:
+    """The processes of this process's idle slots (:mod:`workers.sandbox.slot`), given
+    each pid's children: bubblewrap, its init, and below that the launcher and the next
+    run's init prepared ahead, neither of which has a child while the slot is idle. A
+    process of a run, or one it left, is never among them."""
+    from workers.sandbox import slot
+
+    idle = set()
+    for launchers in slot.SLOTS.idle.values():
+        for launcher in launchers:
+            idle.add(launcher.proc.pid)
+            for init in children.get(launcher.proc.pid, []):
+                idle.add(init)
+                idle.update(pid for pid in children.get(init, []) if pid not in children)
+    return idle

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support import ROOT, wait_for
+from tests.support import ROOT, idle_slot_pids, wait_for
 from vx11.core.config import Settings
 from workers.sandbox import Limits, Outcome, SandboxConfig, run_sandboxed, slot
 from workers.sandbox.levels import base_config, bwrap_problem
@@ -123,8 +123,8 @@ def process_table() -> dict[int, Proc]:
 
 def our_sandbox_processes() -> list[Proc]:
     """Processes of the sandbox's uid descended from this test process (the worker),
-    but for idle slots (:mod:`workers.sandbox.slot`: bwrap, its init and the launcher,
-    which wait for the next run).
+    but for idle slots (:mod:`workers.sandbox.slot`: bwrap, its init, the launcher and
+    the next run's init, which wait for the next run).
 
     Other sessions may run sandboxes as the same uid on this machine at the same time:
     only our descendants are ours. An orphan of a run is adopted by this process (a
@@ -133,13 +133,7 @@ def our_sandbox_processes() -> list[Proc]:
     children: dict[int, list[int]] = {}
     for proc in table.values():
         children.setdefault(proc.ppid, []).append(proc.pid)
-    idle = set()
-    for launchers in slot.SLOTS.idle.values():
-        for launcher in launchers:
-            chain = [launcher.proc.pid]
-            while len(chain) < slot.SLOT_PROCESSES and len(children.get(chain[-1], [])) == 1:
-                chain.append(children[chain[-1]][0])
-            idle.update(chain)
+    idle = idle_slot_pids(children)
     found, todo = [], list(children.get(os.getpid(), []))
     while todo:
         pid = todo.pop()

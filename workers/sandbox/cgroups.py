@@ -11,6 +11,7 @@ delegated to that cgroup's children.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -69,17 +70,22 @@ class SpawnCgroup:
         """Set the memory (without swap) and process-count limits."""
         memory = self.dirs["memory"]
         if self.version == 1:
-            # memsw may never be below the memory limit: set it on both sides, so that
-            # the limit can go up or down (it exists only with swap accounting)
-            for name in ("memory.memsw.limit_in_bytes", "memory.limit_in_bytes",
-                         "memory.memsw.limit_in_bytes"):  # fmt: skip
-                with contextlib.suppress(OSError):
-                    (memory / name).write_text(str(memory_bytes))
-            if int((memory / "memory.limit_in_bytes").read_text()) != memory_bytes:
-                raise OSError(f"cannot set the memory limit of {memory}")
+            # memsw (only with swap accounting) may never be below the memory limit:
+            # going down, memory first; going up, memsw first
+            names = ["memory.limit_in_bytes", *self._memsw]
+            try:
+                for name in names:
+                    _write(memory / name, memory_bytes)
+            except OSError:
+                for name in reversed(names):
+                    _write(memory / name, memory_bytes)
         else:
             (memory / "memory.max").write_text(str(memory_bytes))
-        (self.dirs["pids"] / "pids.max").write_text(str(max_processes))
+        _write(self.dirs["pids"] / "pids.max", max_processes)
+
+    @functools.cached_property
+    def _memsw(self) -> list[str]:
+        return [n for n in ["memory.memsw.limit_in_bytes"] if (self.dirs["memory"] / n).exists()]
 
     def memory_bytes(self) -> int | None:
         """Memory in use now (pages of its processes and the files they cached)."""
@@ -251,6 +257,14 @@ class Cgroups:
         for parent in dict.fromkeys(self.parents.values()):
             with contextlib.suppress(OSError):
                 parent.rmdir()
+
+
+def _write(path: Path, value: int) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, str(value).encode())
+    finally:
+        os.close(fd)
 
 
 def _remove_stale_siblings(parent: Path) -> None:

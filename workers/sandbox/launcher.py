@@ -143,7 +143,27 @@ def reply(fd: int, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
 # --- A: the run's namespaces ------------------------------------------------------------
 
 
-def prepare(request: dict[str, Any], fds: dict[str, int]) -> NoReturn:
+def prepare(tmpfs_bytes: int) -> tuple[int, socket.socket]:
+    """In the launcher: the next run's namespaces and filesystems, made before its
+    request arrives. Returns the pid of its init (``B``, waiting for the run) and the
+    socket that hands it the run."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        make_namespaces(tmpfs_bytes, theirs)
+    theirs.close()
+    try:
+        message = json.loads(ours.recv(4096) or b'{"error": "A died"}')
+    finally:
+        os.waitpid(pid, 0)  # A is done: it must not hold a pid of the slot any longer
+    if "error" in message:
+        ours.close()
+        raise OSError(f"could not prepare a run: {message['error']}")
+    return message["init"], ours
+
+
+def make_namespaces(tmpfs_bytes: int, channel: socket.socket) -> NoReturn:
     """In ``A``: the run's namespaces and filesystems, then ``B``; never returns."""
     step = "start"
     try:
@@ -160,23 +180,16 @@ def prepare(request: dict[str, Any], fds: dict[str, int]) -> NoReturn:
         write_file("/proc/sys/user/max_user_namespaces", "0")
         step = "mounts"
         mount(None, "/", None, MS_REC | MS_PRIVATE)
-        size = request["tmpfs_bytes"]
         for path in (WORKDIR, "/tmp", "/dev/shm"):
-            mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0755")
+            mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmpfs_bytes},mode=0755")
         step = "fork"
-        started_r, started_w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            os.close(started_w)
-            os.read(started_r, 1)  # EOF once A has replied: its reply goes first
-            os.close(started_r)
-            init(request, fds)
-        pidfd = os.pidfd_open(pid)
-        reply(fds["reply"], {"started": True}, [pidfd])
-        os.close(started_w)
+            wait_for_run(channel)
+        channel.send(json.dumps({"init": pid}).encode())
     except BaseException as exc:
         try:
-            reply(fds["reply"], {"error": f"{step}: {type(exc).__name__}: {exc}"})
+            channel.send(json.dumps({"error": f"{step}: {type(exc).__name__}: {exc}"}).encode())
         finally:
             os._exit(1)
     os._exit(0)
@@ -185,13 +198,26 @@ def prepare(request: dict[str, Any], fds: dict[str, int]) -> NoReturn:
 # --- B: the init of the run's pid namespace ---------------------------------------------
 
 
-def init(request: dict[str, Any], fds: dict[str, int]) -> NoReturn:
-    """In ``B``: the run's ``/proc``, then ``C``, then its end; never returns."""
-    status = None
+def wait_for_run(channel: socket.socket) -> NoReturn:
+    """In ``B``, prepared: its ``/proc``, then the run when the launcher hands it over
+    (or nothing, if the launcher is gone first)."""
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # pid 1: ignores what it does not handle
         set_command_line(["vx11-sandbox-init"])
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        got = receive(channel)
+    except BaseException:
+        os._exit(1)
+    if got is None:
+        os._exit(0)
+    channel.close()
+    init(*got)
+
+
+def init(request: dict[str, Any], fds: dict[str, int]) -> NoReturn:
+    """In ``B``: the run's ``/proc``, then ``C``, then its end; never returns."""
+    status = None
+    try:
         what = program(fds["program"])
         if request["task_type"] == "python":
             write_script(what["code"])
@@ -422,21 +448,43 @@ ENVIRONMENT = dict(os.environ)
 def main() -> None:
     control = socket.socket(fileno=CONTROL_FD)
     os.set_inheritable(CONTROL_FD, False)
-    sys.stdout.flush()
+    tmpfs_bytes = int(sys.argv[2])
+    ready: tuple[int, socket.socket] | None = None
     while True:
+        if ready is None:
+            ready = prepare(tmpfs_bytes)
         got = receive(control)
         if got is None:  # the worker is gone: so is every run it started
             with contextlib.suppress(ProcessLookupError):
                 os.kill(-1, signal.SIGKILL)
             return
         request, fds = got
-        pid = os.fork()
-        if pid == 0:
-            prepare(request, fds)
-        for fd in fds.values():
-            os.close(fd)
+        init_pid, channel = ready
+        ready = None
+        try:
+            pidfd = os.pidfd_open(init_pid)
+            try:
+                reply(fds["reply"], {"started": True}, [pidfd])  # before the init's own
+            finally:
+                os.close(pidfd)
+            hand_over(channel, request, fds)
+        except OSError as exc:  # the prepared init is gone (killed meanwhile)
+            with contextlib.suppress(OSError):
+                reply(fds["reply"], {"error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            channel.close()
+            for fd in fds.values():
+                os.close(fd)
         del request, fds, got
-        os.waitpid(pid, 0)  # A is done in a few milliseconds: it must not hold a pid longer
+        ready = prepare(tmpfs_bytes)  # the next run's, while this one runs
+
+
+def hand_over(channel: socket.socket, request: dict[str, Any], fds: dict[str, int]) -> None:
+    """Give a prepared init its run: the request and its descriptors."""
+    channel.sendmsg(
+        [json.dumps(request).encode()],
+        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fds[n] for n in FD_NAMES]))],
+    )
 
 
 if __name__ == "__main__":

@@ -55,10 +55,11 @@ START_TIMEOUT = 30.0
 LAUNCHER_MEMORY_BYTES = 256 << 20
 LAUNCHER_PROCESSES = 64
 """The slot cgroup's limits between runs (the launcher alone uses a few MiB and 3)."""
-SLOT_PROCESSES = 3
-"""The processes of an idle slot: bubblewrap, the init of its pid namespace and the
-launcher. A run's own are on top: the init of its pid namespace counts among them, as
-bubblewrap's did when each run was a bubblewrap of its own."""
+SLOT_PROCESSES = 4
+"""The processes of an idle slot: bubblewrap, the init of its pid namespace, the
+launcher, and the init of the next run, prepared. A run's own are on top: its init
+counts among them (the next run's is prepared while it runs and takes its place in the
+slot's count), as bubblewrap's did when each run was a bubblewrap of its own."""
 
 
 class LauncherDied(SandboxError):
@@ -163,7 +164,7 @@ class Launcher:
             else None
         )
         inner = [python, "-I", "-u", "-c", LAUNCHER_SOURCE.read_text(),
-                 str(theirs.fileno())]  # fmt: skip
+                 str(theirs.fileno()), str(config.tmpfs_mb << 20)]  # fmt: skip
         argv = bwrap.launcher_argv(config.bwrap, inner, config.etc or bwrap.shared_etc())
         try:
             with theirs:
@@ -253,7 +254,7 @@ class Slots:
 
     def take(self, config: SandboxConfig, identity: Identity | None, python: str) -> Launcher:
         cgroups = tuple(config.cgroups.parents.values()) if config.cgroups else None
-        key = (config.bwrap, python, config.etc, cgroups, identity)
+        key = (config.bwrap, python, config.etc, config.tmpfs_mb, cgroups, identity)
         with self.lock:
             idle = self.idle.get(key, [])
             while idle:
@@ -336,7 +337,6 @@ def _run_in(
     request = {
         "task_type": task_type,
         "warm": warm,
-        "tmpfs_bytes": config.tmpfs_mb << 20,
         "rlimits": [
             [
                 kind,
