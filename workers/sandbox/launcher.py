@@ -1,27 +1,30 @@
 """The launcher: the program a slot's bubblewrap runs, started once and reused by every
 run of that slot (:mod:`.slot` starts it and talks to it).
 
-It is run as ``python3 -I -u -c <this file>`` and imports only the standard library:
-nothing of the worker, no secret, no code or data of any spawn. For each run it is
-handed, over its control socket, the run's limits and the file descriptors of the run
-(a reply socket, stdin, stdout, stderr, and a memory file holding the code and its
-arguments), and forks:
+It is run as ``python3 -I -u -c <this file> CONTROL_FD TMPFS_BYTES`` and imports only
+the standard library: nothing of the worker, no secret, no code or data of any spawn.
+It keeps the next run prepared before its request arrives. To prepare one it forks:
 
 - ``A``, in the launcher's namespaces, which makes new user, mount, pid and ipc
   namespaces (the run's uid is 65534 in its own user namespace, and may make no
   further one), mounts fresh size-capped tmpfs on ``/work``, ``/tmp`` and ``/dev/shm``,
-  forks ``B``, hands the worker a pidfd of ``B`` and exits;
-- ``B``, the init (pid 1) of the run's pid namespace: it mounts the run's ``/proc``,
-  forks ``C``, reaps everything, and when ``C`` has exited kills what is left, then
-  reports ``C``'s wait status and the CPU time and peak memory of the whole run;
-- ``C``, the run: its own session, the run's stdio, rlimits, no capabilities (bounding
-  set empty, no new privileges), then either ``execve`` of the command, or, for
-  python, the code run right here: this process already is a started interpreter
-  (``python3 -I -u``), so a python spawn costs a fork instead of an interpreter start.
+  forks ``B``, tells the launcher its pid and exits;
+- ``B``, the init (pid 1) of the run's pid namespace, which mounts the run's ``/proc``
+  and waits.
 
-Nothing of the code ever enters the launcher's memory: ``C`` reads it from the memory
-file after the fork. Runs of one launcher never overlap (a slot runs one spawn at a
-time, and ``B``'s end kills its whole pid namespace before the worker starts the next).
+When the worker sends a run over the control socket (its limits and its file
+descriptors: a reply socket, stdin, stdout, stderr, and a memory file holding the code
+and its arguments), the launcher sends the worker a pidfd of ``B``, hands ``B`` the run
+and prepares the next one. ``B`` reads the code, drops every capability and starts
+``C``, the run: ``posix_spawn`` of the command, or a fork that runs python code right
+there, in an interpreter that is already started (``python3 -I -u``), so a python spawn
+costs a fork instead of an interpreter start. When ``C`` has exited ``B`` kills what is
+left in its namespace and reports ``C``'s wait status and the CPU time and peak memory
+of the whole run.
+
+Nothing of the code ever enters the launcher's memory: ``B`` reads it from the memory
+file in the run's own namespaces. Runs of one launcher never overlap (a slot runs one
+spawn at a time), and a prepared ``B`` has never been seen by any earlier run.
 """
 
 import sys
