@@ -10,6 +10,7 @@ a whole when the run ends. :mod:`.levels` picks the level once, at worker start.
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import shutil
@@ -52,6 +53,7 @@ class _Active:
 ACTIVE = _Active()
 
 
+@functools.cache
 def sandbox_identity(user: str) -> Identity | None:
     """The uid and gid code runs as: ``user``'s when the worker is root, else its own."""
     if os.geteuid() != 0:
@@ -60,6 +62,7 @@ def sandbox_identity(user: str) -> Identity | None:
     return Identity(entry.pw_uid, entry.pw_gid)
 
 
+@functools.cache  # a miss raises, and is not kept
 def resolve_python(name: str) -> str:
     found = shutil.which(name, path=SANDBOX_PATH) if "/" not in name else name
     if not found:

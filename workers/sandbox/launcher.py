@@ -121,7 +121,9 @@ def drop_capabilities() -> None:
 def receive(sock: socket.socket) -> tuple[dict[str, Any], dict[str, int]] | None:
     """One request: its header and its file descriptors (by name); None at EOF."""
     fds = array.array("i")
-    data, ancdata, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(len(FD_NAMES) * fds.itemsize))
+    data, ancdata, _, _ = sock.recvmsg(
+        65536, socket.CMSG_SPACE(len(FD_NAMES) * fds.itemsize), socket.MSG_CMSG_CLOEXEC
+    )
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
@@ -202,12 +204,15 @@ def make_namespaces(tmpfs_bytes: int, channel: socket.socket) -> NoReturn:
 
 
 def wait_for_run(channel: socket.socket) -> NoReturn:
-    """In ``B``, prepared: its ``/proc``, then the run when the launcher hands it over
-    (or nothing, if the launcher is gone first)."""
+    """In ``B``, prepared: its ``/proc``, no capability, in ``/work``; then the run when
+    the launcher hands it over (or nothing, if the launcher is gone first)."""
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # pid 1: ignores what it does not handle
         set_command_line(["vx11-sandbox-init"])
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        drop_capabilities()  # nothing below needs one, and the run inherits none
+        os.chdir(WORKDIR)
+        os.umask(0o077)
         got = receive(channel)
     except BaseException:
         os._exit(1)
@@ -218,17 +223,12 @@ def wait_for_run(channel: socket.socket) -> NoReturn:
 
 
 def init(request: dict[str, Any], fds: dict[str, int]) -> NoReturn:
-    """In ``B``: the run's ``/proc``, then ``C``, then its end; never returns."""
+    """In ``B``, given its run: ``C``, then the run's end; never returns."""
     status = None
     try:
         what = program(fds["program"])
         if request["task_type"] == "python":
             write_script(what["code"])
-        drop_capabilities()  # nothing below needs one, and C inherits none
-        os.chdir(WORKDIR)
-        os.umask(0o077)
-        for fd in fds.values():
-            os.set_inheritable(fd, False)
         child = start(request, what, fds)
         for name in ("stdin", "stdout", "stderr", "program"):
             os.close(fds[name])
