@@ -33,16 +33,19 @@ def wait_for_end(svc: Services, spawn_uuid: str, timeout: float) -> dict[str, An
     deadline = time.monotonic() + timeout
     last = "0"
     while True:
+        # the record is read again only when its events say it ended, or none came
+        # for a slice (a stream that expired, a worker that died: the ledger decides)
         record = svc.ledger.get(spawn_uuid)
-        remaining = deadline - time.monotonic()
-        if is_terminal(record) or remaining <= 0:
+        if is_terminal(record):
             return record
-        block = int(min(remaining, BLOCK_SLICE) * 1000) or 1
-        events = svc.events.read(spawn_uuid, after=last, block_ms=block)
-        if events:
+        while (remaining := deadline - time.monotonic()) > 0:
+            block = int(min(remaining, BLOCK_SLICE) * 1000) or 1
+            events = svc.events.read(spawn_uuid, after=last, block_ms=block)
+            if not events or any(event.kind == END for event in events):
+                break
             last = events[-1].id
-            if any(event.kind == END for event in events):
-                return svc.ledger.get(spawn_uuid)
+        else:
+            return svc.ledger.get(spawn_uuid)
 
 
 def cancel(svc: Services, ident: str, *, owner: str | None = None) -> dict[str, Any]:
