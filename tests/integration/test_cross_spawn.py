@@ -23,7 +23,6 @@ The tests count processes of the sandbox's uid descended from this process: ``se
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import pwd
@@ -45,6 +44,7 @@ import pytest
 from tests.support import idle_slot_pids, wait_for
 from vx11.core.config import Settings
 from workers.sandbox import Limits, Outcome, SandboxConfig, SandboxError, levels, run_sandboxed
+from workers.sandbox.process import adopting_orphans
 from workers.sandbox.slot import SLOTS
 
 pytestmark = [
@@ -61,7 +61,6 @@ DRAIN_MB = 4
 TEARDOWN_GRACE = 1.0
 """Seconds a killed process may take to disappear (be reaped) on the host."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 36, 37
 TAG = "vx11x"
 """How the command lines of the processes the tests leave behind start."""
 SMALL_PEAK_KB = 40 * 1024
@@ -237,14 +236,9 @@ def assert_reaped(zombies: dict[int, tuple[int, str, int]]) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def subreaper() -> Iterator[None]:
     """Orphans of runs are adopted by this process, as by a worker's pool process."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    before = ctypes.c_int(0)
-    libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(before), 0, 0, 0)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        pytest.fail(f"prctl(PR_SET_CHILD_SUBREAPER): errno {ctypes.get_errno()}")
-    yield
-    end_our_sandbox_processes()
-    libc.prctl(PR_SET_CHILD_SUBREAPER, before.value, 0, 0, 0)
+    with adopting_orphans(None):
+        yield
+        end_our_sandbox_processes()
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from workers.sandbox.process import (
     rlimits,
     run_process,
 )
-from workers.sandbox.spec import Limits, Outcome, SandboxConfig, SandboxError
+from workers.sandbox.spec import Job, Limits, Outcome, SandboxConfig, SandboxError
 
 __all__ = [
     "ACTIVE",
@@ -107,17 +107,12 @@ def run_sandboxed(
         raise ValueError(f"unknown task_type {task_type!r}")
     identity = sandbox_identity(config.user)
     interpreter = resolve_interpreter(task_type, config)
-    data = (stdin or "").encode("utf-8")
+    job = Job(task_type, code, tuple(args), (stdin or "").encode("utf-8"), limits)
     if config.level == "bwrap":
-        done, figures = slot.run(
-            task_type, code, args, stdin=data, limits=limits, config=config,
-            identity=identity, interpreter=interpreter, python=resolve_python(config.python),
-            watcher=watcher,
-        )  # fmt: skip
+        python = resolve_python(config.python)
+        done, figures = slot.run(job, config, identity, interpreter, python, watcher)
     else:
-        done, figures = _run_basic(
-            task_type, code, args, data, limits, config, identity, interpreter, watcher
-        )
+        done, figures = _run_basic(job, config, identity, interpreter, watcher)
     exit_code, term_signal = decode_status(done.status)
     cpu_ms = int(done.cpu_seconds * 1000)
     peak_kb: int | None = done.max_rss_kb  # of one process
@@ -143,11 +138,7 @@ def run_sandboxed(
 
 
 def _run_basic(
-    task_type: str,
-    code: str,
-    args: tuple[str, ...] | list[str],
-    stdin: bytes,
-    limits: Limits,
+    job: Job,
     config: SandboxConfig,
     identity: Identity | None,
     interpreter: str,
@@ -156,24 +147,24 @@ def _run_basic(
     """One run at the basic level: a child of this process, in a cgroup of its own."""
     adopting = identity is not None and config.adopt_orphans and become_subreaper()
     cgroup = (
-        config.cgroups.create(limits.memory_mb << 20, limits.max_processes)
+        config.cgroups.create(job.limits.memory_mb << 20, job.limits.max_processes)
         if config.cgroups
         else None
     )
     if watcher is not None and cgroup is not None:
         watcher.started(cgroup.sample)
     try:
-        with basic.prepared(task_type, code, args, config, identity, interpreter) as launch:
+        with basic.prepared(job, config, identity, interpreter) as launch:
             done = run_process(
                 launch.argv,
                 env=launch.env,
                 cwd=launch.cwd,
-                stdin=stdin,
-                limits=limits,
+                stdin=job.stdin,
+                limits=job.limits,
                 process_limits=rlimits(
-                    limits, cgroup=cgroup is not None, max_open_files=config.max_open_files
+                    job.limits, cgroup=cgroup is not None, max_open_files=config.max_open_files
                 ),
-                drain_bytes=max(config.drain_bytes, limits.output_bytes * 2),
+                drain_bytes=max(config.drain_bytes, job.limits.output_bytes * 2),
                 cgroup=cgroup,
                 identity=identity,
                 watcher=watcher,

@@ -10,30 +10,25 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from workers.sandbox.launch import SANDBOX_PATH, Launch, command
 from workers.sandbox.process import Identity
-from workers.sandbox.spec import SandboxConfig, SandboxError
+from workers.sandbox.spec import Job, SandboxConfig, SandboxError
 
 
 @contextmanager
 def prepared(
-    task_type: str,
-    code: str,
-    args: Sequence[str],
-    config: SandboxConfig,
-    identity: Identity | None,
-    interpreter: str,
+    job: Job, config: SandboxConfig, identity: Identity | None, interpreter: str
 ) -> Iterator[Launch]:
     check_root_reachable(config.root, identity)
     workdir = _make_workdir(config.root, identity)
     try:
-        if task_type == "python":
-            _write_private(workdir / "main.py", code, identity)
-        argv = command(task_type, interpreter, code, args)
+        if job.task_type == "python":
+            _write_private(workdir / "main.py", job.code, identity)
+        argv = command(job.task_type, interpreter, job.code, job.args)
         env = {"PATH": SANDBOX_PATH, "HOME": str(workdir), "TMPDIR": str(workdir),
                "LANG": "C.UTF-8"}  # fmt: skip
         yield Launch(argv, env, str(workdir))

@@ -42,7 +42,7 @@ from workers.sandbox.process import (
     stdin_file,
     supervise,
 )
-from workers.sandbox.spec import Limits, SandboxConfig, SandboxError
+from workers.sandbox.spec import Job, Limits, SandboxConfig, SandboxError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ class _Meter:
         self.base_ooms = cgroup.oom_kills()
         cgroup.limit(
             self.base_memory + (limits.memory_mb << 20),
-            len(self.base_pids) + limits.max_processes,
+            # not how many there are now: the next run's namespaces may be half made
+            SLOT_PROCESSES + limits.max_processes,
         )
         self.peak_fd = cgroup.reset_peak()
 
@@ -293,12 +294,7 @@ os.register_at_fork(after_in_child=SLOTS.forget)
 
 
 def run(
-    task_type: str,
-    code: str,
-    args: tuple[str, ...] | list[str],
-    *,
-    stdin: bytes,
-    limits: Limits,
+    job: Job,
     config: SandboxConfig,
     identity: Identity | None,
     interpreter: str,
@@ -308,14 +304,9 @@ def run(
     """One run in a slot of this process; ``python`` is the launcher's interpreter."""
     launcher = SLOTS.take(config, identity, python)
     try:
-        done, figures = _run_in(
-            launcher, task_type, code, args, stdin, limits, config, interpreter, watcher
-        )
-    except LauncherDied:
-        launcher.close()
-        raise
+        done, figures = _run_in(launcher, job, config, interpreter, watcher)
     except BaseException:
-        launcher.close()  # in an unknown state: never reused
+        launcher.close()  # dead, or in a state nobody knows: never reused
         raise
     SLOTS.give(launcher)
     return done, figures
@@ -323,19 +314,16 @@ def run(
 
 def _run_in(
     launcher: Launcher,
-    task_type: str,
-    code: str,
-    args: tuple[str, ...] | list[str],
-    stdin: bytes,
-    limits: Limits,
+    job: Job,
     config: SandboxConfig,
     interpreter: str,
     watcher: Watcher | None,
 ) -> tuple[Exit, Figures | None]:
     cgroup = launcher.cgroup
-    warm = task_type == "python" and config.warm_python and interpreter == launcher.key[1]
+    limits = job.limits
+    warm = job.task_type == "python" and config.warm_python and interpreter == launcher.key[1]
     request = {
-        "task_type": task_type,
+        "task_type": job.task_type,
         "warm": warm,
         "rlimits": [
             [
@@ -353,11 +341,11 @@ def _run_in(
     err_r, err_w = os.pipe()
     try:
         os.write(program, json.dumps({
-            "code": code, "args": list(args),
-            "argv": command(task_type, interpreter, code, args),
+            "code": job.code, "args": list(job.args),
+            "argv": command(job.task_type, interpreter, job.code, job.args),
         }, ensure_ascii=False).encode("utf-8", "surrogatepass"))  # fmt: skip
         meter = _Meter(cgroup, limits) if cgroup is not None else None
-        with stdin_file(stdin) as stdin_handle:
+        with stdin_file(job.stdin) as stdin_handle:
             started = time.monotonic()
             running = launcher.launch(request, [stdin_handle.fileno(), out_w, err_w, program])
     except BaseException:

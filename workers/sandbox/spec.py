@@ -23,6 +23,17 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Job:
+    """One run to make: its code, arguments, input and limits."""
+
+    task_type: str
+    code: str
+    args: tuple[str, ...]
+    stdin: bytes
+    limits: Limits
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How a run ended and what it printed."""
 
