@@ -208,7 +208,7 @@ def wait_for_run(channel: socket.socket) -> NoReturn:
     the launcher hands it over (or nothing, if the launcher is gone first)."""
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # pid 1: ignores what it does not handle
-        set_command_line(["vx11-sandbox-init"])
+        set_command_line(["vx11-sandbox-init"], title=True)
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         drop_capabilities()  # nothing below needs one, and the run inherits none
         os.chdir(WORKDIR)
@@ -393,10 +393,13 @@ def run_python(source: str, args: list[str]) -> int:
     return finish(status)
 
 
-def set_command_line(argv: list[str]) -> None:
+def set_command_line(argv: list[str], *, title: bool = False) -> None:
     """Make ``/proc/self/cmdline`` read ``argv``, as it would after ``execve`` (then NUL
     bytes): they are written over the launcher's own command line, which holds the
-    launcher's source and so has room for them (what does not fit is cut)."""
+    launcher's source and so has room for them (what does not fit is cut). With
+    ``title``, ``argv`` is one string and nothing follows it: the rest of the room is
+    not NUL, which makes the kernel read the command line up to its first NUL, as it
+    does for ``setproctitle``."""
     with open("/proc/self/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
     start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
@@ -404,6 +407,8 @@ def set_command_line(argv: list[str]) -> None:
     text = text[: end - start - 1]
     ctypes.memmove(start, text, len(text))
     ctypes.memset(start + len(text), 0, end - start - len(text))
+    if title:
+        ctypes.memset(start + len(text) + 1, ord(" "), end - start - len(text) - 1)
 
 
 def exit_status(exc: SystemExit) -> int:
