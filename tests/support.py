@@ -526,16 +526,30 @@ class BrokerProxy:
 
 def idle_slot_pids(children: dict[int, list[int]]) -> set[int]:
     """The processes of this process's idle slots (:mod:`workers.sandbox.slot`), given
-    each pid's children: bubblewrap, its init, and below that the launcher and the next
-    run's init prepared ahead, neither of which has a child while the slot is idle. A
-    process of a run, or one it left, is never among them."""
+    each pid's children: bubblewrap, its init, the launcher, and what the launcher is
+    preparing or has prepared for the next run (its namespaces' maker and the next
+    run's init, which has no child yet). A run's init that still has children, and all
+    below it, are a run's, never a slot's."""
     from workers.sandbox import slot
 
-    idle = set()
+    idle: set[int] = set()
     for launchers in slot.SLOTS.idle.values():
-        for launcher in launchers:
-            idle.add(launcher.proc.pid)
-            for init in children.get(launcher.proc.pid, []):
-                idle.add(init)
-                idle.update(pid for pid in children.get(init, []) if pid not in children)
+        todo = [launcher.proc.pid for launcher in launchers]
+        while todo:
+            pid = todo.pop()
+            kids = children.get(pid, [])
+            if is_run_init(pid):
+                if not kids:
+                    idle.add(pid)
+                continue
+            idle.add(pid)
+            todo.extend(kids)
     return idle
+
+
+def is_run_init(pid: int) -> bool:
+    """Whether ``pid`` is the init of a run's pid namespace (or one prepared)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"vx11-sandbox-init")
+    except OSError:
+        return False

@@ -14,11 +14,12 @@ It keeps the next run prepared before its request arrives. To prepare one it for
 
 When the worker sends a run over the control socket (its limits and its file
 descriptors: a reply socket, stdin, stdout, stderr, and a memory file holding the code
-and its arguments), the launcher sends the worker a pidfd of ``B``, hands ``B`` the run
-and prepares the next one. ``B`` reads the code, drops every capability and starts
-``C``, the run: ``posix_spawn`` of the command, or a fork that runs python code right
-there, in an interpreter that is already started (``python3 -I -u``), so a python spawn
-costs a fork instead of an interpreter start. When ``C`` has exited ``B`` kills what is
+and its arguments), the launcher sends the worker a pidfd of ``B`` and hands ``B`` the
+run; it prepares the next one once ``B`` has exited. ``B`` (which dropped every
+capability while it waited) reads the code and starts ``C``, the run: ``posix_spawn``
+of the command, or a fork that runs python code right there, in an interpreter that is
+already started (``python3 -I -u``), so a python spawn costs a fork instead of an
+interpreter start. When ``C`` has exited ``B`` kills what is
 left in its namespace and reports ``C``'s wait status and the CPU time and peak memory
 of the whole run.
 
@@ -37,6 +38,7 @@ import ctypes  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
+import select  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
@@ -218,8 +220,7 @@ def wait_for_run(channel: socket.socket) -> NoReturn:
         os._exit(1)
     if got is None:
         os._exit(0)
-    channel.close()
-    init(*got)
+    init(*got)  # the channel stays open: the launcher sees it close when this exits
 
 
 def init(request: dict[str, Any], fds: dict[str, int]) -> NoReturn:
@@ -466,34 +467,57 @@ def main() -> None:
     os.set_inheritable(CONTROL_FD, False)
     tmpfs_bytes = int(sys.argv[2])
     warm_up()
-    ready: tuple[int, socket.socket] | None = None
+    ready = try_prepare(tmpfs_bytes)
+    running: socket.socket | None = None  # the channel of the run handed over last
     while True:
-        if ready is None:
-            ready = prepare(tmpfs_bytes)
+        waiting = [control] if running is None else [control, running]
+        readable, _, _ = select.select(waiting, [], [])
+        if running is not None and running in readable:  # its init has exited
+            running.close()
+            running = None
+            if ready is None:  # the next run's, now that the last one is gone
+                ready = try_prepare(tmpfs_bytes)
+            continue
         got = receive(control)
         if got is None:  # the worker is gone: so is every run it started
             with contextlib.suppress(ProcessLookupError):
                 os.kill(-1, signal.SIGKILL)
             return
         request, fds = got
-        init_pid, channel = ready
-        ready = None
         try:
+            if ready is None:
+                ready = try_prepare(tmpfs_bytes)
+            if ready is None:
+                raise OSError("could not prepare its namespaces (see the worker's log)")
+            init_pid, channel = ready
+            ready = None
             pidfd = os.pidfd_open(init_pid)
             try:
                 reply(fds["reply"], {"started": True}, [pidfd])  # before the init's own
             finally:
                 os.close(pidfd)
+            if running is not None:
+                running.close()
+            running = channel  # kept: it reads as closed once the init has exited
             hand_over(channel, request, fds)
-        except OSError as exc:  # the prepared init is gone (killed meanwhile)
+        except OSError as exc:  # no run prepared, or its init gone (killed meanwhile)
             with contextlib.suppress(OSError):
                 reply(fds["reply"], {"error": f"{type(exc).__name__}: {exc}"})
         finally:
-            channel.close()
             for fd in fds.values():
                 os.close(fd)
         del request, fds, got
-        ready = prepare(tmpfs_bytes)  # the next run's, while this one runs
+
+
+def try_prepare(tmpfs_bytes: int) -> tuple[int, socket.socket] | None:
+    """The next run prepared, or None (said on the launcher's stderr, the worker's log)
+    when it cannot be now: the launcher goes on, and tries again for the next run."""
+    try:
+        return prepare(tmpfs_bytes)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.write(2, f"vx11 launcher: could not prepare a run: {exc}\n".encode())
+        return None
 
 
 def hand_over(channel: socket.socket, request: dict[str, Any], fds: dict[str, int]) -> None:

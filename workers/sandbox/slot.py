@@ -55,11 +55,12 @@ START_TIMEOUT = 30.0
 LAUNCHER_MEMORY_BYTES = 256 << 20
 LAUNCHER_PROCESSES = 64
 """The slot cgroup's limits between runs (the launcher alone uses a few MiB and 3)."""
-SLOT_PROCESSES = 4
-"""The processes of an idle slot: bubblewrap, the init of its pid namespace, the
-launcher, and the init of the next run, prepared. A run's own are on top: its init
-counts among them (the next run's is prepared while it runs and takes its place in the
-slot's count), as bubblewrap's did when each run was a bubblewrap of its own."""
+SLOT_PROCESSES = 3
+"""The processes of a slot that are not a run's: bubblewrap, the init of its pid
+namespace and the launcher. Between runs the next run's init waits there too, prepared;
+it becomes the run's own when it is handed its run, and counts among the run's
+processes, as bubblewrap's init did when each run was a bubblewrap of its own. The next
+run is prepared once the last one's init has exited, never beside a run."""
 
 
 class LauncherDied(SandboxError):
@@ -86,7 +87,6 @@ class _Meter:
         self.base_ooms = cgroup.oom_kills()
         cgroup.limit(
             self.base_memory + (limits.memory_mb << 20),
-            # not how many there are now: the next run's namespaces may be half made
             SLOT_PROCESSES + limits.max_processes,
         )
         self.peak_fd = cgroup.reset_peak()
