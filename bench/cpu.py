@@ -7,9 +7,11 @@ per spawn, summed over the processes involved, bounds the throughput.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 from dataclasses import dataclass
+from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -61,3 +63,22 @@ def snapshot(groups: dict[str, int]) -> dict[str, Cpu]:
 
 def difference(after: dict[str, Cpu], before: dict[str, Cpu]) -> dict[str, Cpu]:
     return {name: after[name] - before[name] for name in after}
+
+
+def slots_cpu(worker_pid: int) -> float | None:
+    """Seconds of CPU used so far in the sandbox cgroups of the worker whose main process
+    is ``worker_pid`` (``vx11-<pid>-*``: at the bwrap level its slots, which hold the
+    runs and the preparation of each, outside any run's own figure); None without
+    them (no cgroups, or runs that removed theirs: the basic level)."""
+    total = 0
+    found = False
+    for usage in Path("/sys/fs/cgroup").glob(f"**/vx11-{worker_pid}-*/cpuacct.usage"):
+        found = True
+        with contextlib.suppress(OSError, ValueError):
+            total += int(usage.read_text())  # v1, nanoseconds
+    for stat in Path("/sys/fs/cgroup").glob(f"**/vx11-{worker_pid}-*/cpu.stat"):
+        found = True
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            lines = dict(line.split() for line in stat.read_text().splitlines())
+            total += int(lines["usage_usec"]) * 1000  # v2
+    return total / 1e9 if found else None

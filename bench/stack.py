@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.cpu import Cpu, snapshot
+from bench.cpu import Cpu, slots_cpu, snapshot
 from tests.support import Process, RedisServer, free_port, http, service_env, wait_for
 from vx11.cli.stack import StackOptions, gateway_env, gunicorn_argv, worker_argv
 from vx11.core.config import Settings
@@ -109,6 +109,11 @@ class BenchStack:
             )
             raise RuntimeError(f"{', '.join(dead)} exited during the benchmark\n{tails}")
         return snapshot({name: p.proc.pid for name, p in self.processes.items()})
+
+    def slots_cpu(self) -> float | None:
+        """CPU seconds in the worker's sandbox cgroups so far (:func:`bench.cpu.slots_cpu`)."""
+        worker = self.processes.get("worker")
+        return slots_cpu(worker.proc.pid) if worker else None
 
     def pids(self) -> set[int]:
         """The pids of the services started (their Popen waits for them)."""
