@@ -367,8 +367,8 @@ def run_concurrently(first: Callable[[], Outcome], second: Callable[[], Outcome]
 
 def assert_held_at(peak: PeakSampler, max_processes: int) -> None:
     """The spawn's cgroup refused the bomb's forks, and the bomb never had more processes
-    than its limit (its init counts too). Without the cgroup RLIMIT_NPROC would let it
-    reach 1024.
+    than its limit (at the bwrap level its init is the slot's, at the basic level the
+    leader counts). Without the cgroup RLIMIT_NPROC would let it reach 1024.
 
     ``pids.current`` is a counter the kernel raises before it compares it with
     ``pids.max`` and lowers again when a fork is refused (``pids_try_charge``), so a

@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 
 from tests.support import wait_for
+from vx11.core.config import Settings
 from workers.sandbox import Limits, Outcome, SandboxConfig, SandboxError, run_sandboxed, slot
-from workers.sandbox.levels import bwrap_problem
+from workers.sandbox.levels import base_config, bwrap_problem
 
 pytestmark = pytest.mark.serial  # counts and kills processes of the sandbox uid
 
@@ -268,3 +269,30 @@ def test_a_forked_process_starts_slots_of_its_own(config):
     assert answer == b"ok"
     assert parent_launcher.alive()
     assert run(config, "print('parent')").stdout == "parent\n"
+
+
+@pytest.fixture(scope="module")
+def with_cgroups(config: SandboxConfig) -> Iterator[SandboxConfig]:
+    """``config`` with the cgroups a root worker gets, which hold a run to its process
+    limit (without them RLIMIT_NPROC counts every process of the uid on the host)."""
+    cgroups_config = base_config(Settings.from_env())
+    if cgroups_config.cgroups is None:
+        pytest.skip("no cgroups here: a process limit of 1 cannot hold without them")
+    try:
+        yield replace(config, cgroups=cgroups_config.cgroups)
+    finally:
+        slot.SLOTS.close()
+        cgroups_config.cgroups.close()
+
+
+@pytest.mark.parametrize("task_type", ["shell", "python"])
+def test_a_run_limited_to_one_process_runs_and_the_next_is_prepared(with_cgroups, task_type):
+    """``max_processes`` counts the code's own processes: the run's init, prepared by the
+    slot, is not one of them, and the next run's preparation fits beside it."""
+    limits = replace(LIMITS, max_processes=1)
+    code = "echo one" if task_type == "shell" else "print('one')"
+    for _ in range(3):
+        outcome = run_sandboxed(task_type, code, limits=limits, config=with_cgroups)
+        assert (outcome.exit_code, outcome.stdout) == (0, "one\n"), outcome
+    forked = run_sandboxed("python", "import os\nos.fork()\n", limits=limits, config=with_cgroups)
+    assert forked.exit_code == 1 and "BlockingIOError" in forked.stderr, forked

@@ -41,6 +41,7 @@ import resource  # noqa: E402
 import select  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
+import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from typing import Any, NoReturn  # noqa: E402
 
@@ -51,6 +52,7 @@ RUN_UID = 65534
 WORKDIR = "/work"
 SCRIPT = WORKDIR + "/main.py"
 FD_NAMES = ("reply", "stdin", "stdout", "stderr", "program")
+PREPARE_TRIES = 10
 SPAWN_MIN_ADDRESS_SPACE = 128 << 20
 """The least address space the init keeps to finish a run once it has taken the run's
 rlimits itself (it then starts the command by ``posix_spawn``)."""
@@ -511,13 +513,21 @@ def main() -> None:
 
 def try_prepare(tmpfs_bytes: int) -> tuple[int, socket.socket] | None:
     """The next run prepared, or None (said on the launcher's stderr, the worker's log)
-    when it cannot be now: the launcher goes on, and tries again for the next run."""
-    try:
-        return prepare(tmpfs_bytes)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.write(2, f"vx11 launcher: could not prepare a run: {exc}\n".encode())
-        return None
+    when it cannot be now: the launcher goes on, and tries again for the next run.
+
+    A few quick tries first: the last run's init, which has just exited, holds a pid of
+    the slot's cgroup until it is reaped, and a run limited to one process leaves no
+    other room for the next run's two."""
+    for attempt in range(PREPARE_TRIES):
+        try:
+            return prepare(tmpfs_bytes)
+        except OSError as exc:
+            if attempt == PREPARE_TRIES - 1:
+                with contextlib.suppress(OSError):
+                    os.write(2, f"vx11 launcher: could not prepare a run: {exc}\n".encode())
+            else:
+                time.sleep(0.002)
+    return None
 
 
 def hand_over(channel: socket.socket, request: dict[str, Any], fds: dict[str, int]) -> None:

@@ -55,11 +55,10 @@ START_TIMEOUT = 30.0
 LAUNCHER_MEMORY_BYTES = 256 << 20
 LAUNCHER_PROCESSES = 64
 """The slot cgroup's limits between runs (the launcher alone uses a few MiB and 3)."""
-SLOT_PROCESSES = 3
-"""The processes of a slot that are not a run's: bubblewrap, the init of its pid
-namespace and the launcher. Between runs the next run's init waits there too, prepared;
-it becomes the run's own when it is handed its run, and counts among the run's
-processes, as bubblewrap's init did when each run was a bubblewrap of its own. The next
+SLOT_PROCESSES = 4
+"""The processes of a slot that are not a run's code: bubblewrap, the init of its pid
+namespace, the launcher, and the init of the run (prepared before it, and, between runs,
+waiting for the next). ``max_processes`` counts the code's own processes only; the next
 run is prepared once the last one's init has exited, never beside a run."""
 
 
