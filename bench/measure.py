@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -204,37 +205,20 @@ def end_to_end_throughput(
     pool = bare.throughput("shell", "true", spawns, concurrency)
     reap_orphans(keep=stack.pids())
 
-    _submit_and_wait(stack, [SHELL_TRUE] * (2 * concurrency), clients)  # warm-up
-    stack.delete_rows()
-    wall_start = datetime.now(UTC)
-    cpu_before, slots_before = stack.cpu(), stack.slots_cpu()
-    started = time.perf_counter()
-    submitted = _submit_and_wait(stack, [SHELL_TRUE] * spawns, clients)
-    elapsed = time.perf_counter() - started
-    cpu = {part: used.own / spawns for part, used in difference(stack.cpu(), cpu_before).items()}
-    slots = _per_spawn(stack.slots_cpu(), slots_before, spawns)
-    rate = spawns / elapsed
-
-    records = [r for r in stack.records() if r["created_at"] >= wall_start]
-    statuses = Counter(r["status"] for r in records)
-    # A spawn that ended without running (rejected, say) has no start or run time.
-    ran = [r for r in records if r["started_at"] and r["duration_ms"] is not None]
-    held = statistics.mean((r["finished_at"] - r["started_at"]).total_seconds() for r in ran)
-    sandbox = statistics.mean(r["duration_ms"] for r in ran) / 1000
-    sandbox_cpu = statistics.mean(r["cpu_time_ms"] or 0 for r in ran) / 1000
-    if slots is not None:  # the runs and the slots' work between them (preparation)
-        sandbox_cpu = slots
-    slot = concurrency * elapsed / spawns
-    total_cpu = sum(cpu.values()) + sandbox_cpu
+    batch = _measured_batch(stack, SHELL_TRUE, spawns, clients, concurrency)
+    b, cpu = batch, batch.cpu
+    rate = spawns / b.elapsed
+    held = statistics.mean((r["finished_at"] - r["started_at"]).total_seconds() for r in b.ran)
+    slot = concurrency * b.elapsed / spawns
+    total_cpu = sum(cpu.values()) + b.sandbox_cpu
     notes = [
         f"throughput: {spawns} spawns from {clients} client threads, all submitted after "
-        f"{submitted:.1f} s, all terminal after {elapsed:.1f} s "
-        f"({', '.join(f'{n} {status}' for status, n in statuses.most_common())})",
+        f"{b.submitted:.1f} s, all terminal after {b.elapsed:.1f} s ({_counts(b.statuses)})",
         f"throughput: per spawn and worker slot: {_ms(slot)} of wall time; record RUNNING"
-        f"->terminal {_ms(held)} (sandbox run {_ms(sandbox)}); outside that window "
+        f"->terminal {_ms(held)} (sandbox run {_ms(b.sandbox)}); outside that window "
         f"(delivery, result, events, ack, waiting for a core) {_ms(slot - held)}",
         f"throughput: CPU per spawn: gateway {_ms(cpu['gateway'])}, Celery worker "
-        f"{_ms(cpu['worker'])}, {_sandbox_name(slots)} {_ms(sandbox_cpu)}, "
+        f"{_ms(cpu['worker'])}, {_sandbox_name(b.slots)} {_ms(b.sandbox_cpu)}, "
         f"redis {_ms(cpu['redis'])}, "
         f"benchmark client {_ms(cpu['bench'])}; total {_ms(total_cpu)}, so "
         f"{os.cpu_count()} cores allow at most {os.cpu_count() / total_cpu:.0f} spawns/s",
@@ -247,8 +231,54 @@ def end_to_end_throughput(
     return [figure], notes
 
 
-def _per_spawn(after: float | None, before: float | None, spawns: int) -> float | None:
-    return None if after is None or before is None else (after - before) / spawns
+@dataclass(frozen=True)
+class Batch:
+    """One measured batch of spawns through the API, per spawn where it says so."""
+
+    elapsed: float
+    submitted: float
+    cpu: dict[str, float]
+    """CPU seconds per spawn of each service."""
+    statuses: Counter[str]
+    ran: list[dict[str, Any]]
+    """The records of the spawns that ran (a rejected one has no start or run time)."""
+    sandbox: float
+    """Mean seconds a run took in the sandbox."""
+    sandbox_cpu: float
+    """CPU seconds per spawn of the sandbox: its cgroups' total when it has them."""
+    slots: float | None
+    """The sandbox's cgroups' CPU per spawn, None without cgroups."""
+
+
+def _measured_batch(
+    stack: BenchStack, request: dict[str, Any], spawns: int, clients: int, concurrency: int
+) -> Batch:
+    """``spawns`` times ``request`` through the API, after a warm-up, until every record
+    is terminal: the time, CPU and records of the batch."""
+    _submit_and_wait(stack, [request] * (2 * concurrency), clients)  # warm-up
+    stack.delete_rows()
+    wall_start = datetime.now(UTC)
+    cpu_before, slots_before = stack.cpu(), stack.slots_cpu()
+    started = time.perf_counter()
+    submitted = _submit_and_wait(stack, [request] * spawns, clients)
+    elapsed = time.perf_counter() - started
+    cpu = {part: used.own / spawns for part, used in difference(stack.cpu(), cpu_before).items()}
+    slots_after = stack.slots_cpu()
+    slots = None
+    if slots_after is not None and slots_before is not None:
+        slots = (slots_after - slots_before) / spawns
+    records = [r for r in stack.records() if r["created_at"] >= wall_start]
+    ran = [r for r in records if r["started_at"] and r["duration_ms"] is not None]
+    sandbox = statistics.mean(r["duration_ms"] for r in ran) / 1000 if ran else float("nan")
+    runs_cpu = statistics.mean(r["cpu_time_ms"] or 0 for r in ran) / 1000 if ran else 0.0
+    return Batch(
+        elapsed, submitted, cpu, Counter(r["status"] for r in records), ran, sandbox,
+        slots if slots is not None else runs_cpu, slots,
+    )  # fmt: skip
+
+
+def _counts(statuses: Counter[str]) -> str:
+    return ", ".join(f"{n} {status}" for status, n in statuses.most_common())
 
 
 def _sandbox_name(slots: float | None) -> str:
@@ -278,32 +308,16 @@ def end_to_end_python(
 ) -> tuple[float, list[str]]:
     """``spawns`` python ``print(1)`` runs through the API until every record is
     terminal, as the shell throughput: the spawns per second, and notes."""
-    _submit_and_wait(stack, [PYTHON_PRINT] * (2 * concurrency), clients)  # warm-up
-    stack.delete_rows()
-    wall_start = datetime.now(UTC)
-    cpu_before, slots_before = stack.cpu(), stack.slots_cpu()
-    started = time.perf_counter()
-    submitted = _submit_and_wait(stack, [PYTHON_PRINT] * spawns, clients)
-    elapsed = time.perf_counter() - started
-    cpu = {part: used.own / spawns for part, used in difference(stack.cpu(), cpu_before).items()}
-    slots = _per_spawn(stack.slots_cpu(), slots_before, spawns)
-    records = [r for r in stack.records() if r["created_at"] >= wall_start]
-    statuses = Counter(r["status"] for r in records)
-    ran = [r for r in records if r["started_at"] and r["duration_ms"] is not None]
-    sandbox = statistics.mean(r["duration_ms"] for r in ran) / 1000 if ran else float("nan")
-    sandbox_cpu = statistics.mean(r["cpu_time_ms"] or 0 for r in ran) / 1000 if ran else 0.0
-    if slots is not None:
-        sandbox_cpu = slots
+    b = _measured_batch(stack, PYTHON_PRINT, spawns, clients, concurrency)
     notes = [
         f"python throughput: {spawns} python print(1) spawns from {clients} client threads, "
-        f"all submitted after {submitted:.1f} s, all terminal after {elapsed:.1f} s "
-        f"({', '.join(f'{n} {status}' for status, n in statuses.most_common())}), "
-        f"{spawns / elapsed:.1f}/s; per spawn and worker slot {_ms(concurrency * elapsed / spawns)}"
-        f" (sandbox run {_ms(sandbox)}); CPU per spawn: gateway {_ms(cpu['gateway'])}, "
-        f"Celery worker {_ms(cpu['worker'])}, {_sandbox_name(slots)} {_ms(sandbox_cpu)}, "
-        f"redis {_ms(cpu['redis'])}",
+        f"all submitted after {b.submitted:.1f} s, all terminal after {b.elapsed:.1f} s "
+        f"({_counts(b.statuses)}), {spawns / b.elapsed:.1f}/s; per spawn and worker slot "
+        f"{_ms(concurrency * b.elapsed / spawns)} (sandbox run {_ms(b.sandbox)}); CPU per "
+        f"spawn: gateway {_ms(b.cpu['gateway'])}, Celery worker {_ms(b.cpu['worker'])}, "
+        f"{_sandbox_name(b.slots)} {_ms(b.sandbox_cpu)}, redis {_ms(b.cpu['redis'])}",
     ]
-    return spawns / elapsed, notes
+    return spawns / b.elapsed, notes
 
 
 # 3. End-to-end latency ----------------------------------------------------------------
