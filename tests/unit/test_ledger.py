@@ -9,42 +9,14 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import Column, Index, MetaData, Table, inspect, text
+from sqlalchemy import Column, Index, MetaData, Table, inspect
 
-from tests.support import DATABASES, PG_URL
 from vx11.core.errors import BadCursor, IllegalTransition, NotFound
 from vx11.core.ledger import Ledger, SpawnFilter
 from vx11.core.ledger.paging import Position
 from vx11.core.ledger.schema import SUPERSEDED_INDEXES, spawns
 from vx11.core.ledger.store import PAGES, page_query
 from vx11.core.states import SpawnStatus
-
-
-@pytest.fixture(params=DATABASES)
-def empty_ledger(request, tmp_path):
-    """A ledger on an empty database, its schema not yet created."""
-    if request.param == "sqlite":
-        store = Ledger.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
-        yield store
-        store.engine.dispose()
-        return
-    schema = f"vx11_test_{uuid.uuid4().hex[:8]}"
-    admin = Ledger.from_url(PG_URL).engine
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    store = Ledger.from_url(PG_URL)
-    store.engine.update_execution_options(schema_translate_map={None: schema})
-    yield store
-    store.engine.dispose()
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
-
-
-@pytest.fixture
-def ledger(empty_ledger):
-    empty_ledger.create_schema()
-    return empty_ledger
 
 
 def new_spawn(ledger: Ledger, **fields):

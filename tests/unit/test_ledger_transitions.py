@@ -3,39 +3,14 @@ shape and then reused, with the compare-and-set they always had."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import event
 
-from tests.support import DATABASES, PG_URL
 from vx11.core.errors import IllegalTransition, NotFound
 from vx11.core.ledger import Ledger
 from vx11.core.ledger.store import _get_statement, _transition_statement
 from vx11.core.states import SpawnStatus
 from vx11.core.times import utcnow
-
-
-@pytest.fixture(params=DATABASES)
-def ledger(request, tmp_path):
-    if request.param == "sqlite":
-        store = Ledger.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
-        store.create_schema()
-        yield store
-        store.engine.dispose()
-        return
-    schema = f"vx11_test_{uuid.uuid4().hex[:8]}"
-    admin = Ledger.from_url(PG_URL).engine
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    store = Ledger.from_url(PG_URL)
-    store.engine.update_execution_options(schema_translate_map={None: schema})
-    store.create_schema()
-    yield store
-    store.engine.dispose()
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
 
 
 def statements(ledger: Ledger) -> list[str]:
