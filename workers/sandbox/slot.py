@@ -26,7 +26,7 @@ import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,11 +146,12 @@ class Launcher:
     """One slot: a bubblewrap running the launcher, and its control socket."""
 
     key: tuple[Any, ...]
+    python: str
+    """The launcher's interpreter, which runs python spawns warm."""
     proc: subprocess.Popen[bytes]
     control: socket.socket
     cgroup: SpawnCgroup | None
     runs: int = 0
-    started: float = field(default_factory=time.monotonic)
 
     @classmethod
     def start(
@@ -182,7 +183,7 @@ class Launcher:
             if cgroup is not None:
                 cgroup.remove()
             raise
-        return cls(key, proc, ours, cgroup)
+        return cls(key, python, proc, ours, cgroup)
 
     def alive(self, wait: float = 0.0) -> bool:
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -320,7 +321,7 @@ def _run_in(
 ) -> tuple[Exit, Figures | None]:
     cgroup = launcher.cgroup
     limits = job.limits
-    warm = job.task_type == "python" and config.warm_python and interpreter == launcher.key[1]
+    warm = job.task_type == "python" and config.warm_python and interpreter == launcher.python
     request = {
         "task_type": job.task_type,
         "warm": warm,
