@@ -51,16 +51,18 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
-# ensure_venv [EXTRAS]: a virtualenv in .venv with the project installed (editable).
+# ensure_venv [EXTRAS]: a virtualenv in .venv with the project installed (editable) and
+# its dependencies at the versions pinned in requirements.lock (scripts/lock updates it);
+# installed again when setup.cfg or the lock has changed since.
 ensure_venv() {
   local extras="${1:-}"
   local stamp="$VENV/.installed${extras:+-$extras}"
   if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
   fi
-  if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
+  if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ requirements.lock -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q -e ".${extras:+[$extras]}"
+    "$VENV/bin/python" -m pip install -q -c requirements.lock -e ".${extras:+[$extras]}"
     touch "$stamp"
   fi
 }
