@@ -228,6 +228,17 @@ def test_a_launcher_killed_during_a_run_ends_it_with_a_reason_and_is_replaced(co
     assert the_launcher(config).proc.pid != launcher.proc.pid
 
 
+def test_a_launcher_refused_at_its_start_says_why(config):
+    """What bubblewrap said when it died (a namespace or a mount refused, as in a
+    container without the settings it needs) is in the error, not only in a log."""
+    refusing = Path(config.root) / "bwrap"  # where the sandbox's user may run it
+    refusing.write_text("#!/bin/sh\necho 'bwrap: Creating new namespace failed: nope' >&2\n")
+    refusing.chmod(0o755)
+    with pytest.raises(SandboxError, match=r"launcher died.*Creating new namespace failed: nope"):
+        run(replace(config, bwrap=str(refusing)), "print('never')")
+    refusing.unlink()
+
+
 def test_an_idle_launcher_that_died_is_replaced_before_the_next_run(config):
     launcher = the_launcher(config)
     os.kill(launcher_python(launcher), signal.SIGKILL)

@@ -137,7 +137,7 @@ class LaunchedRun:
         if "error" in message:
             raise SandboxError(f"the sandbox could not run the code: {message['error']}")
         if not self.launcher.alive(wait=0.5):
-            raise LauncherDied("the sandbox's launcher died during the run")
+            raise LauncherDied(f"the sandbox's launcher died during the run{self.launcher.said()}")
         return signal.SIGKILL, 0.0, 0  # killed by the worker, or by the kernel's OOM killer
 
 
@@ -151,6 +151,9 @@ class Launcher:
     proc: subprocess.Popen[bytes]
     control: socket.socket
     cgroup: SpawnCgroup | None
+    errors: int
+    """A memfd holding what bubblewrap and the launcher wrote to stderr (why a
+    namespace or a mount was refused), said in the error when the launcher dies."""
     runs: int = 0
 
     @classmethod
@@ -167,6 +170,7 @@ class Launcher:
         inner = [python, "-I", "-u", "-c", LAUNCHER_SOURCE.read_text(),
                  str(theirs.fileno()), str(config.tmpfs_mb << 20)]  # fmt: skip
         argv = bwrap.launcher_argv(config.bwrap, inner, config.etc or bwrap.shared_etc())
+        errors = os.memfd_create("vx11-launcher-stderr", os.MFD_CLOEXEC)
         try:
             with theirs:
                 proc = subprocess.Popen(
@@ -174,16 +178,18 @@ class Launcher:
                     env={},  # the environment of a sandbox's first process is readable inside
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
+                    stderr=errors,
                     close_fds=True,
                     pass_fds=(theirs.fileno(),),
                     preexec_fn=preexec({}, cgroup, identity),  # once per slot
                 )
         except BaseException:
             ours.close()
+            os.close(errors)
             if cgroup is not None:
                 cgroup.remove()
             raise
-        return cls(key, python, proc, ours, cgroup)
+        return cls(key, python, proc, ours, cgroup, errors)
 
     def alive(self, wait: float = 0.0) -> bool:
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -210,7 +216,8 @@ class Launcher:
             raise
         if message is None:
             ours.close()
-            raise LauncherDied("the sandbox's launcher died while starting a run")
+            self.alive(wait=0.5)
+            raise LauncherDied(f"the sandbox's launcher died while starting a run{self.said()}")
         if "error" in message or not pidfds:
             ours.close()
             raise SandboxError(f"the sandbox could not start the run: {message.get('error')}")
@@ -218,12 +225,23 @@ class Launcher:
         ours.settimeout(None)
         return LaunchedRun(self, ours, pidfds[0])
 
+    def said(self, most: int = 1000) -> str:
+        """The end of what the launcher wrote to stderr, as ``": ..."`` (empty if
+        nothing)."""
+        size = os.fstat(self.errors).st_size
+        text = os.pread(self.errors, most, max(0, size - most)).decode(errors="replace")
+        return f": {' '.join(text.split())}" if text.strip() else ""
+
     def close(self) -> None:
-        """Stop the launcher (and anything it still runs) and remove its cgroup."""
+        """Stop the launcher (and anything it still runs) and remove its cgroup; what
+        it wrote to stderr goes to the worker's log."""
         self.control.close()
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
         self.proc.wait()
+        if said := self.said():
+            log.warning("the sandbox's launcher wrote%s", said)
+        os.close(self.errors)
         if self.cgroup is not None:
             self.cgroup.kill()
             self.cgroup.remove()
