@@ -241,15 +241,21 @@ def test_worker_command_is_the_stack_worker_command(services):
     assert services["worker"]["command"] == ["celery", *expected[3:]]
 
 
-def test_worker_consumes_the_queues_the_gateway_publishes_to(services):
+def test_worker_consumes_the_queues_the_gateway_publishes_to(services, tmp_path):
+    """Also with VX11_SPAWN_QUEUE set in .env, which reaches the gateway."""
     import celeryconfig
     from vx11.core.callbacks import CALLBACK_QUEUE
     from vx11.core.config import Settings
 
-    queues = option(services["worker"]["command"], "--queues").split(",")
-    gateway = Settings.from_env(services["gateway"]["environment"])
-    assert queues == [gateway.spawn_queue, CALLBACK_QUEUE]
-    assert set(queues) <= {queue.name for queue in celeryconfig.task_queues}
+    renamed = resolve(make_project(tmp_path, {**SECRETS, "VX11_SPAWN_QUEUE": "elsewhere"}))
+    for model in (services, renamed["services"]):
+        queues = option(model["worker"]["command"], "--queues").split(",")
+        gateway = Settings.from_env(model["gateway"]["environment"])
+        assert queues == [gateway.spawn_queue, CALLBACK_QUEUE]
+    assert gateway.spawn_queue == "elsewhere"
+    assert set(option(services["worker"]["command"], "--queues").split(",")) <= {
+        queue.name for queue in celeryconfig.task_queues
+    }
 
 
 def test_worker_healthcheck_pings_its_own_node(services):
