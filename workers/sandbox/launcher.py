@@ -47,6 +47,9 @@ from typing import Any, NoReturn  # noqa: E402
 
 CONTROL_FD = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 """The launcher's end of its control socket, passed by the worker."""
+FILTER_FD = int(sys.argv[3]) if len(sys.argv) > 3 else -1
+"""A memfd with the runs' system-call filter, a BPF program libseccomp made in the
+worker (:mod:`workers.sandbox.seccomp`); read once, at the start."""
 RUN_UID = 65534
 """The uid of the launcher in its bubblewrap, and of each run in its own namespace."""
 WORKDIR = "/work"
@@ -65,9 +68,34 @@ MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 MS_REC, MS_PRIVATE = 16384, 1 << 18
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+FILTER: tuple[ctypes.Array[ctypes.c_char], _SockFprog] | None = None
+"""The filter's instructions and the ``struct sock_fprog`` that points at them."""
+
+
+def read_filter() -> None:
+    global FILTER
+    if FILTER_FD < 0:
+        return
+    with os.fdopen(FILTER_FD, "rb") as source:
+        program = source.read()
+    instructions = ctypes.create_string_buffer(program, len(program))
+    FILTER = (instructions, _SockFprog(len(program) // 8, ctypes.addressof(instructions)))
+
+
+def load_filter() -> None:
+    """Every process of the run inherits it; ``no_new_privs`` is set already."""
+    if FILTER is not None:
+        _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(FILTER[1]), 0, 0))
 
 
 def _check(result: int) -> None:
@@ -215,6 +243,7 @@ def wait_for_run(channel: socket.socket) -> NoReturn:
         set_command_line(["vx11-sandbox-init"], title=True)
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         drop_capabilities()  # nothing below needs one, and the run inherits none
+        load_filter()
         os.chdir(WORKDIR)
         os.umask(0o077)
         got = receive(channel)
@@ -468,6 +497,7 @@ def main() -> None:
     control = socket.socket(fileno=CONTROL_FD)
     os.set_inheritable(CONTROL_FD, False)
     tmpfs_bytes = int(sys.argv[2])
+    read_filter()
     warm_up()
     ready = try_prepare(tmpfs_bytes)
     running: socket.socket | None = None  # the channel of the run handed over last

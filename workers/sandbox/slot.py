@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workers.sandbox import bwrap
+from workers.sandbox import bwrap, seccomp
 from workers.sandbox.cgroups import SpawnCgroup
 from workers.sandbox.launch import command
 from workers.sandbox.process import (
@@ -160,7 +160,9 @@ class Launcher:
     def start(
         cls, key: tuple[Any, ...], config: SandboxConfig, identity: Identity | None, python: str
     ) -> Launcher:
-        """A new slot: its cgroup, and the launcher (``python``) in its bubblewrap."""
+        """A new slot: its cgroup, and the launcher (``python``) in its bubblewrap, given
+        the runs' system-call filter (:class:`SandboxError` if libseccomp cannot make it)."""
+        rules = seccomp.program_fd()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cgroup = (
             config.cgroups.create(LAUNCHER_MEMORY_BYTES, LAUNCHER_PROCESSES, "slot")
@@ -168,11 +170,11 @@ class Launcher:
             else None
         )
         inner = [python, "-I", "-u", "-c", LAUNCHER_SOURCE.read_text(),
-                 str(theirs.fileno()), str(config.tmpfs_mb << 20)]  # fmt: skip
+                 str(theirs.fileno()), str(config.tmpfs_mb << 20), str(rules)]  # fmt: skip
         argv = bwrap.launcher_argv(config.bwrap, inner, config.etc or bwrap.shared_etc())
         errors = os.memfd_create("vx11-launcher-stderr", os.MFD_CLOEXEC)
         try:
-            with theirs:
+            with theirs, os.fdopen(rules, "rb"):
                 proc = subprocess.Popen(
                     argv,
                     env={},  # the environment of a sandbox's first process is readable inside
@@ -180,7 +182,7 @@ class Launcher:
                     stdout=subprocess.DEVNULL,
                     stderr=errors,
                     close_fds=True,
-                    pass_fds=(theirs.fileno(),),
+                    pass_fds=(theirs.fileno(), rules),
                     preexec_fn=preexec({}, cgroup, identity),  # once per slot
                 )
         except BaseException:
