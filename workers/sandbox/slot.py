@@ -210,7 +210,10 @@ class Launcher:
                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)],
                     )
                 except OSError as exc:
-                    raise LauncherDied(f"the sandbox's launcher is gone: {exc}") from exc
+                    self.alive(wait=0.5)
+                    raise LauncherDied(
+                        f"the sandbox's launcher is gone: {exc}{self.said()}"
+                    ) from exc
             ours.settimeout(START_TIMEOUT)
             message, pidfds = _receive(ours)
         except BaseException:
