@@ -61,7 +61,8 @@ class Project:
         self.binary = compose_binary()
         self.gateway_port, self.flower_port = free_port(), free_port()
         self.flower_password = secrets.token_hex(8)
-        shutil.copy(REPO / "compose.yaml", root / "compose.yaml")
+        for name in ("compose.yaml", "worker-seccomp.json"):  # as a clone has them
+            shutil.copy(REPO / name, root / name)
         settings = {
             "REDIS_PASSWORD": secrets.token_hex(16),
             "POSTGRES_PASSWORD": secrets.token_hex(16),

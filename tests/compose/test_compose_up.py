@@ -81,6 +81,15 @@ def test_the_seed_s_spawns_run_at_the_bwrap_level(project: Project):
     assert status == 200 and report["sandbox"]["level"] == "bwrap", report
 
 
+def test_a_spawn_runs_under_the_container_s_filter_and_its_own(project: Project):
+    """worker-seccomp.json for the worker container, and the spawn's own filter."""
+    status, accepted = spawn(project, {"task_type": "shell", "ttl_seconds": 30,
+                                       "code": "grep ^Seccomp /proc/self/status"})  # fmt: skip
+    assert status == 200, accepted
+    record = wait_end(project, accepted["spawn_uuid"])
+    assert record["stdout"].split() == ["Seccomp:", "2", "Seccomp_filters:", "2"], record
+
+
 def test_a_second_worker_is_a_second_celery_node(project: Project):
     project.compose("up", "--detach", "--scale", "worker=2", *WAIT)
 

@@ -43,7 +43,11 @@ SECRETS = {
     "VX11_FLOWER_PASSWORD": "flower-secret",
 }
 RABBITMQ_SECRETS = {**SECRETS, "RABBITMQ_PASSWORD": "rabbitmq-secret"}
-BWRAP_SECURITY_OPTS = {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"}
+BWRAP_SECURITY_OPTS = {
+    "seccomp=./worker-seccomp.json",
+    "apparmor=unconfined",
+    "systempaths=unconfined",
+}
 """What bubblewrap needs from Docker, one per layer that refuses it (docs/security.md)."""
 
 

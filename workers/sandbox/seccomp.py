@@ -146,6 +146,47 @@ def build() -> Any:
     return rules
 
 
+BUBBLEWRAP_NEEDS = frozenset(
+    {"mount", "umount2", "pivot_root", "chroot", "unshare"}
+    | {"fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr"}
+)
+"""What a worker container must allow for bubblewrap and the launcher to build each
+sandbox (and ``clone`` with namespace flags, which the spawns' filter leaves alone).
+Newer bubblewrap releases use the file-descriptor mount API where the kernel has it."""
+SPAWNS_ONLY = frozenset({"flock", "inotify_init", "inotify_init1", "fanotify_init"})
+"""Refused to spawns because other spawns share the files; the worker may use them."""
+
+
+def container_profile() -> dict[str, Any]:
+    """The worker container's seccomp profile for Docker (``worker-seccomp.json``
+    beside compose.yaml, which tests/unit/test_worker_seccomp.py keeps current): this
+    module's refusals less what bubblewrap needs and what only concerns spawns, each
+    answering the same error; every other call is allowed, including ``clone`` and
+    ``unshare`` with namespace flags, which Docker's default profile refuses to a
+    container without ``CAP_SYS_ADMIN`` and bubblewrap cannot do without."""
+    by_error: dict[int, list[str]] = {}
+    for name, (error, _why) in DENIED.items():
+        if name not in BUBBLEWRAP_NEEDS | SPAWNS_ONLY:
+            by_error.setdefault(error, []).append(name)
+    syscalls: list[dict[str, Any]] = [
+        {"names": sorted(names), "action": "SCMP_ACT_ERRNO", "errnoRet": error}
+        for error, names in sorted(by_error.items())
+    ]
+    syscalls += [
+        {"names": ["personality"], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM,
+         "args": [{"index": 0, "value": flag | QUERY_BIT, "valueTwo": flag,
+                   "op": "SCMP_CMP_MASKED_EQ"}]}
+        for flag in PERSONALITY_FLAGS
+    ]  # fmt: skip
+    syscalls += [
+        {"names": ["socket"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EAFNOSUPPORT,
+         "args": [{"index": 0, "value": family, "op": "SCMP_CMP_EQ"}]}
+        for family in SOCKETS_DENIED
+    ]  # fmt: skip
+    # No architectures listed: the native one only, so 32-bit calls are refused too.
+    return {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": syscalls}
+
+
 def _int_equal(seccomp: Any, arg: int, value: int) -> Any:
     """Argument ``arg`` (a C ``int``) equals ``value``: its low 32 bits only, as the
     kernel reads it, so that high bits set by hand do not slip past the rule."""
