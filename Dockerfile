@@ -38,8 +38,8 @@ RUN python3 -m venv "$VIRTUAL_ENV" \
 WORKDIR /app
 
 # The gateway and Flower run as this unprivileged user. The worker service runs as root
-# (compose.yaml sets `user: root`) only so that the sandbox can switch each spawn to the
-# unprivileged VX11_SANDBOX_USER (`nobody`); spawned code never runs as root.
+# (compose.yaml sets `user: root`) only so that the sandbox can switch each spawn to an
+# unprivileged uid of its own (VX11_SANDBOX_UIDS); spawned code never runs as root.
 USER vx11
 
 EXPOSE 8000 5555

@@ -113,10 +113,9 @@ def reap_orphans(keep: Collection[int] = ()) -> int:
     ``run_sandboxed`` makes the process that calls it the reaper of its runs' orphans,
     as a worker's pool process is. The benchmark calls it in its own process (and forks
     pools from it), and the sandbox cost figure also runs bwrap alone, as root: bwrap's
-    init, orphaned, becomes a root-owned zombie here, and the sandbox's own reaping
-    (``reap_adopted``) stops at the first dead child that is not the sandbox user's. The
-    sandbox user's zombies left after it count against that uid's process limit on the
-    whole host, until every spawn there, VX11's worker's included, fails to fork."""
+    init, orphaned, becomes a root-owned zombie here, which the sandbox's own reaping
+    (of each run's uid only) leaves alone. Zombies left behind count against their
+    uid's process limit on the whole host."""
     reaped = 0
     for pid in child_pids(os.getpid()) - set(keep):
         with contextlib.suppress(OSError):  # gone, or not ours to wait for after all

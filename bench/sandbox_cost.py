@@ -27,7 +27,7 @@ from bench.baseline import reap_orphans
 from bench.isolate import MISSING, IsolateBox, version
 from bench.report import Figure
 from vx11.core.config import Settings
-from workers.sandbox import Limits, SandboxConfig, resolve_python, run_sandboxed, sandbox_identity
+from workers.sandbox import Limits, SandboxConfig, resolve_python, run_sandboxed
 from workers.sandbox.levels import base_config, choose
 from workers.spawner import limits_for
 
@@ -202,7 +202,11 @@ def _notes(
         if chosen.cgroups is not None
         else "no cgroups (a worker could not make them here)"
     )
-    user = chosen.user if sandbox_identity(chosen.user) is not None else "the benchmark's"
+    user = (
+        f"a leased {chosen.uids.start}-{chosen.uids.stop - 1}"
+        if os.geteuid() == 0
+        else "the benchmark's"
+    )
     notes = [
         f"sandbox cost: {runs} runs of each, round-robin (each round starts one variant "
         f"further), after {warmup} rounds not counted, all in this one process as in a "

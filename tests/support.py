@@ -553,3 +553,10 @@ def is_run_init(pid: int) -> bool:
         return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"vx11-sandbox-init")
     except OSError:
         return False
+
+
+SANDBOX_UIDS = range(60000, 61000)
+"""The uids a root worker's runs take (``VX11_SANDBOX_UIDS``'s default,
+:mod:`workers.sandbox.uids`): one per concurrent run, at both levels."""
+RUN_UID = 65534
+"""A run's uid inside its own user namespace at the bwrap level, whatever its host uid."""

@@ -200,14 +200,14 @@ def test_down_then_up_keeps_the_ledger_and_the_tokens(project: Project):
 PROBE = """
 import json, os
 from vx11.core.config import Settings
-from workers.sandbox import sandbox_identity
 from workers.sandbox.levels import base_config, bwrap_problem
+from workers.sandbox.uids import LEASES
 config = base_config(Settings.from_env())
-identity = sandbox_identity(config.user)
+identity = LEASES.take(config.uids, "bwrap") if os.geteuid() == 0 else None
 print(json.dumps({"bwrap": bwrap_problem(config) or "works", "worker_uid": os.geteuid(),
                   "spawn_uid": identity.uid if identity else os.geteuid()}))
 """
-WORKER_OPTIONS = ["seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"]
+WORKER_OPTIONS = ["seccomp=./worker-seccomp.json", "apparmor=unconfined", "systempaths=unconfined"]
 
 
 def probe(project: Project, tmp_path: Path, options: list[str], user: str = "root") -> dict:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -41,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import idle_slot_pids, wait_for
+from tests.support import RUN_UID, SANDBOX_UIDS, idle_slot_pids, wait_for
 from vx11.core.config import Settings
 from workers.sandbox import Limits, Outcome, SandboxConfig, SandboxError, levels, run_sandboxed
 from workers.sandbox.process import adopting_orphans
@@ -54,7 +53,6 @@ pytestmark = [
     pytest.mark.serial,  # counts every process of the sandbox's uid
 ]
 
-SANDBOX_UID = pwd.getpwnam("nobody").pw_uid
 MIB = 1 << 20
 TMPFS_MB = 64
 DRAIN_MB = 4
@@ -117,7 +115,7 @@ def our_sandbox_processes() -> dict[int, tuple[int, str, int]]:
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, []))
-        if proc_uid(pid) == SANDBOX_UID and pid not in idle:
+        if proc_uid(pid) in SANDBOX_UIDS and pid not in idle:
             found[pid] = (table[pid][2], table[pid][1], table[pid][0])
     return found
 
@@ -1094,7 +1092,7 @@ def test_hostname_ids_cwd_and_pid_are_those_of_a_fresh_run(slot, first, second):
     if second == "python":
         after = json.loads(runs.after.stdout)
         assert after["hostname"] == "vx11-sandbox" and after["cwd"] == "/work"
-        assert after["ids"][0] == [SANDBOX_UID] * 3
+        assert after["ids"][0] == [RUN_UID] * 3
 
 
 # --- cgroup figures -------------------------------------------------------------------------
@@ -1180,7 +1178,7 @@ def test_the_host_check_sees_a_process_of_the_sandbox_uid(slot):
     marker = f"{TAG}{uuid.uuid4().hex[:12]}"
     before = our_sandbox_processes()
     child = subprocess.Popen(
-        [marker, "30"], executable="/bin/sleep", user=SANDBOX_UID, stdin=subprocess.DEVNULL
+        [marker, "30"], executable="/bin/sleep", user=SANDBOX_UIDS[-1], stdin=subprocess.DEVNULL
     )
     try:
         wait_for(lambda: cmdline_pids(marker), timeout=2)

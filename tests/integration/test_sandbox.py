@@ -1,9 +1,10 @@
-"""The basic sandbox, for real: ``run_sandboxed`` starts real subprocesses (as ``nobody``
-when the tests run as root) in working directories under pytest's ``tmp_path``.
+"""The basic sandbox, for real: ``run_sandboxed`` starts real subprocesses (as a uid of
+the sandbox's range when the tests run as root) in working directories under pytest's
+``tmp_path``.
 
 Two things about the machine the tests run on:
 
-- pytest makes its temporary directories ``0700``. Code running as ``nobody`` must be
+- pytest makes its temporary directories ``0700``. Code running as a sandbox uid must be
   able to search its way down to its working directory (python opens ``main.py`` by
   absolute path), so the ``root`` fixture adds ``o+x`` along the way for the test.
 - Processes the sandbox kills are orphans, reaped by PID 1, which in some VMs and
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import support
 from tests.support import wait_for
 from workers.sandbox import Limits, Outcome, SandboxConfig, SandboxError, run_sandboxed
 
@@ -38,12 +40,8 @@ from workers.sandbox import Limits, Outcome, SandboxConfig, SandboxError, run_sa
 pytestmark = pytest.mark.serial
 
 IS_ROOT = os.geteuid() == 0
-SANDBOX_USER = "nobody"
-SANDBOX_UID, SANDBOX_GID = (
-    (pwd.getpwnam(SANDBOX_USER).pw_uid, pwd.getpwnam(SANDBOX_USER).pw_gid)
-    if IS_ROOT
-    else (os.getuid(), os.getgid())
-)
+SANDBOX_UIDS = support.SANDBOX_UIDS if IS_ROOT else range(os.getuid(), os.getuid() + 1)
+"""The uids runs take: one of the range when the tests run as root, else their own."""
 MIB = 1 << 20
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -87,7 +85,7 @@ def sandbox_uid_pids() -> list[int]:
     found = []
     for pid in all_pids():
         status = proc_status(pid)
-        if status and int(status["Uid"].split()[0]) == SANDBOX_UID:
+        if status and int(status["Uid"].split()[0]) in SANDBOX_UIDS:
             found.append(pid)
     return found
 
@@ -111,7 +109,7 @@ def kill_and_reap_orphans() -> None:
         if (
             status is None
             or int(status["PPid"]) != me
-            or int(status["Uid"].split()[0]) != SANDBOX_UID
+            or int(status["Uid"].split()[0]) not in SANDBOX_UIDS
         ):
             continue
         if status["State"][0] not in "ZX":
@@ -188,9 +186,7 @@ def sandbox(root: Path):
         max_open_files: int = 64,
         **overrides,
     ) -> Outcome:
-        config = SandboxConfig(
-            level="basic", root=str(root), user=SANDBOX_USER, max_open_files=max_open_files
-        )
+        config = SandboxConfig(level="basic", root=str(root), max_open_files=max_open_files)
         return run_sandboxed(
             task_type,
             textwrap.dedent(code),
@@ -573,18 +569,22 @@ def test_code_cannot_read_the_worker_environment_through_proc(sandbox, worker_se
 
 
 @needs_root
-def test_code_runs_as_nobody_when_the_worker_is_root(sandbox):
+def test_code_runs_as_a_uid_of_its_own_when_the_worker_is_root(sandbox):
+    """A uid of the range, its gid the same number, no supplementary group, and no
+    account on the host."""
     python = sandbox(
         "python",
         "import os; print(os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups())",
     )
-    shell = sandbox("shell", "id -u; id -un")
+    shell = sandbox("shell", "id -u; id -g; id -G")
     assert_clean_exit(python)
     assert_clean_exit(shell)
-    assert SANDBOX_UID == 65534
-    uid, gid = SANDBOX_UID, SANDBOX_GID
-    assert python.stdout == f"{uid} {uid} {gid} {gid} []\n"
-    assert shell.stdout == f"{uid}\nnobody\n"
+    uid = int(python.stdout.split()[0])
+    assert uid in SANDBOX_UIDS
+    assert python.stdout == f"{uid} {uid} {uid} {uid} []\n"
+    assert shell.stdout == f"{uid}\n{uid}\n{uid}\n"
+    with pytest.raises(KeyError):
+        pwd.getpwuid(uid)
 
 
 @needs_root
@@ -631,7 +631,8 @@ def test_the_working_directory_is_private_to_the_sandbox_user(sandbox, root):
     assert seen["home"] == seen["tmp"] == seen["cwd"]
     assert seen["dir_mode"] == "0o700"
     assert seen["file_mode"] == "0o600"  # umask 077
-    assert seen["dir_uid"] == seen["file_uid"] == SANDBOX_UID
+    assert seen["dir_uid"] == seen["file_uid"]
+    assert seen["dir_uid"] in SANDBOX_UIDS
 
 
 def test_every_run_gets_a_fresh_working_directory_removed_afterwards(sandbox, root):
@@ -767,7 +768,7 @@ def test_background_processes_are_killed_at_the_wall_clock_limit_too(sandbox):
     assert_dead_soon(int(outcome.stdout))
 
 
-@needs_root  # the worker adopts and ends the orphans of runs only when they run as nobody
+@needs_root  # the worker adopts and ends the orphans of runs only when they run as a sandbox uid
 def test_a_child_that_calls_setsid_is_dead_once_the_run_returns(sandbox):
     outcome = sandbox(
         "python",
@@ -786,7 +787,7 @@ def test_a_child_that_calls_setsid_is_dead_once_the_run_returns(sandbox):
         assert_dead_soon(pid)
     finally:  # the escapee is ours to end (the reaper fixture kills it too)
         status = proc_status(pid)
-        if status and int(status["Uid"].split()[0]) == SANDBOX_UID and status["Name"] == "sleep":
+        if status and int(status["Uid"].split()[0]) in SANDBOX_UIDS and status["Name"] == "sleep":
             os.kill(pid, signal.SIGKILL)
 
 
@@ -961,17 +962,18 @@ def test_a_shell_fork_bomb_is_contained_and_the_machine_stays_usable(sandbox, ro
 
 
 @pytest.mark.xfail(
+    not IS_ROOT,
     strict=True,
     raises=AssertionError,
-    reason="basic level: every run uses the same uid, so a concurrent run can reach "
-    "another's working directory through /proc/<pid>/cwd",
+    reason="basic level, worker not root: every run has the worker's uid, so a concurrent "
+    "run can reach another's working directory through /proc/<pid>/cwd",
 )
 def test_a_concurrent_run_cannot_read_another_runs_working_directory(sandbox):
     victim: list[Outcome] = []
     victim_code = """
         import os, time
         open("secret.txt", "w").write("victim-secret-42")
-        deadline = time.monotonic() + 2.5
+        deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline and not os.path.exists("seen"):
             time.sleep(0.02)
         """
@@ -982,7 +984,7 @@ def test_a_concurrent_run_cannot_read_another_runs_working_directory(sandbox):
             "python",
             """
             import glob, os, time
-            deadline = time.monotonic() + 2.5
+            deadline = time.monotonic() + 1.5
             while time.monotonic() < deadline:
                 for path in glob.glob("/proc/[0-9]*/cwd/secret.txt"):
                     try:

@@ -1,8 +1,9 @@
 """Ordinary programs in the sandbox, for real, at both levels: the system's tools work
 inside the bwrap level's own ``/etc`` as they do on the host.
 
-Runs as ``nobody`` when the tests run as root (the basic level's working directories
-are then made under a directory anyone may traverse), else as the tests' own user.
+Runs as a uid of the sandbox's range when the tests run as root (the basic level's
+working directories are then made under a directory anyone may traverse), else as the
+tests' own user.
 """
 
 from __future__ import annotations
@@ -63,11 +64,12 @@ def run(config: SandboxConfig, task_type: str, code: str, *args: str) -> Outcome
     return outcome
 
 
-def user_name(config: SandboxConfig) -> str:
-    """Who the code is, by name, as the sandbox's passwd says."""
+def user_name(config: SandboxConfig) -> str | None:
+    """Who the code is, by name, as the sandbox's passwd says (None: at the basic level
+    as root, a uid of the sandbox's range, which no account names)."""
     if config.level == "bwrap":
         return "sandbox"
-    return "nobody" if IS_ROOT else pwd.getpwuid(os.getuid()).pw_name
+    return None if IS_ROOT else pwd.getpwuid(os.getuid()).pw_name
 
 
 def test_awk_and_which_are_found_through_etc_alternatives(config):
@@ -79,6 +81,8 @@ def test_awk_and_which_are_found_through_etc_alternatives(config):
 
 
 def test_the_code_knows_its_user_and_group_by_name(config):
+    if user_name(config) is None:
+        pytest.skip("a basic-level run of a root worker has a uid no account names")
     outcome = run(
         config,
         "python",

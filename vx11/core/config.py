@@ -74,8 +74,10 @@ class Settings:
     sandbox_root: str = _setting(
         "", "Where basic-level working directories are made; empty means `<tmp>/vx11-sandbox`."
     )
-    sandbox_user: str = _setting(
-        "nobody", "Unprivileged user the code runs as when the worker runs as root."
+    sandbox_uids: str = _setting(
+        "60000-60999",
+        "Uids (`FIRST-LAST`) a root worker runs code as: each concurrent run takes one no "
+        "account names and no other process uses, its gid the same number.",
     )
     sandbox_python: str = _setting(
         "python3", "Interpreter for python spawns, looked up on the sandbox's PATH."

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pwd
 import shutil
 
 from workers.sandbox import basic, slot
@@ -24,11 +23,11 @@ from workers.sandbox.process import (
     become_subreaper,
     decode_status,
     end_adopted,
-    reap_adopted,
     rlimits,
     run_process,
 )
 from workers.sandbox.spec import Job, Limits, Outcome, SandboxConfig, SandboxError
+from workers.sandbox.uids import LEASES
 
 __all__ = [
     "ACTIVE",
@@ -54,14 +53,6 @@ ACTIVE = _Active()
 
 
 @functools.cache
-def sandbox_identity(user: str) -> Identity | None:
-    """The uid and gid code runs as: ``user``'s when the worker is root, else its own."""
-    if os.geteuid() != 0:
-        return None
-    entry = pwd.getpwnam(user)
-    return Identity(entry.pw_uid, entry.pw_gid)
-
-
 @functools.cache  # a miss raises, and is not kept
 def resolve_python(name: str) -> str:
     found = shutil.which(name, path=SANDBOX_PATH) if "/" not in name else name
@@ -105,14 +96,20 @@ def run_sandboxed(
     config = config or SandboxConfig()
     if task_type not in TASK_TYPES:
         raise ValueError(f"unknown task_type {task_type!r}")
-    identity = sandbox_identity(config.user)
     interpreter = resolve_interpreter(task_type, config)
     job = Job(task_type, code, tuple(args), (stdin or "").encode("utf-8"), limits)
-    if config.level == "bwrap":
-        python = resolve_python(config.python)
-        done, figures = slot.run(job, config, identity, interpreter, python, watcher)
-    else:
-        done, figures = _run_basic(job, config, identity, interpreter, watcher)
+    # A root worker runs code as a uid of its own among the concurrent runs; another
+    # worker, as itself (it cannot switch).
+    identity = LEASES.take(config.uids, config.level) if os.geteuid() == 0 else None
+    try:
+        if config.level == "bwrap":
+            python = resolve_python(config.python)
+            done, figures = slot.run(job, config, identity, interpreter, python, watcher)
+        else:
+            done, figures = _run_basic(job, config, identity, interpreter, watcher)
+    finally:
+        if identity is not None:
+            LEASES.give(config.uids, config.level, identity)
     exit_code, term_signal = decode_status(done.status)
     cpu_ms = int(done.cpu_seconds * 1000)
     peak_kb: int | None = done.max_rss_kb  # of one process
@@ -182,10 +179,7 @@ def _run_basic(
             cgroup.remove()
         if adopting:
             assert identity is not None  # adopting is only ever true with an identity
-            if cgroup is not None:
-                reap_adopted(identity.uid)  # the cgroup kill left nothing alive
-            else:
-                end_adopted(identity.uid)
+            end_adopted({identity.uid})  # the run's uid is its own: whatever runs as it
 
 
 def _limit_hit(

@@ -4,12 +4,13 @@ the strongest level that works (``VX11_SANDBOX=auto``), or the one required."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
 from vx11.core.config import Settings
-from workers.sandbox import bwrap, run_sandboxed, sandbox_identity, slot
+from workers.sandbox import bwrap, run_sandboxed, slot, uids
 from workers.sandbox.cgroups import Cgroups, CgroupUnavailable
 from workers.sandbox.process import adopting_orphans
 from workers.sandbox.spec import Limits, SandboxConfig, SandboxError
@@ -33,7 +34,7 @@ def base_config(settings: Settings) -> SandboxConfig:
     return SandboxConfig(
         level="basic",
         root=settings.effective_sandbox_root,
-        user=settings.sandbox_user,
+        uids=uids.parse(settings.sandbox_uids),
         python=settings.sandbox_python,
         bwrap=shutil.which("bwrap") or "bwrap",
         tmpfs_mb=settings.sandbox_tmpfs_mb,
@@ -48,15 +49,15 @@ def bwrap_problem(config: SandboxConfig) -> str | None:
     if not Path(config.bwrap).is_file():
         return "bwrap is not installed (Debian package bubblewrap)"
     probe = replace(config, level="bwrap", adopt_orphans=False)
-    identity = sandbox_identity(config.user)
     try:
-        with adopting_orphans(identity.uid if identity else None):  # bwrap's init, after
+        with adopting_orphans(config.uids if os.geteuid() == 0 else None):  # bwrap's init
             outcome = run_sandboxed("python", f"print({PROBE_OUTPUT!r})", limits=PROBE_LIMITS,
                                     config=probe)  # fmt: skip
     except (OSError, SandboxError) as exc:
         return f"bwrap could not start: {exc}"
     finally:
         slot.SLOTS.close()  # the process that probes (a worker's main one) runs no spawn
+        uids.LEASES.close()  # nor holds a uid
     if outcome.exit_code != 0 or outcome.stdout.strip() != PROBE_OUTPUT:
         return f"bwrap probe failed: exit {outcome.exit_code}: {outcome.stderr.strip()[:300]}"
     return None

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
@@ -319,10 +319,10 @@ PR_GET_CHILD_SUBREAPER = 37
 
 
 @contextlib.contextmanager
-def adopting_orphans(uid: int | None) -> Iterator[None]:
+def adopting_orphans(uids: Container[int] | None) -> Iterator[None]:
     """Be the reaper of orphans only while the block runs, then end those running as
-    ``uid`` (for a process that must not stay a subreaper, such as a worker's main
-    process probing its sandbox before its pool starts)."""
+    one of ``uids`` (for a process that must not stay a subreaper, such as a worker's
+    main process probing its sandbox before its pool starts)."""
     libc = ctypes.CDLL(None, use_errno=True)
     previous = ctypes.c_int(0)
     libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(previous), 0, 0, 0)
@@ -330,20 +330,20 @@ def adopting_orphans(uid: int | None) -> Iterator[None]:
     try:
         yield
     finally:
-        if uid is not None:
-            end_adopted(uid)
+        if uids is not None:
+            end_adopted(uids)
         libc.prctl(PR_SET_CHILD_SUBREAPER, previous.value, 0, 0, 0)
 
 
-def end_adopted(uid: int) -> None:
-    """Kill and reap the children of this process that run as ``uid`` and are not a run
-    it is supervising: orphans of runs (the sandbox's uid is never that of a process the
-    worker started itself)."""
+def end_adopted(uids: Container[int]) -> None:
+    """Kill and reap the children of this process that run as one of ``uids`` and are
+    not a run it is supervising: orphans of runs (a sandbox's uid is never that of a
+    process the worker started itself)."""
     with _leaders_lock:
-        _end_adopted(uid)
+        _end_adopted(uids)
 
 
-def _end_adopted(uid: int) -> None:
+def _end_adopted(uids: Container[int]) -> None:
     me = os.getpid()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) in _running_leaders:
@@ -353,32 +353,13 @@ def _end_adopted(uid: int) -> None:
                 status = dict(line.split(":", 1) for line in f if ":" in line)
         except OSError:
             continue
-        if int(status["PPid"]) != me or int(status["Uid"].split()[0]) != uid:
+        if int(status["PPid"]) != me or int(status["Uid"].split()[0]) not in uids:
             continue
         pid = int(entry.name)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
-
-
-def reap_adopted(uid: int) -> None:
-    """Reap the dead orphans of runs, running as ``uid``, without scanning the host:
-    enough once a run's cgroup has been killed, as nothing of it is left alive."""
-    seen: set[int] = set()
-    with _leaders_lock:
-        while True:
-            try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                return
-            if info is None or info.si_pid in seen:
-                return  # none, or the first is a child of the worker's own: leave it
-            seen.add(info.si_pid)
-            if info.si_uid != uid or info.si_pid in _running_leaders:
-                return
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(info.si_pid, 0)
 
 
 def kill_group(pgid: int) -> None:

@@ -67,7 +67,8 @@ class SandboxConfig:
     """``bwrap`` (namespaces) or ``basic`` (rlimits, process group, scratch directory)."""
     root: str = field(default_factory=lambda: str(Path(tempfile.gettempdir()) / "vx11-sandbox"))
     """Where the basic level makes working directories."""
-    user: str = "nobody"
+    uids: range = range(60000, 61000)
+    """The uids runs take when the worker is root, one per concurrent run (:mod:`.uids`)."""
     python: str = "python3"
     bash: str = "bash"
     """Looked up on the sandbox's ``PATH``; a ``bash`` run fails when it is missing."""
