@@ -150,6 +150,14 @@ class Engine:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        # The containers' mounts under the exec root go with the engine.
-        subprocess.run(["umount", "-R", "-l", str(self.run_dir / "exec")], capture_output=True)
+        # What dockerd mounted under its exec root (its network namespace's nsfs, the
+        # containers' mounts), deepest first, then the directory.
+        for mount_point in sorted(self._mounts(), key=len, reverse=True):
+            subprocess.run(["umount", "-l", mount_point], capture_output=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _mounts(self) -> list[str]:
+        prefix = f"{self.run_dir}/"
+        with open("/proc/self/mounts") as mounts:
+            points = [line.split()[1] for line in mounts]
+        return [point for point in points if point.startswith(prefix)]
