@@ -72,6 +72,15 @@ def test_a_default_above_its_maximum_is_refused():
         Settings.from_env({"VX11_MEMORY_LIMIT_MB": "4096"})
 
 
+def test_the_sandbox_uids_are_a_range_from_1000_up():
+    assert Settings().sandbox_uid_range == range(60000, 61000)
+    one = Settings.from_env({"VX11_SANDBOX_UIDS": "61000"})
+    assert one.sandbox_uid_range == range(61000, 61001)
+    for bad in ("", "x", "60999-60000", "0-100", "999-2000", "1000-99999999999", "1-2-3"):
+        with pytest.raises(ValueError, match="VX11_SANDBOX_UIDS must be FIRST-LAST"):
+            Settings.from_env({"VX11_SANDBOX_UIDS": bad})
+
+
 def test_an_unknown_sandbox_level_is_refused():
     with pytest.raises(ValueError, match="VX11_SANDBOX must be"):
         Settings.from_env({"VX11_SANDBOX": "docker"})

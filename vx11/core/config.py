@@ -215,6 +215,7 @@ class Settings:
             raise ValueError(
                 f"VX11_SANDBOX_REQUIRE may only be bwrap, not {self.sandbox_require!r}"
             )
+        self.sandbox_uid_range  # noqa: B018 - raises for a malformed range
         for default, maximum in _DEFAULT_AND_MAXIMUM:
             if getattr(self, default) > getattr(self, maximum):
                 raise ValueError(
@@ -257,6 +258,21 @@ class Settings:
         if "," in self.flower_password:
             raise ValueError("VX11_FLOWER_PASSWORD may not contain ','")
         object.__setattr__(self, "data_dir", str(Path(self.data_dir).resolve()))
+
+    @property
+    def sandbox_uid_range(self) -> range:
+        """``VX11_SANDBOX_UIDS`` (``FIRST-LAST``, or one uid) as a range."""
+        first, sep, last = self.sandbox_uids.partition("-")
+        try:
+            uids = range(int(first), int(last if sep else first) + 1)
+        except ValueError:
+            uids = range(0)
+        if not uids or uids.start < 1000 or uids.stop - 1 > 0xFFFFFFFE:
+            raise ValueError(
+                f"VX11_SANDBOX_UIDS must be FIRST-LAST, uids from 1000 up, "
+                f"not {self.sandbox_uids!r}"
+            )
+        return uids
 
     @property
     def production(self) -> bool:

@@ -34,7 +34,7 @@ def base_config(settings: Settings) -> SandboxConfig:
     return SandboxConfig(
         level="basic",
         root=settings.effective_sandbox_root,
-        uids=uids.parse(settings.sandbox_uids),
+        uids=settings.sandbox_uid_range,
         python=settings.sandbox_python,
         bwrap=shutil.which("bwrap") or "bwrap",
         tmpfs_mb=settings.sandbox_tmpfs_mb,

@@ -91,15 +91,6 @@ class Leases:
         self.free, self.held, self.lock = {}, {}, threading.Lock()
 
 
-def parse(text: str) -> range:
-    """``FIRST-LAST`` as a range of uids; :class:`ValueError` if it is not one."""
-    first, sep, last = text.partition("-")
-    uids = range(int(first), int(last) + 1) if sep else range(int(first), int(first) + 1)
-    if not uids or uids.start < 1000 or uids.stop - 1 > 0xFFFFFFFE:
-        raise ValueError(f"{text!r} is not a range FIRST-LAST of uids from 1000 up")
-    return uids
-
-
 def _named(uid: int) -> bool:
     """Whether a user or group has this number."""
     for lookup in (pwd.getpwuid, grp.getgrgid):
