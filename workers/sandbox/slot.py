@@ -162,35 +162,35 @@ class Launcher:
     ) -> Launcher:
         """A new slot: its cgroup, and the launcher (``python``) in its bubblewrap, given
         the runs' system-call filter (:class:`SandboxError` if libseccomp cannot make it)."""
-        rules = seccomp.program_fd()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        cgroup = (
-            config.cgroups.create(LAUNCHER_MEMORY_BYTES, LAUNCHER_PROCESSES, "slot")
-            if config.cgroups
-            else None
-        )
-        inner = [python, "-I", "-u", "-c", LAUNCHER_SOURCE.read_text(),
-                 str(theirs.fileno()), str(config.tmpfs_mb << 20), str(rules)]  # fmt: skip
-        argv = bwrap.launcher_argv(config.bwrap, inner, config.etc or bwrap.shared_etc())
-        errors = os.memfd_create("vx11-launcher-stderr", os.MFD_CLOEXEC)
-        try:
-            with theirs, os.fdopen(rules, "rb"):
-                proc = subprocess.Popen(
-                    argv,
-                    env={},  # the environment of a sandbox's first process is readable inside
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=errors,
-                    close_fds=True,
-                    pass_fds=(theirs.fileno(), rules),
-                    preexec_fn=preexec({}, cgroup, identity),  # once per slot
-                )
-        except BaseException:
-            ours.close()
-            os.close(errors)
-            if cgroup is not None:
-                cgroup.remove()
-            raise
+        with os.fdopen(seccomp.program_fd(), "rb") as rules:  # the launcher keeps its copy
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            cgroup = (
+                config.cgroups.create(LAUNCHER_MEMORY_BYTES, LAUNCHER_PROCESSES, "slot")
+                if config.cgroups
+                else None
+            )
+            inner = [python, "-I", "-u", "-c", LAUNCHER_SOURCE.read_text(), str(theirs.fileno()),
+                     str(config.tmpfs_mb << 20), str(rules.fileno())]  # fmt: skip
+            argv = bwrap.launcher_argv(config.bwrap, inner, config.etc or bwrap.shared_etc())
+            errors = os.memfd_create("vx11-launcher-stderr", os.MFD_CLOEXEC)
+            try:
+                with theirs:
+                    proc = subprocess.Popen(
+                        argv,
+                        env={},  # a sandbox's first process's environment is readable inside
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=errors,
+                        close_fds=True,
+                        pass_fds=(theirs.fileno(), rules.fileno()),
+                        preexec_fn=preexec({}, cgroup, identity),  # once per slot
+                    )
+            except BaseException:
+                ours.close()
+                os.close(errors)
+                if cgroup is not None:
+                    cgroup.remove()
+                raise
         return cls(key, python, proc, ours, cgroup, errors)
 
     def alive(self, wait: float = 0.0) -> bool:
