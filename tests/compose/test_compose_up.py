@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.compose.conftest import ENABLED, SKIP_REASON, Project
+from tests.compose.conftest import ENABLED, SKIP_REASON
+from tests.compose.project import Project
 from tests.support import http, wait_for
 
 pytestmark = [pytest.mark.compose, pytest.mark.skipif(not ENABLED, reason=SKIP_REASON)]

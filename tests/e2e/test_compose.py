@@ -19,10 +19,8 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ import pytest
 import yaml
 
 from tests.compose.engine import compose_binary
+from tests.compose.project import make_project
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -49,23 +48,6 @@ BWRAP_SECURITY_OPTS = {
     "systempaths=unconfined",
 }
 """What bubblewrap needs from Docker, one per layer that refuses it (docs/security.md)."""
-
-
-def make_project(directory: Path, settings: Mapping[str, str], override: str = "") -> Path:
-    """compose.yaml (and ``override`` as compose.override.yaml) with a .env copied from
-    .env.example, ``settings`` filled in where it has a line for them, added otherwise."""
-    directory.mkdir(exist_ok=True)
-    shutil.copy(ROOT / "compose.yaml", directory)
-    if override:
-        (directory / "compose.override.yaml").write_text(override)
-    rest = dict(settings)
-    lines = [
-        f"{key}={rest.pop(key)}" if (key := line.partition("=")[0]) in rest else line
-        for line in ENV_EXAMPLE.read_text().splitlines()
-    ]
-    lines += [f"{key}={value}" for key, value in rest.items()]
-    (directory / ".env").write_text("\n".join(lines) + "\n")
-    return directory
 
 
 def compose_config(directory: Path, *options: str) -> subprocess.CompletedProcess[str]:
