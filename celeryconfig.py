@@ -61,7 +61,10 @@ if _AMQP_BROKER:
     _SPAWN_CONSUMER_ARGUMENTS: dict[str, int] | None = {
         "x-consumer-timeout": _LONGEST_UNACKED * 1000
     }
-    broker_transport_options = {}
+    # Publisher confirms: a publish returns once the broker has queued (and, the
+    # message being persistent, written) the job, so a 202 is never answered for a job
+    # the broker could still drop, and the queue's depth counts it from then on.
+    broker_transport_options = {"confirm_publish": True}
 else:
     # Redis redelivers an unacknowledged job after visibility_timeout: it must be longer
     # than the longest spawn can run, or a long spawn would be handed to a second worker.

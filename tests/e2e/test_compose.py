@@ -418,6 +418,7 @@ def test_rabbitmq_lets_the_longest_spawn_finish_within_its_consumer_timeout(with
     assert queue == settings.spawn_queue
     assert arguments["x-consumer-timeout"] > (settings.spawn_max_ttl + TIME_LIMIT_MARGIN) * 1000
     assert "visibility_timeout" not in transport, "a Redis-transport option"
+    assert transport["confirm_publish"] is True, "a 202 only for a job the broker holds"
     erl_args = shlex.split(rabbitmq_env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"])
     at = erl_args.index("consumer_timeout")
     assert erl_args[at - 1] == "-rabbit"
