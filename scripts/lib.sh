@@ -51,6 +51,28 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# venv_python: the interpreter .venv is made from. `vx11 up` started as root runs VX11
+# as its unprivileged service user (VX11_SERVICE_USER), who must be able to read the
+# interpreter's standard library: the first python3 on PATH whose installation every
+# user can reach (one under /root cannot be), else the system's.
+venv_python() {
+  local candidate
+  for candidate in python3 /usr/bin/python3; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c '
+import os, sys
+path = os.path.realpath(sys.base_prefix)
+while path != "/":
+    if not os.stat(path).st_mode & 0o001:
+        sys.exit(1)
+    path = os.path.dirname(path)
+'; then
+      echo "$candidate"
+      return
+    fi
+  done
+  echo python3
+}
+
 # ensure_venv [EXTRAS]: a virtualenv in .venv with the project installed (editable) and
 # its dependencies at the versions pinned in requirements.lock (scripts/lock updates it);
 # installed again when setup.cfg or the lock has changed since.
@@ -58,7 +80,7 @@ ensure_venv() {
   local extras="${1:-}"
   local stamp="$VENV/.installed${extras:+-$extras}"
   if [ ! -x "$VENV/bin/python" ]; then
-    python3 -m venv "$VENV"
+    "$(venv_python)" -m venv "$VENV"
   fi
   if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ requirements.lock -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null

@@ -128,6 +128,9 @@ class RedisServer(Process):
 def service_env(config: dict[str, str]) -> dict[str, str]:
     """The environment of a gateway or worker subprocess configured by ``config``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VX11_")}
+    # started as whoever runs the tests (root here): tests/e2e/test_service_user.py is
+    # where a worker gives root up
+    env["VX11_SERVICE_USER"] = ""
     env.update({f"VX11_{key.upper()}": str(value) for key, value in config.items()})
     if "broker_url" not in config and MODULE_BROKER.get("url"):
         env["VX11_BROKER_URL"] = MODULE_BROKER["url"]

@@ -19,7 +19,7 @@ from vx11.core.config import Settings
 app = Celery("vx11", include=["workers.spawner", "workers.callbacks"])
 app.config_from_object("celeryconfig")
 
-from workers import control  # noqa: E402,F401  registers the vx11_worker_info command
+from workers import control, service  # noqa: E402,F401  control: vx11_worker_info
 from workers.steps import SandboxStep, SweeperStep  # noqa: E402
 
 app.steps["worker"].add(SandboxStep)
@@ -40,6 +40,17 @@ def _log_from_the_start(instance, **_) -> None:
     logging.captureWarnings(True)
     if settings.effective_log_format == "json":
         instance.quiet = True
+
+
+@signals.celeryd_init.connect
+def _give_up_root(**_) -> None:
+    """Next, a worker started as root gives root up (:mod:`workers.service`), or says
+    why it cannot and does not start."""
+    try:
+        service.give_up_root(Settings.from_env())
+    except (service.ServiceUserError, OSError) as exc:
+        logging.getLogger("workers.service").critical("the worker does not start: %s", exc)
+        raise SystemExit(78) from None  # EX_CONFIG
 
 
 @signals.setup_logging.connect

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -247,10 +248,24 @@ class Child:
     deaths: int = 0
     """Deaths in a row, each within :data:`HEALTHY_AFTER` of its start."""
 
+    run_as: tuple[int, int] | None = None
+    """``(uid, gid)`` it is started as (:func:`service_user`); None: as ``vx11 up``."""
+
+    @property
+    def service_env(self) -> dict[str, str]:
+        """Its environment as the service user, whose home is the data directory (what
+        gunicorn keeps in ``~``), not root's."""
+        return {**self.env, "HOME": Settings.from_env(self.env).data_dir}
+
     def start(self) -> None:
         if self.before_start is not None:
             self.before_start()
-        self.proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        uid, gid = self.run_as or (None, None)
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env if self.run_as is None else self.service_env,
+            start_new_session=True,
+            user=uid, group=gid, extra_groups=[] if self.run_as else None,
+        )  # fmt: skip
         self.started = time.monotonic()
 
 
@@ -271,8 +286,9 @@ class Stack:
         argv: list[str],
         env: dict[str, str],
         before_start: Callable[[], None] | None = None,
+        run_as: tuple[int, int] | None = None,
     ) -> None:
-        self.children[name] = child = Child(argv, env, before_start)
+        self.children[name] = child = Child(argv, env, before_start, run_as=run_as)
         child.start()
 
     def stop(self, grace: float = 10.0, last: Sequence[str] = ()) -> None:
@@ -310,6 +326,70 @@ class Stack:
                 say(f"vx11: {name} exited with status {status}; restarting it in {wait:g} s")
                 due[name] = now + wait
             time.sleep(0.2)
+
+
+def service_user(settings: Settings, say: Callable[[str], None]) -> tuple[int, int] | None:
+    """``vx11 up`` started as root runs everything as ``VX11_SERVICE_USER``: its
+    ``(uid, gid)``, the system user made first if it does not exist, the data directory
+    handed to it, checked that it can run VX11 from where it is installed. The
+    worker is started as root and gives root up itself (:mod:`workers.service`). None
+    when not root, or the setting is empty."""
+    if os.geteuid() != 0 or not settings.service_user:
+        return None
+    name = settings.service_user
+    if not name.replace(":", "").isdigit():
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            _add_system_user(name)
+            say(f"vx11: made the system user {name}, which VX11 runs as")
+    run_as = settings.service_ids()
+    hand_over(Path(settings.data_dir), run_as)
+    probe = subprocess.run(
+        [sys.executable, "-c", SERVICE_PROBE, settings.data_dir],
+        user=run_as[0], group=run_as[1], extra_groups=[], capture_output=True, text=True,
+        cwd="/",
+    )  # fmt: skip
+    if probe.returncode != 0:
+        lines = probe.stderr.strip().splitlines() or ["(no output)"]
+        raise StackError(
+            f"the service user {name} (VX11_SERVICE_USER) cannot run VX11 from "
+            f"{sys.prefix} with its data in {settings.data_dir}: {lines[-1]}. Install VX11 "
+            "and its Python, and keep VX11_DATA_DIR, where that user can reach them (not "
+            "under /root), or set VX11_SERVICE_USER= to run VX11 as root."
+        )
+    return run_as
+
+
+SERVICE_PROBE = """
+import os, sys
+import celery, gunicorn, vx11.gateway.app, workers.celery
+if not os.access(sys.argv[1], os.W_OK | os.X_OK):
+    sys.exit(f"PermissionError: cannot write {sys.argv[1]}")
+"""
+"""Run as the service user before anything starts: can it import VX11 and write its data?"""
+
+
+def hand_over(data_dir: Path, run_as: tuple[int, int]) -> None:
+    """The data directory (the ledger, Redis's files, Flower's password) and all in it
+    to the service user."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for directory, _, files in os.walk(data_dir):
+        for path in [directory, *(os.path.join(directory, f) for f in files)]:
+            os.lchown(path, *run_as)
+
+
+def _add_system_user(name: str) -> None:
+    useradd = shutil.which("useradd")
+    if useradd is None:
+        raise StackError(f"no user {name} (VX11_SERVICE_USER), and no useradd to make it")
+    made = subprocess.run(
+        [useradd, "--system", "--user-group", "--no-create-home",
+         "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if made.returncode != 0:
+        raise StackError(f"could not make the user {name}: {made.stderr.strip()}")
 
 
 def _terminate(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
@@ -370,8 +450,11 @@ def run_stack(options: StackOptions, environ: dict[str, str] | None = None) -> i
     if options.flower:
         require_free_port(options.host, options.flower_port, "Flower")
         flower = (f"http://{options.host}:{options.flower_port}", flower_login(settings))
+    run_as = service_user(settings, lambda line: print(line, flush=True))
     stack = Stack()
     metrics_dir = tempfile.mkdtemp(prefix="vx11-metrics-")
+    if run_as is not None:
+        os.chown(metrics_dir, *run_as)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         if "VX11_REDIS_URL" not in env:
@@ -379,8 +462,12 @@ def run_stack(options: StackOptions, environ: dict[str, str] | None = None) -> i
             assert redis_port is not None  # the default URL names its port
             argv = redis_server_argv(redis_port, Path(settings.data_dir) / "redis")
             require_free_port("127.0.0.1", redis_port, "private Redis")
-            stack.start("redis-server", argv, env)
+            if run_as is not None:
+                hand_over(Path(settings.data_dir), run_as)
+            stack.start("redis-server", argv, env, run_as=run_as)
             wait_until(lambda: redis_answers(DEFAULT_REDIS_URL), 15, "Redis", stack.procs)
+        if run_as is not None:
+            hand_over(Path(settings.data_dir), run_as)
         stack.start(
             "gateway",
             gunicorn_argv(
@@ -388,11 +475,12 @@ def run_stack(options: StackOptions, environ: dict[str, str] | None = None) -> i
             ),
             gateway_env(env, metrics_dir),
             before_start=lambda: _empty(Path(metrics_dir)),  # prometheus's files, per run
+            run_as=run_as,
         )
         stack.start("worker", worker_argv(options.worker_concurrency, settings.spawn_queue), env)
         if flower is not None:
             argv = flower_argv(options.host, options.flower_port)
-            stack.start("flower", argv, flower_env(env, flower[1]))
+            stack.start("flower", argv, flower_env(env, flower[1]), run_as=run_as)
         base = f"http://{options.host}:{options.port}"
         wait_until(lambda: http_ok(f"{base}/health"), 30, "the gateway", stack.procs)
         if flower is not None:  # its one page without a login

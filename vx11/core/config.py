@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import pwd
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -78,6 +79,12 @@ class Settings:
         "60000-60999",
         "Uids (`FIRST-LAST`) a root worker runs code as: each concurrent run takes one no "
         "account names and no other process uses, its gid the same number.",
+    )
+    service_user: str = _setting(
+        "vx11",
+        "The unprivileged user (a name, or `UID[:GID]`) a worker started as root becomes, "
+        "keeping only the power to run code as `VX11_SANDBOX_UIDS`; `vx11 up` started as "
+        "root runs everything as it. Empty: a worker started as root stays root.",
     )
     sandbox_python: str = _setting(
         "python3", "Interpreter for python spawns, looked up on the sandbox's PATH."
@@ -258,6 +265,31 @@ class Settings:
         if "," in self.flower_password:
             raise ValueError("VX11_FLOWER_PASSWORD may not contain ','")
         object.__setattr__(self, "data_dir", str(Path(self.data_dir).resolve()))
+
+    def service_ids(self) -> tuple[int, int]:
+        """``(uid, gid)`` of ``VX11_SERVICE_USER`` (a user name, or ``UID[:GID]``);
+        :class:`ValueError` saying why it cannot be the service user."""
+        user = self.service_user
+        if user.replace(":", "").isdigit():
+            uid_text, _, gid_text = user.partition(":")
+            uid, gid = int(uid_text), int(gid_text or uid_text)
+        else:
+            try:
+                entry = pwd.getpwnam(user)
+            except KeyError:
+                raise ValueError(
+                    f"VX11_SERVICE_USER {user!r} does not exist: create it (useradd "
+                    f"--system --user-group {user}), or name another unprivileged user"
+                ) from None
+            uid, gid = entry.pw_uid, entry.pw_gid
+        if uid == 0 or gid == 0:
+            raise ValueError("VX11_SERVICE_USER must not be root")
+        if uid in self.sandbox_uid_range or gid in self.sandbox_uid_range:
+            raise ValueError(
+                f"VX11_SERVICE_USER ({uid}:{gid}) is inside VX11_SANDBOX_UIDS: spawned code "
+                "would share its uid"
+            )
+        return uid, gid
 
     @property
     def sandbox_uid_range(self) -> range:

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 KILL_TIMEOUT = 5.0
+WORKER_LEAF = "worker"
+"""On v2, the cgroup a worker that gave root up runs in, beside its slots."""
 
 
 class CgroupUnavailable(RuntimeError):
@@ -233,6 +235,31 @@ class Cgroups:
             self.close()
             raise CgroupUnavailable(f"cannot create cgroups under {self.parents}: {exc}") from exc
 
+    @classmethod
+    def delegate(cls, uid: int, gid: int) -> Cgroups:
+        """As root, before the worker gives root up (:mod:`workers.service`): this
+        worker's cgroups, handed to ``uid``/``gid``, and kept as :data:`DELEGATED`. On
+        v2 the worker moves into a leaf of them (:meth:`join`), so that it and its slots
+        have a common parent it owns, which moving a process between them needs."""
+        cgroups = cls.detect()
+        try:
+            if cgroups.version == 2:
+                (cgroups.parents["memory"] / WORKER_LEAF).mkdir()
+            for parent in dict.fromkeys(cgroups.parents.values()):
+                for path in [parent, *parent.iterdir(), *parent.glob(f"{WORKER_LEAF}/*")]:
+                    os.chown(path, uid, gid)
+        except OSError:
+            cgroups.close()
+            raise
+        global DELEGATED
+        DELEGATED = cgroups
+        return cgroups
+
+    def join(self, pid: int) -> None:
+        """Move ``pid`` (the worker) into its leaf of a delegated v2 tree."""
+        if self.version == 2:
+            _write(self.parents["memory"] / WORKER_LEAF / "cgroup.procs", pid)
+
     def create(self, memory_bytes: int, max_processes: int, kind: str = "spawn") -> SpawnCgroup:
         """A new cgroup for one spawn (basic level) or one slot (bwrap level)."""
         name = f"{kind}-{uuid.uuid4().hex[:12]}"
@@ -253,10 +280,17 @@ class Cgroups:
         return cgroup
 
     def close(self) -> None:
-        """Remove the parents (at worker exit); spawn cgroups are removed as they end."""
+        """Remove the parents (at worker exit); spawn cgroups are removed as they end.
+        A worker that gave root up may not remove them: the next to start does."""
         for parent in dict.fromkeys(self.parents.values()):
             with contextlib.suppress(OSError):
+                (parent / WORKER_LEAF).rmdir()
+            with contextlib.suppress(OSError):
                 parent.rmdir()
+
+
+DELEGATED: Cgroups | None = None
+"""This worker's cgroups, as :meth:`Cgroups.delegate` made them before root was given up."""
 
 
 def _read(path: Path) -> str:
@@ -283,7 +317,7 @@ def _remove_stale_siblings(parent: Path) -> None:
         pid = stale.name.split("-")[1]
         if not pid.isdigit() or Path(f"/proc/{pid}").exists():
             continue
-        for child in [*stale.glob("spawn-*"), *stale.glob("slot-*")]:
+        for child in [*stale.glob("spawn-*"), *stale.glob("slot-*"), stale / WORKER_LEAF]:
             with contextlib.suppress(OSError):
                 child.rmdir()
         with contextlib.suppress(OSError):

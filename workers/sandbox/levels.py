@@ -11,6 +11,7 @@ from pathlib import Path
 
 from vx11.core.config import Settings
 from workers.sandbox import bwrap, run_sandboxed, slot, uids
+from workers.sandbox import cgroups as cgroup_tree
 from workers.sandbox.cgroups import Cgroups, CgroupUnavailable
 from workers.sandbox.process import adopting_orphans
 from workers.sandbox.spec import Limits, SandboxConfig, SandboxError
@@ -25,8 +26,8 @@ PROBE_LIMITS = Limits(
 
 
 def base_config(settings: Settings) -> SandboxConfig:
-    cgroups = None
-    if settings.sandbox_cgroups != "off":
+    cgroups = cgroup_tree.DELEGATED  # made before root was given up (workers.service)
+    if cgroups is None and settings.sandbox_cgroups != "off":
         try:
             cgroups = Cgroups.detect()
         except (CgroupUnavailable, OSError) as exc:
