@@ -82,6 +82,30 @@ def test_the_seed_s_spawns_run_at_the_bwrap_level(project: Project):
     assert status == 200 and report["sandbox"]["level"] == "bwrap", report
 
 
+def test_no_process_of_the_worker_container_runs_as_root(project: Project):
+    """Started as root, the worker gives root up before it starts: every process of its
+    container, as ``docker compose top`` lists them, runs as another user; PID 1 (the
+    process the worker forked from, which waits for it) has no capability left; the
+    worker's user namespace maps its root to that user and the sandbox range to itself."""
+    top = project.compose("top", "worker").stdout.splitlines()
+    # a table per container (`UID PID PPID ...`), or one with SERVICE and # columns first
+    header = next((i for i, line in enumerate(top) if "UID" in line.split()), None)
+    assert header is not None, top
+    column = top[header].split().index("UID")
+    rows = [line.split() for line in top[header + 1 :] if line.strip()]
+    uids = [row[column] for row in rows if len(row) > column and row[column] != "UID"]
+    assert len(uids) >= 4, top  # PID 1, the worker, its two pool processes
+    assert not [uid for uid in uids if uid in ("root", "0")], top
+    status = project.compose("exec", "worker", "cat", "/proc/1/status").stdout
+    fields = dict(line.split(":", 1) for line in status.splitlines())
+    service_uid = fields["Uid"].split()[0]
+    assert service_uid != "0" and fields["Uid"].split() == [service_uid] * 4, status
+    assert int(fields["CapEff"], 16) == 0 and int(fields["CapPrm"], 16) == 0, status
+    worker = project.compose("exec", "worker", "cat", "/proc/1/task/1/children").stdout.split()
+    uid_map = project.compose("exec", "worker", "cat", f"/proc/{worker[0]}/uid_map").stdout
+    assert uid_map.split() == ["0", service_uid, "1", "60000", "60000", "1000"], uid_map
+
+
 def test_a_spawn_runs_under_the_container_s_filter_and_its_own(project: Project):
     """worker-seccomp.json for the worker container, and the spawn's own filter."""
     status, accepted = spawn(project, {"task_type": "shell", "ttl_seconds": 30,

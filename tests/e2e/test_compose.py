@@ -340,7 +340,10 @@ def test_only_the_worker_is_loosened_and_only_as_far_as_bubblewrap_needs(service
     for path in ("/sys/fs/cgroup", "docker.sock"):
         assert not any(path in mount for mount in mounts), f"the worker must not get {path}"
     assert worker["cgroup"] == "private", "the worker must not see the host's cgroups"
-    assert worker["init"] is True, "tini reaps what killed spawns leave"
+    # no tini: it would stay root; the process the worker forks from, as PID 1 and as
+    # the service user, reaps what killed spawns leave (workers.service)
+    assert not worker.get("init"), "an init runs as the container's user: root"
+    assert worker["environment"]["VX11_SERVICE_USER"] == "vx11"
     for name in ("gateway", "flower"):
         assert "security_opt" not in services[name], f"{name} keeps Docker's defaults"
 

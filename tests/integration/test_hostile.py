@@ -1150,6 +1150,47 @@ def test_writing_to_proc_sys_and_sysrq_trigger_is_refused(sandbox):
     assert {path: Path(path).read_text() for path in host_before} == host_before
 
 
+PROC_HIDDEN = [
+    "/proc/kallsyms", "/proc/modules", "/proc/keys", "/proc/key-users", "/proc/interrupts",
+    "/proc/softirqs", "/proc/sched_debug", "/proc/timer_list", "/proc/latency_stats",
+    "/proc/kcore", "/proc/acpi", "/proc/asound", "/proc/bus", "/proc/driver", "/proc/fs",
+    "/proc/irq", "/proc/scsi", "/proc/tty",
+]  # fmt: skip
+PROC_LEFT = ["/proc/cpuinfo", "/proc/meminfo", "/proc/loadavg", "/proc/stat", "/proc/uptime"]
+"""What programs read (``free``, ``top``, ``uptime``, psutil): left, docs/security.md."""
+
+
+@basic_cannot_hold("basic level: the code reads the host's /proc")
+def test_proc_shows_nothing_of_the_host_kernel_but_what_programs_read(sandbox):
+    """Kernel symbols and modules, key names, interrupt and timer counts, and device
+    and driver trees are empty inside, where the host shows them."""
+    report = sandbox.run_json(
+        "python",
+        f"""
+        import json, os
+        report = {{}}
+        for path in {[*PROC_HIDDEN, *PROC_LEFT]!r}:
+            try:
+                if os.path.isdir(path):
+                    report[path] = len(os.listdir(path))
+                else:
+                    with open(path, "rb") as f:
+                        report[path] = len(f.read(4096))
+            except OSError as exc:
+                report[path] = exc.strerror
+        print(json.dumps(report))
+        """,
+    )
+    sandbox.assert_healthy()
+    for path in PROC_LEFT:
+        assert isinstance(report[path], int) and report[path] > 0, (path, report[path])
+    shown = {path: report[path] for path in PROC_HIDDEN if report[path] not in (0, *STRERRORS)}
+    assert not shown, shown
+
+
+STRERRORS = ("No such file or directory", "Permission denied")
+
+
 STATUS_FIELDS = """
 import json
 with open("/proc/self/status") as f:

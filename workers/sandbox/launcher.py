@@ -64,8 +64,16 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
-MS_REC, MS_PRIVATE = 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+PROC_MASKED_FILES = (
+    "kallsyms", "modules", "keys", "key-users", "interrupts", "softirqs", "sched_debug",
+    "timer_list", "latency_stats", "kcore",
+)  # fmt: skip
+PROC_MASKED_DIRS = ("acpi", "asound", "bus", "driver", "fs", "irq", "scsi", "tty")
+"""What a run's ``/proc`` hides of the host's kernel, as Docker's masked paths do and
+more: files read as empty (``/dev/null`` over them), directories as empty read-only
+tmpfs (docs/security.md, "What /proc shows")."""
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
@@ -116,6 +124,16 @@ def mount(
             data and data.encode(),
         )
     )
+
+
+def mask_proc() -> None:
+    for name in PROC_MASKED_FILES:
+        if os.path.isfile(f"/proc/{name}"):
+            mount("/dev/null", f"/proc/{name}", None, MS_BIND)
+    for name in PROC_MASKED_DIRS:
+        if os.path.isdir(f"/proc/{name}"):
+            flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+            mount("tmpfs", f"/proc/{name}", "tmpfs", flags, "size=0,mode=0555")
 
 
 def write_file(path: str, text: str) -> None:
@@ -242,6 +260,7 @@ def wait_for_run(channel: socket.socket) -> NoReturn:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # pid 1: ignores what it does not handle
         set_command_line(["vx11-sandbox-init"], title=True)
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        mask_proc()
         drop_capabilities()  # nothing below needs one, and the run inherits none
         load_filter()
         os.chdir(WORKDIR)
