@@ -64,7 +64,7 @@ if _AMQP_BROKER:
     # Publisher confirms: a publish returns once the broker has queued (and, the
     # message being persistent, written) the job, so a 202 is never answered for a job
     # the broker could still drop, and the queue's depth counts it from then on.
-    broker_transport_options = {"confirm_publish": True}
+    broker_transport_options: dict[str, object] = {"confirm_publish": True}
 else:
     # Redis redelivers an unacknowledged job after visibility_timeout: it must be longer
     # than the longest spawn can run, or a long spawn would be handed to a second worker.
