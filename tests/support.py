@@ -13,13 +13,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from base64 import b64encode
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -556,6 +557,23 @@ def is_run_init(pid: int) -> bool:
         return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"vx11-sandbox-init")
     except OSError:
         return False
+
+
+UP_SERVICE_UID = 10125
+"""``VX11_SERVICE_USER`` of the tests that start ``vx11 up`` as root: a bare uid, so
+that no account is made on the machine."""
+
+
+@contextlib.contextmanager
+def up_directory() -> Iterator[Path]:
+    """A directory for one ``vx11 up``'s data and sandbox: outside pytest's private temp
+    directory, which the service user could not reach; removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="vx11-up-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 SANDBOX_UIDS = range(60000, 61000)

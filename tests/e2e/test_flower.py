@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import stat
@@ -23,7 +22,17 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support import ROOT, TOKEN, child_pids, free_port, http, wait_for, wait_terminal
+from tests.support import (
+    ROOT,
+    TOKEN,
+    UP_SERVICE_UID,
+    child_pids,
+    free_port,
+    http,
+    up_directory,
+    wait_for,
+    wait_terminal,
+)
 from vx11.cli.stack import FLOWER_PASSWORD_FILE, StackError, flower_login
 from vx11.core.config import Settings
 
@@ -154,36 +163,36 @@ def browser():
 def up(redis_url, tmp_path) -> Iterator[Up]:
     """``vx11 up`` (what ``./scripts/run`` executes) with no Flower password configured,
     one worker process, on the tests' private Redis."""
-    sandbox = Path("/tmp") / f"vx11-flower-sandbox-{tmp_path.name}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VX11_", "FLOWER_"))}
-    env.update(
-        VX11_REDIS_URL=redis_url,
-        VX11_DATA_DIR=str(tmp_path / "data"),
-        VX11_SANDBOX_ROOT=str(sandbox),
-        PYTHONPATH=str(ROOT),
-    )
-    port, flower_port = free_port(), free_port()
-    output = tmp_path / "up.log"
-    with output.open("wb") as log:
-        proc = subprocess.Popen(
-            [*VX11, "up", "--port", str(port), "--flower-port", str(flower_port),
-             "--concurrency", "1"],
-            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
+    with up_directory() as base:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VX11_", "FLOWER_"))}
+        env.update(
+            VX11_REDIS_URL=redis_url,
+            VX11_DATA_DIR=str(base / "data"),
+            VX11_SANDBOX_ROOT=str(base / "sandbox"),
+            VX11_SERVICE_USER=str(UP_SERVICE_UID),
+            PYTHONPATH=str(ROOT),
+        )
+        port, flower_port = free_port(), free_port()
+        output = tmp_path / "up.log"
+        with output.open("wb") as log:
+            proc = subprocess.Popen(
+                [*VX11, "up", "--port", str(port), "--flower-port", str(flower_port),
+                 "--concurrency", "1"],
+                env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         try:
-            hint = wait_for(
-                lambda: proc.poll() is None and FLOWER_HINT.search(output.read_text()),
-                timeout=120,
-            )
-        except AssertionError:
-            pytest.fail(f"vx11 up did not print Flower's login:\n{output.read_text()}")
-        assert Path(hint["kept_in"]) == tmp_path / "data" / FLOWER_PASSWORD_FILE
-        yield Up(f"http://127.0.0.1:{port}", hint["url"], hint["user"], hint["password"],
-                 Path(hint["kept_in"]))  # fmt: skip
-    finally:
-        stop_up(proc)
-        shutil.rmtree(sandbox, ignore_errors=True)
+            try:
+                hint = wait_for(
+                    lambda: proc.poll() is None and FLOWER_HINT.search(output.read_text()),
+                    timeout=120,
+                )
+            except AssertionError:
+                pytest.fail(f"vx11 up did not print Flower's login:\n{output.read_text()}")
+            assert Path(hint["kept_in"]) == base / "data" / FLOWER_PASSWORD_FILE
+            yield Up(f"http://127.0.0.1:{port}", hint["url"], hint["user"], hint["password"],
+                     Path(hint["kept_in"]))  # fmt: skip
+        finally:
+            stop_up(proc)
 
 
 def spawn(base: str, task_type: str, code: str, **fields) -> dict:

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from base64 import b64encode
 from collections.abc import Iterator
@@ -17,7 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, TOKEN, child_pids, free_port, http, wait_for, wait_terminal
+from tests.support import (
+    ROOT,
+    TOKEN,
+    UP_SERVICE_UID,
+    child_pids,
+    free_port,
+    http,
+    up_directory,
+    wait_for,
+    wait_terminal,
+)
 from vx11.cli.stack import port_is_free
 from vx11.core.ledger import Ledger
 
@@ -47,10 +56,6 @@ def start_up(env: dict[str, str], *args: str) -> subprocess.Popen:
     )  # fmt: skip
 
 
-SERVICE_UID = 10125
-"""VX11_SERVICE_USER of these tests, started as root: a bare uid, so no account is made."""
-
-
 def uid_of(pid_or_path: int | Path) -> int:
     """The owner of a file, or of a process."""
     path = pid_or_path if isinstance(pid_or_path, Path) else Path(f"/proc/{pid_or_path}")
@@ -59,18 +64,15 @@ def uid_of(pid_or_path: int | Path) -> int:
 
 @pytest.fixture
 def up_env() -> Iterator[dict[str, str]]:
-    # outside pytest's private temp directory: the service user must reach its data
-    base = Path(tempfile.mkdtemp(prefix="vx11-up-"))
-    base.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VX11_")}
-    env.update(
-        VX11_DATA_DIR=str(base / "data"),
-        VX11_SANDBOX_ROOT=str(base / "sandbox"),
-        VX11_SERVICE_USER=str(SERVICE_UID),
-        PYTHONPATH=str(ROOT),
-    )
-    yield env
-    shutil.rmtree(base, ignore_errors=True)
+    with up_directory() as base:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VX11_")}
+        env.update(
+            VX11_DATA_DIR=str(base / "data"),
+            VX11_SANDBOX_ROOT=str(base / "sandbox"),
+            VX11_SERVICE_USER=str(UP_SERVICE_UID),
+            PYTHONPATH=str(ROOT),
+        )
+        yield env
 
 
 def test_up_serves_the_quick_start_and_ctrl_c_stops_everything(up_env, redis_url):
@@ -91,8 +93,8 @@ def test_up_serves_the_quick_start_and_ctrl_c_stops_everything(up_env, redis_url
             assert record["sandbox"] == "bwrap"
         if os.geteuid() == 0:  # everything but vx11 up itself runs as the service user
             started = [pid for pid in processes_with(env["VX11_DATA_DIR"]) if pid != proc.pid]
-            assert {uid_of(pid) for pid in started} == {SERVICE_UID}
-            assert uid_of(Path(env["VX11_DATA_DIR"], "vx11.db")) == SERVICE_UID
+            assert {uid_of(pid) for pid in started} == {UP_SERVICE_UID}
+            assert uid_of(Path(env["VX11_DATA_DIR"], "vx11.db")) == UP_SERVICE_UID
         flower = f"http://127.0.0.1:{flower_port}"
         wait_for(lambda: http("GET", f"{flower}/healthcheck")[0] == 200, timeout=30)
         assert http("GET", f"{flower}/")[0] == 401, "Flower asks for its login"
