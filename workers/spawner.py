@@ -3,6 +3,7 @@ sandbox, record the terminal state, and return the same summary as the Celery re
 
 from __future__ import annotations
 
+import base64
 import codecs
 import contextlib
 import logging
@@ -18,7 +19,7 @@ from vx11.core import logs
 from vx11.core.config import Settings
 from vx11.core.dispatch import SPAWN_TASK, publish_callback
 from vx11.core.errors import IllegalTransition
-from vx11.core.events import LIVE_TTL, STATE, SpawnEvents
+from vx11.core.events import LIVE_TTL, STATE, SpawnEvents, output_event
 from vx11.core.ledger import Ledger
 from vx11.core.policy import SPAWN_TARGET, Window
 from vx11.core.states import SpawnStatus
@@ -106,34 +107,33 @@ class SpawnWatcher(Watcher):
             name: codecs.getincrementaldecoder("utf-8")(errors="replace")
             for name in ("stdout", "stderr")
         }
-        self.pending: list[list[str]] = []
-        """``[stream, text]`` not sent yet, in the order printed."""
+        self.pending: list[list[Any]] = []
+        """``[stream, text, bytes]`` not sent yet, in the order printed."""
         self.last_sent = 0.0
         self.shut_down = False
         """Stopped because the worker is stopping (not a cancel)."""
 
     def output(self, stream: str, data: bytes) -> None:
         text = self.decoders[stream].decode(data)
-        if not text:
-            return
         if self.pending and self.pending[-1][0] == stream:
             self.pending[-1][1] += text
+            self.pending[-1][2] += data
         else:
-            self.pending.append([stream, text])
+            self.pending.append([stream, text, data])
         if time.monotonic() - self.last_sent >= self.COALESCE:
             self.flush()
 
     def _take_pending(self) -> list[tuple[str, dict[str, Any]]]:
         pending, self.pending = self.pending, []
         self.last_sent = time.monotonic()
-        return [(stream, {"text": text}) for stream, text in pending]
+        return [(stream, output_event(text, data)) for stream, text, data in pending]
 
     def flush(self, final: bool = False) -> None:
         """Send what is pending; ``final``: also the end of a split UTF-8 character."""
         if final:
             for stream, decoder in self.decoders.items():
                 if tail := decoder.decode(b"", final=True):
-                    self.pending.append([stream, tail])
+                    self.pending.append([stream, tail, b""])
         if not self.pending:
             return
         entries = self._take_pending()
@@ -286,6 +286,8 @@ def run_spawn(
     limits: dict[str, int] | None = None,
     args: list[str] | None = None,
     attempt: int = 1,
+    stdin_base64: str | None = None,
+    merge_stderr: bool = False,
 ) -> dict[str, Any]:
     """Run one spawn, as its ``attempt``-th start. A job whose record has already left
     QUEUED (a redelivery after a lost worker, or a spawn ended meanwhile) is never run a
@@ -314,8 +316,9 @@ def run_spawn(
         outcome = run_sandboxed(
             task_type,
             code,
-            stdin=stdin,
+            stdin=base64.b64decode(stdin_base64) if stdin_base64 is not None else stdin,
             args=list(args or ()),
+            merge_stderr=merge_stderr,
             limits=limits_for(ttl_seconds, limits, cfg),
             config=sandbox_config(),
             watcher=watcher,
@@ -341,6 +344,8 @@ def run_spawn(
         exit_code=outcome.exit_code,
         stdout=outcome.stdout,
         stderr=outcome.stderr,
+        stdout_raw=_unless_text(outcome.stdout_bytes, outcome.stdout),
+        stderr_raw=_unless_text(outcome.stderr_bytes, outcome.stderr),
         stdout_truncated=outcome.stdout_truncated,
         stderr_truncated=outcome.stderr_truncated,
         duration_ms=outcome.duration_ms,
@@ -366,6 +371,11 @@ def run_spawn(
         },
     )
     return finished(record)
+
+
+def _unless_text(output: bytes, text: str) -> bytes | None:
+    """The exact bytes, kept beside the text only when the text is not them."""
+    return None if text.encode("utf-8") == output else output
 
 
 POLICY_RETRIES = 10

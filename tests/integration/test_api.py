@@ -360,6 +360,7 @@ def test_a_spawn_without_limits_gets_the_servers_defaults_on_its_record_and_its_
             "task_type": "python",
             "code": SPAWN["code"],
             "stdin": None,
+            "merge_stderr": False,
             "ttl_seconds": SPAWN["ttl_seconds"],
             "window_id": window["window_id"],
             "correlation_id": None,

@@ -4,6 +4,7 @@ importing the worker code that runs them."""
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 from typing import TYPE_CHECKING, Any
@@ -71,6 +72,8 @@ def publish_spawn(
                 "task_type": record["task_type"],
                 "code": record["code"],
                 "stdin": record["stdin"],
+                **_exact_stdin(record),
+                "merge_stderr": bool(record.get("merge_stderr")),
                 "ttl_seconds": ttl,
                 "window_id": record["window_id"],
                 "correlation_id": record["correlation_id"],
@@ -86,6 +89,13 @@ def publish_spawn(
         )
     except OperationalError as exc:
         raise ServiceUnavailable("spawner_unavailable", f"cannot reach the broker: {exc}") from exc
+
+
+def _exact_stdin(record: dict[str, Any]) -> dict[str, str]:
+    """The job's ``stdin_base64``, for input that is not text (a JSON message holds no
+    bytes)."""
+    raw = record.get("stdin_raw")
+    return {} if raw is None else {"stdin_base64": base64.b64encode(raw).decode("ascii")}
 
 
 def publish_callback(celery: Celery, spawn_uuid: str) -> None:

@@ -5,12 +5,14 @@ the stream from its start, or resumes after the id of the last event it had; the
 stays the record of truth.
 
 Events: ``state`` (``{"status": ...}``), ``stdout`` and ``stderr`` (``{"text": ...}``,
-the captured output as it is produced) and ``end`` (the terminal record's summary).
+the captured output as it is produced, with ``"base64"``, its exact bytes, when the
+text is not them: :func:`output_event`) and ``end`` (the terminal record's summary).
 Cancel requests for running spawns are keys beside the streams.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -156,17 +158,17 @@ class SpawnEvents:
         entries = cast(list[Any], self.redis.xrevrange(stream_key(spawn_uuid), count=1))
         return _event(entries[0]) if entries else None
 
-    def output_so_far(self, spawn_uuid: str) -> dict[str, str] | None:
-        """``{"stdout": ..., "stderr": ...}``: the text the spawn's current run has
+    def output_so_far(self, spawn_uuid: str) -> dict[str, bytes] | None:
+        """``{"stdout": ..., "stderr": ...}``: the bytes the spawn's current run has
         streamed so far (the output events since the stream's last ``state``: a retry's
         run starts afresh); None when there is no stream."""
-        output: dict[str, list[str]] | None = None
+        output: dict[str, list[bytes]] | None = None
         for event in self.replay(spawn_uuid):
             if output is None or event.kind == STATE:
                 output = {name: [] for name in OUTPUT}
             if event.kind in output:
-                output[event.kind].append(event.data["text"])
-        return None if output is None else {name: "".join(parts) for name, parts in output.items()}
+                output[event.kind].append(event_bytes(event.data))
+        return None if output is None else {name: b"".join(parts) for name, parts in output.items()}
 
     def request_cancel(self, spawn_uuid: str) -> None:
         self.redis.set(cancel_key(spawn_uuid), b"1", ex=CANCEL_TTL)
@@ -180,6 +182,22 @@ class SpawnEvents:
             return {}
         raws = self.redis.mget([live_key(u) for u in spawn_uuids])
         return {u: json.loads(raw) for u, raw in zip(spawn_uuids, raws, strict=True) if raw}
+
+
+def output_event(text: str, data: bytes) -> dict[str, str]:
+    """An output event's data: ``text``, and ``data`` as base64 when ``text`` is not
+    exactly it (bytes that are not UTF-8, or a character cut between two events)."""
+    event = {"text": text}
+    if text.encode("utf-8") != data:
+        event["base64"] = base64.b64encode(data).decode("ascii")
+    return event
+
+
+def event_bytes(data: dict[str, str]) -> bytes:
+    """The exact bytes of an output event's data."""
+    if "base64" in data:
+        return base64.b64decode(data["base64"])
+    return data["text"].encode("utf-8")
 
 
 def _event(entry: Any) -> Event:

@@ -3,6 +3,7 @@ the same serialisation, made here for the gateway and the workers alike."""
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from typing import Any
 
@@ -141,6 +142,29 @@ class SpawnDetail(SpawnRecord):
     a callback goes to the client that submitted it."""
 
     code = fields.String(metadata={"description": "The code the spawn was submitted with."})
+    encoding = fields.String(
+        dump_default="utf8",
+        metadata={
+            "description": "How stdout and stderr are given: utf8, as text (bytes that are "
+            "not UTF-8 replaced by U+FFFD), or base64, of their exact bytes "
+            "(?encoding=base64)."
+        },
+    )
+
+
+def encoded(record: dict[str, Any], encoding: str) -> dict[str, Any]:
+    """``record`` with its stdout and stderr as ``encoding`` (``utf8`` or ``base64``)
+    gives them: base64 of the exact bytes (the ledger's ``*_raw`` where the text is not
+    them)."""
+    if encoding != "base64":
+        return record
+    answer = {**record, "encoding": encoding}
+    for name in ("stdout", "stderr"):
+        raw = record.get(f"{name}_raw")
+        if raw is None and record[name] is not None:
+            raw = record[name].encode("utf-8")
+        answer[name] = None if raw is None else base64.b64encode(raw).decode("ascii")
+    return answer
 
 
 RECORD = SpawnRecord()

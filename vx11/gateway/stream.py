@@ -14,6 +14,7 @@ running), and, once a finished spawn's stream has expired
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -24,8 +25,8 @@ from typing import Any
 import redis.exceptions
 from werkzeug.exceptions import BadRequest
 
-from vx11.core.events import END, OUTPUT, STATE, Event, parse_id
-from vx11.core.record import DETAIL
+from vx11.core.events import END, OUTPUT, STATE, Event, event_bytes, parse_id
+from vx11.core.record import DETAIL, encoded
 from vx11.core.states import SpawnStatus
 from vx11.gateway.lifecycle import BLOCK_SLICE, is_terminal
 from vx11.gateway.services import Services
@@ -63,22 +64,25 @@ def last_event_id(value: str | None) -> str | None:
     return f"{ms}-{seq}"
 
 
-def event_stream(svc: Services, record: dict[str, Any], after: str | None) -> Iterator[str] | None:
+def event_stream(
+    svc: Services, record: dict[str, Any], after: str | None, encoding: str = "utf8"
+) -> Iterator[str] | None:
     """The text of the spawn's event stream for a client that has had the events up to
-    ``after`` (None: none); None when it has had them all, ``end`` included.
+    ``after`` (None: none); None when it has had them all, ``end`` included. Output
+    events carry ``text``, or, with ``encoding`` base64, ``base64``: the exact bytes.
 
     The first read of the stream is done here, so a Redis that does not answer is a 503
     before the stream starts."""
     spawn_uuid = record["spawn_uuid"]
     first = svc.events.read(spawn_uuid, after=after or "0")
     if not is_terminal(record):
-        return _live(svc, record, after, first)
+        return _live(svc, record, after, first, encoding)
     if first:
-        return _replay(svc, record, after, first)
+        return _replay(svc, record, after, first, encoding)
     last = svc.events.last(spawn_uuid)
     if last is not None:  # the client has had the whole stream
-        return None if last.kind == END else _advised([_sse(END, _final(record))])
-    return _from_record(record, after)  # the stream has expired
+        return None if last.kind == END else _advised([_sse(END, _final(record, encoding))])
+    return _from_record(record, after, encoding)  # the stream has expired
 
 
 def with_progress(svc: Services, record: dict[str, Any]) -> dict[str, Any]:
@@ -96,15 +100,26 @@ def with_progress(svc: Services, record: dict[str, Any]) -> dict[str, Any]:
     except redis.exceptions.RedisError as exc:
         log.warning("could not read the output so far of spawn %s: %s", spawn_uuid, exc)
         return record
-    for name, text in (output or {}).items():
+    for name, data in (output or {}).items():
         if record[name] is None:
-            record[name] = text
+            record[name] = data.decode("utf-8", "replace")
+            exact = record[name].encode("utf-8") == data
+            record[f"{name}_raw"] = None if exact else data
     return record
 
 
-def _final(record: dict[str, Any]) -> dict[str, Any]:
+def _final(record: dict[str, Any], encoding: str) -> dict[str, Any]:
     """The ``end`` event's data: the terminal record, as a read answers it."""
-    return dict(DETAIL.dump({**record, "processes": None}))
+    return dict(DETAIL.dump(encoded({**record, "processes": None}, encoding)))
+
+
+def _data(event: Event, encoding: str) -> dict[str, Any]:
+    """An event's data as the client asked: output as text, or its bytes in base64."""
+    if event.kind not in OUTPUT:
+        return event.data
+    if encoding == "base64":
+        return {"base64": base64.b64encode(event_bytes(event.data)).decode("ascii")}
+    return {"text": event.data["text"]}
 
 
 def _sse(kind: str, data: Any, event_id: str | None = None) -> str:
@@ -132,7 +147,7 @@ def _needs_opening_state(after: str | None, events: list[Event]) -> bool:
 
 
 def _replay(
-    svc: Services, record: dict[str, Any], after: str | None, first: list[Event]
+    svc: Services, record: dict[str, Any], after: str | None, first: list[Event], encoding: str
 ) -> Iterator[str]:
     """A finished spawn's stream after ``after``, to its end."""
     yield f"retry: {RETRY_MS}\n\n"
@@ -140,20 +155,22 @@ def _replay(
         yield _sse(STATE, {"status": _opening_state(record)}, FROM_RECORD[STATE])
     for event in chain(first, svc.events.replay(record["spawn_uuid"], after=first[-1].id)):
         if event.kind == END:
-            yield _sse(END, _final(record), event.id)
+            yield _sse(END, _final(record, encoding), event.id)
             return
-        yield _sse(event.kind, event.data, event.id)
-    yield _sse(END, _final(record))  # the stream lost its end: the record has it
+        yield _sse(event.kind, _data(event, encoding), event.id)
+    yield _sse(END, _final(record, encoding))  # the stream lost its end: the record has it
 
 
-def _from_record(record: dict[str, Any], after: str | None) -> Iterator[str] | None:
+def _from_record(record: dict[str, Any], after: str | None, encoding: str) -> Iterator[str] | None:
     """The replay of a finished spawn whose stream has expired, made from its record."""
     if after is not None and parse_id(after)[0] > 0:
         # The client had events of the stream itself: which, the stream no longer says.
-        return _advised([_sse(END, _final(record))])
+        return _advised([_sse(END, _final(record, encoding))])
     events = [(STATE, {"status": _opening_state(record)})]
-    events += [(name, {"text": record[name]}) for name in OUTPUT if record[name]]
-    events.append((END, _final(record)))
+    output = encoded(record, encoding)
+    key = "base64" if encoding == "base64" else "text"
+    events += [(name, {key: output[name]}) for name in OUTPUT if record[name]]
+    events.append((END, _final(record, encoding)))
     position = parse_id(after) if after is not None else (0, 0)
     texts = [
         _sse(kind, data, FROM_RECORD[kind])
@@ -164,7 +181,7 @@ def _from_record(record: dict[str, Any], after: str | None) -> Iterator[str] | N
 
 
 def _live(
-    svc: Services, record: dict[str, Any], after: str | None, pending: list[Event]
+    svc: Services, record: dict[str, Any], after: str | None, pending: list[Event], encoding: str
 ) -> Iterator[str]:
     """A queued or running spawn's stream after ``after``, followed to its end."""
     spawn_uuid = record["spawn_uuid"]
@@ -177,15 +194,15 @@ def _live(
         for event in pending:
             last = event.id
             if event.kind == END:
-                yield _sse(END, _final(svc.ledger.get(spawn_uuid)), event.id)
+                yield _sse(END, _final(svc.ledger.get(spawn_uuid), encoding), event.id)
                 return
-            yield _sse(event.kind, event.data, event.id)
+            yield _sse(event.kind, _data(event, encoding), event.id)
         if pending:
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since >= KEEPALIVE_EVERY:
             record = svc.ledger.get(spawn_uuid)  # a missed end (stream expired) ends here
             if is_terminal(record):
-                yield _sse(END, _final(record))
+                yield _sse(END, _final(record, encoding))
                 return
             quiet_since = time.monotonic()
             yield ": keepalive\n\n"

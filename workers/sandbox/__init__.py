@@ -87,17 +87,20 @@ def run_sandboxed(
     *,
     limits: Limits,
     config: SandboxConfig | None = None,
-    stdin: str | None = None,
+    stdin: str | bytes | None = None,
     args: tuple[str, ...] | list[str] = (),
     watcher: Watcher | None = None,
+    merge_stderr: bool = False,
 ) -> Outcome:
     """Run ``code`` (a ``task_type`` of :data:`TASK_TYPES`) under ``limits`` at
-    ``config``'s level."""
+    ``config``'s level; ``stdin`` as text (UTF-8) or bytes; with ``merge_stderr`` its
+    standard error goes into its standard output, in order."""
     config = config or SandboxConfig()
     if task_type not in TASK_TYPES:
         raise ValueError(f"unknown task_type {task_type!r}")
     interpreter = resolve_interpreter(task_type, config)
-    job = Job(task_type, code, tuple(args), (stdin or "").encode("utf-8"), limits)
+    data = stdin.encode("utf-8") if isinstance(stdin, str) else stdin or b""
+    job = Job(task_type, code, tuple(args), data, limits, merge_stderr)
     # A root worker runs code as a uid of its own among the concurrent runs; another
     # worker, as itself (it cannot switch).
     identity = LEASES.take(config.uids, config.level) if os.geteuid() == 0 else None
@@ -122,8 +125,10 @@ def run_sandboxed(
         exit_code=exit_code,
         term_signal=term_signal,
         limit_hit=_limit_hit(done, term_signal, cpu_ms, limits, oom),
-        stdout=done.stdout.text(),
-        stderr=done.stderr.text(),
+        stdout=_text(stdout := done.stdout.bytes()),
+        stderr=_text(stderr := done.stderr.bytes()),
+        stdout_bytes=stdout,
+        stderr_bytes=stderr,
         stdout_truncated=done.stdout.truncated,
         stderr_truncated=done.stderr.truncated,
         duration_ms=int(done.duration * 1000),
@@ -132,6 +137,10 @@ def run_sandboxed(
         level=config.level,
         stopped=done.ended_by == "stopped",
     )
+
+
+def _text(output: bytes) -> str:
+    return output.decode("utf-8", errors="replace")
 
 
 def _run_basic(
@@ -165,6 +174,7 @@ def _run_basic(
                 cgroup=cgroup,
                 identity=identity,
                 watcher=watcher,
+                merge_stderr=job.merge_stderr,
             )
         if cgroup is None:
             return done, None  # ru_maxrss includes the worker's pages copied at fork

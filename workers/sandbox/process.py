@@ -51,8 +51,8 @@ class _Capture:
             self.truncated = True
         return piece
 
-    def text(self) -> str:
-        return b"".join(self.chunks).decode("utf-8", errors="replace")
+    def bytes(self) -> bytes:
+        return b"".join(self.chunks)
 
 
 @dataclass(frozen=True)
@@ -158,9 +158,10 @@ def run_process(
     cgroup: SpawnCgroup | None = None,
     identity: Identity | None = None,
     watcher: Watcher | None = None,
+    merge_stderr: bool = False,
 ) -> Exit:
     """Run ``argv`` as a child of this process under ``limits`` and supervise it to its
-    end (the basic level)."""
+    end (the basic level); with ``merge_stderr`` its stderr is its stdout's pipe."""
     with stdin_file(stdin) as stdin_handle:
         started = time.monotonic()
         with _leaders_lock:  # not taken for an orphan by a concurrent end_adopted
@@ -170,19 +171,19 @@ def run_process(
                 env=env,
                 stdin=stdin_handle,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
                 start_new_session=True,
                 close_fds=True,
                 preexec_fn=preexec(process_limits, cgroup, identity),
             )
             _running_leaders.add(proc.pid)
-    assert proc.stdout is not None and proc.stderr is not None  # made pipes above
+    assert proc.stdout is not None  # made a pipe above
     try:
-        with proc.stdout, proc.stderr:
+        with proc.stdout, proc.stderr or _ended_pipe() as stderr:
             return supervise(
                 _Child(proc.pid),
                 proc.stdout.fileno(),
-                proc.stderr.fileno(),
+                stderr.fileno(),
                 started=started,
                 limits=limits,
                 drain_bytes=drain_bytes,
@@ -191,6 +192,13 @@ def run_process(
     finally:
         _running_leaders.discard(proc.pid)
         proc.returncode = -1  # reaped by supervise; Popen must not wait for it again
+
+
+def _ended_pipe() -> IO[bytes]:
+    """A pipe already at its end: merged, stderr is read from there."""
+    read, write = os.pipe()
+    os.close(write)
+    return os.fdopen(read, "rb")
 
 
 class _Child:

@@ -370,7 +370,8 @@ def _run_in(
         meter = _Meter(cgroup, limits) if cgroup is not None else None
         with stdin_file(job.stdin) as stdin_handle:
             started = time.monotonic()
-            running = launcher.launch(request, [stdin_handle.fileno(), out_w, err_w, program])
+            err_to = out_w if job.merge_stderr else err_w  # merged: err_r sees its end
+            running = launcher.launch(request, [stdin_handle.fileno(), out_w, err_to, program])
     except BaseException:
         os.close(out_r)
         os.close(err_r)

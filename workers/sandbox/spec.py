@@ -31,6 +31,8 @@ class Job:
     args: tuple[str, ...]
     stdin: bytes
     limits: Limits
+    merge_stderr: bool = False
+    """Standard error goes to the same pipe as standard output, in the order written."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,10 @@ class Outcome:
     ``memory_limit`` or ``output_limit``; None when none did."""
     stdout: str
     stderr: str
+    """What it printed, as text (bytes that are not UTF-8 replaced by U+FFFD)."""
+    stdout_bytes: bytes
+    stderr_bytes: bytes
+    """What it printed, exactly."""
     stdout_truncated: bool
     stderr_truncated: bool
     duration_ms: int

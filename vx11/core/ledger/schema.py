@@ -20,6 +20,7 @@ from sqlalchemy import (
     Engine,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -76,6 +77,12 @@ spawns = Table(
     # vx11.gateway.idempotency) and the digest of its request: one spawn per key, for good.
     Column("idempotency_key", String(64)),
     Column("request_fingerprint", String(64)),
+    # Exact bytes where the text columns cannot hold them (NULL: the text is exact):
+    # stdin given as base64 that is not UTF-8, output that is not UTF-8.
+    Column("stdin_raw", LargeBinary),
+    Column("stdout_raw", LargeBinary),
+    Column("stderr_raw", LargeBinary),
+    Column("merge_stderr", Boolean),  # stderr sent into stdout, in order (NULL: false)
     # History pages walk one of these backwards, newest first, from a keyset position
     # (created_at, spawn_uuid): each filter that pins one column has its own index.
     Index("ix_spawns_created_at_uuid", "created_at", "spawn_uuid"),

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 from flask import Response, request, stream_with_context
+from marshmallow import Schema, fields, validate
 
 from vx11.core.config import Settings
 from vx11.core.record import SpawnDetail
 from vx11.core.tokens import Scope
 from vx11.gateway.api.auth import authenticated_blueprint, owner_filter, requires
 from vx11.gateway.api.blueprint import Blueprint
+from vx11.gateway.api.spawns import ENCODINGS
 from vx11.gateway.lifecycle import cancel
 from vx11.gateway.services import services
 from vx11.gateway.stream import LAST_EVENT_ID, LAST_EVENT_ID_PARAMETER, event_stream, last_event_id
@@ -24,6 +26,16 @@ NOTHING_LEFT = {
     "description": "The client's ``Last-Event-ID`` is the stream's ``end``: nothing is "
     "left to send, and EventSource stops reconnecting."
 }
+
+
+class EventsQuery(Schema):
+    """The query string of ``GET /vx11/spawn/<id>/events``."""
+
+    encoding = fields.String(
+        load_default="utf8",
+        validate=validate.OneOf(ENCODINGS),
+        metadata={"description": "utf8: output events as text; base64: as their exact bytes."},
+    )
 
 
 def blueprint(settings: Settings) -> Blueprint:
@@ -44,10 +56,11 @@ def blueprint(settings: Settings) -> Blueprint:
 
     @blp.get("/<ident>/events")
     @requires(Scope.READ)
+    @blp.arguments(EventsQuery, location="query")
     @blp.alt_response(400, response="BAD_REQUEST")
     @blp.alt_response(404, response="NOT_FOUND")
     @blp.doc(parameters=[LAST_EVENT_ID_PARAMETER], responses={200: EVENT_STREAM, 204: NOTHING_LEFT})
-    def spawn_events(ident: str):
+    def spawn_events(query, ident: str):
         """Follow a spawn
 
         Server-Sent Events: ``state`` changes, ``stdout``/``stderr`` text as the code
@@ -55,10 +68,13 @@ def blueprint(settings: Settings) -> Blueprint:
         ``id:``. A late client replays the stream, a finished spawn's too (once its
         stream has expired, a replay made from the record, ids ``0-1`` to ``0-4``). A
         ``Last-Event-ID`` header resumes strictly after that event (400 ``bad_request``
-        if it is no event id); when it names the ``end``, the answer is 204."""
+        if it is no event id); when it names the ``end``, the answer is 204.
+        ``?encoding=base64``: each ``stdout``/``stderr`` event carries ``base64``, the
+        exact bytes, instead of ``text``, and the ``end`` record gives them so too."""
         svc = services()
         record = svc.ledger.get(ident, owner=owner_filter())  # 404 before the stream starts
-        body = event_stream(svc, record, last_event_id(request.headers.get(LAST_EVENT_ID)))
+        after = last_event_id(request.headers.get(LAST_EVENT_ID))
+        body = event_stream(svc, record, after, query["encoding"])
         if body is None:
             return Response(status=204)
         return Response(

@@ -3,14 +3,17 @@ the history, ``GET /vx11/spawns``."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import functools
 import json
+import math
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar, cast
 
 from flask import g, jsonify, request
-from marshmallow import Schema, ValidationError, fields, post_load, validate
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 from redis.exceptions import RedisError
 
 from vx11.core.callbacks import callback_url_validator
@@ -19,7 +22,7 @@ from vx11.core.errors import ValidationFailed
 from vx11.core.ledger import SpawnFilter
 from vx11.core.ledger.store import AlreadyAccepted
 from vx11.core.policy import SPAWN_TARGET
-from vx11.core.record import SpawnDetail, SpawnRecord, UTCDateTime
+from vx11.core.record import SpawnDetail, SpawnRecord, UTCDateTime, encoded
 from vx11.core.states import SpawnStatus
 from vx11.core.tokens import Scope
 from vx11.gateway.api.auth import (
@@ -39,6 +42,8 @@ from vx11.gateway.stream import with_progress
 from vx11.gateway.submit import resume, submit_spawn
 
 TASK_TYPES = ("python", "shell", "bash")
+ENCODINGS = ("utf8", "base64")
+"""How a request gives code and stdin, and how a read answers stdout and stderr."""
 MAX_RETRIES = 10
 """Most re-runs a spawn may ask for after losing its worker (the MVP's ``max_retries``)."""
 CORRELATION_ID = FullMatch(
@@ -87,137 +92,233 @@ def _json_max(limit: int):
     return check
 
 
+class EncodedLength(Utf8Length):
+    """A text of at most ``max`` bytes of UTF-8, or their base64 (``encoding: base64``):
+    bounded here by the longer form, and exactly by :class:`SpawnRequestSchema`, which
+    knows the request's encoding; one message, the same from both."""
+
+    def __init__(self, max: int, *, min: int = 0) -> None:
+        super().__init__(base64_length(max), min=min)
+        self.shown = max
+
+    def _format_error(self, value: Any, message: str) -> str:
+        return message.format(input=value, min=self.min, max=self.shown)
+
+
+class SpawnRequestSchema(Schema):
+    """What only the whole request can check: ``code`` and ``stdin`` in their encoding,
+    and their size once decoded."""
+
+    limits: ClassVar[dict[str, int]] = {}
+
+    @validates_schema(skip_on_field_errors=False)
+    def _encoded(self, data: dict[str, Any], **kwargs: Any) -> None:
+        problems: dict[str, list[str]] = {}
+        for name, limit in self.limits.items():
+            value = data.get(name)
+            if not isinstance(value, str):
+                continue
+            bounds = "1 to" if name == "code" else "at most"
+            if data.get("encoding") != "base64":
+                if len(value.encode("utf-8", "surrogatepass")) > limit:
+                    problems[name] = [f"must be {bounds} {limit} bytes of UTF-8"]
+                continue
+            try:
+                raw = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                problems[name] = ["must be base64 (RFC 4648, with padding): encoding is base64"]
+                continue
+            if len(raw) > limit:
+                problems[name] = [f"must be {bounds} {limit} bytes once decoded"]
+            elif name == "code" and not _is_text(raw):
+                problems[name] = ["must be base64 of UTF-8 text without NUL (bytes go in stdin)"]
+        if problems:
+            raise ValidationError(problems)
+
+
+def _is_text(raw: bytes) -> bool:
+    try:
+        return b"\0" not in raw and bool(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return False
+
+
 @functools.cache
 def request_schema(settings: Settings) -> Schema:
     """The spawn request schema, with this deployment's limits."""
-    return Schema.from_dict(
-        {
-            "task_type": fields.String(
-                required=True,
-                validate=validate.OneOf(TASK_TYPES),
-                metadata={
-                    "description": "What runs the code: python (python3 -I), shell (/bin/sh, "
-                    "POSIX) or bash (/bin/bash, where the worker has it)."
-                },
-            ),
-            "code": fields.String(
-                required=True,
-                validate=Utf8Length(settings.max_code_bytes, min=1),
-                metadata={
-                    "description": "The program: python source, or a sh or bash script. At most "
-                    f"{settings.max_code_bytes} bytes of UTF-8 (VX11_MAX_CODE_BYTES)."
-                },
-            ),
-            "ttl_seconds": fields.Integer(
-                strict=True,
-                load_default=settings.spawn_default_ttl,
-                validate=validate.Range(1, settings.spawn_max_ttl),
-                metadata={
-                    "description": "Wall-clock limit, seconds: past it the spawn is killed "
-                    "and ends TIMEOUT. Default and maximum: the server's "
-                    "(VX11_SPAWN_DEFAULT_TTL, VX11_SPAWN_MAX_TTL)."
-                },
-            ),
-            "stdin": fields.String(
-                load_default=None,
-                allow_none=True,
-                validate=Utf8Length(settings.max_stdin_bytes),
-                metadata={
-                    "description": "Text for the program's standard input (none when left "
-                    f"out). At most {settings.max_stdin_bytes} bytes of UTF-8 "
-                    "(VX11_MAX_STDIN_BYTES)."
-                },
-            ),
-            "correlation_id": fields.String(
-                load_default=None,
-                allow_none=True,
-                validate=CORRELATION_ID,
-                metadata={
-                    "description": "Your own id for the spawn: in its record and the logs, "
-                    "and a filter of GET /vx11/spawns."
-                },
-            ),
-            "metadata": fields.Dict(
-                keys=fields.String(),
-                load_default=None,
-                allow_none=True,
-                validate=_json_max(settings.max_metadata_bytes),
-                metadata={
-                    "description": "Any JSON object, kept with the spawn and returned in its "
-                    f"record. At most {settings.max_metadata_bytes} bytes as compact JSON "
-                    "(VX11_MAX_METADATA_BYTES)."
-                },
-            ),
-            "cpu_time_limit": _limit(
-                1,
-                settings.cpu_time_limit_max,
-                None,
-                "CPU seconds the spawn's processes may use; left out, its ttl_seconds.",
-                "CPU_TIME_LIMIT",
-            ),
-            "memory_limit_mb": _limit(
-                16,
-                settings.memory_limit_mb_max,
-                settings.memory_limit_mb,
-                "Memory the spawn may use, MiB.",
-                "MEMORY_LIMIT_MB",
-            ),
-            "max_processes": _limit(
-                1,
-                settings.max_processes_max,
-                settings.max_processes,
-                "Processes the spawn may run at once.",
-                "MAX_PROCESSES",
-            ),
-            "max_output_bytes": _limit(
-                0,
-                settings.max_output_bytes_max,
-                settings.max_output_bytes,
-                "Bytes of stdout, and of stderr, kept; the rest is read and dropped "
-                "(stdout_truncated, stderr_truncated).",
-                "MAX_OUTPUT_BYTES",
-            ),
-            "max_file_size_mb": _limit(
-                1,
-                settings.max_file_size_mb_max,
-                settings.max_file_size_mb,
-                "Largest file the spawn may write, MiB.",
-                "MAX_FILE_SIZE_MB",
-            ),
-            "callback_url": fields.String(
-                allow_none=True,
-                validate=callback_url_validator(settings),
-                metadata={
-                    "description": "Where the spawn's record is POSTed, signed, when it ends. "
-                    "Refused (422 callbacks_disabled) unless the server has "
-                    "VX11_CALLBACK_SECRET; its host must be on VX11_CALLBACK_ALLOWED_HOSTS."
-                },
-            ),
-            "max_retries": fields.Integer(
-                strict=True,
-                load_default=0,
-                validate=validate.Range(0, MAX_RETRIES, error="must be between {min} and {max}"),
-                metadata={
-                    "description": "Times the spawn is run again if its worker is lost "
-                    "while running it; never when its own code fails."
-                },
-            ),
-            "args": fields.List(
-                fields.String(validate=_valid_arg),
-                load_default=list,
-                validate=validate.Length(
-                    max=settings.max_args,
-                    error=f"at most {settings.max_args} arguments (the server's maximum)",
+    schema = cast(
+        type[SpawnRequestSchema],
+        SpawnRequestSchema.from_dict(
+            {
+                "task_type": fields.String(
+                    required=True,
+                    validate=validate.OneOf(TASK_TYPES),
+                    metadata={
+                        "description": "What runs the code: python (python3 -I), shell (/bin/sh, "
+                        "POSIX) or bash (/bin/bash, where the worker has it)."
+                    },
                 ),
-                metadata={
-                    "description": "Arguments for the program: python's sys.argv[1:], the "
-                    f"shell's $1 and on. At most {settings.max_args} (VX11_MAX_ARGS), each at "
-                    f"most {MAX_ARG_BYTES} bytes of UTF-8 without NUL."
-                },
-            ),
-        },
-        name="SpawnRequest",
-    )()
+                "code": fields.String(
+                    required=True,
+                    validate=EncodedLength(settings.max_code_bytes, min=1),
+                    metadata={
+                        "description": "The program: python source, or a sh or bash script. "
+                        f"At most {settings.max_code_bytes} bytes of UTF-8 "
+                        "(VX11_MAX_CODE_BYTES); with encoding base64, those bytes in base64, "
+                        "still UTF-8 text without NUL."
+                    },
+                ),
+                "ttl_seconds": fields.Integer(
+                    strict=True,
+                    load_default=settings.spawn_default_ttl,
+                    validate=validate.Range(1, settings.spawn_max_ttl),
+                    metadata={
+                        "description": "Wall-clock limit, seconds: past it the spawn is killed "
+                        "and ends TIMEOUT. Default and maximum: the server's "
+                        "(VX11_SPAWN_DEFAULT_TTL, VX11_SPAWN_MAX_TTL)."
+                    },
+                ),
+                "stdin": fields.String(
+                    load_default=None,
+                    allow_none=True,
+                    validate=EncodedLength(settings.max_stdin_bytes),
+                    metadata={
+                        "description": "Text for the program's standard input (none when left "
+                        f"out). At most {settings.max_stdin_bytes} bytes of UTF-8 "
+                        "(VX11_MAX_STDIN_BYTES); with encoding base64, any bytes, in base64."
+                    },
+                ),
+                "encoding": fields.String(
+                    load_default="utf8",
+                    validate=validate.OneOf(ENCODINGS),
+                    metadata={
+                        "description": "How code and stdin are given: utf8 (text, the default) "
+                        "or base64 (of their exact bytes)."
+                    },
+                ),
+                "merge_stderr": fields.Boolean(
+                    load_default=False,
+                    metadata={
+                        "description": "Send standard error into standard output, in the order "
+                        "written (stderr is then empty)."
+                    },
+                ),
+                "correlation_id": fields.String(
+                    load_default=None,
+                    allow_none=True,
+                    validate=CORRELATION_ID,
+                    metadata={
+                        "description": "Your own id for the spawn: in its record and the logs, "
+                        "and a filter of GET /vx11/spawns."
+                    },
+                ),
+                "metadata": fields.Dict(
+                    keys=fields.String(),
+                    load_default=None,
+                    allow_none=True,
+                    validate=_json_max(settings.max_metadata_bytes),
+                    metadata={
+                        "description": "Any JSON object, kept with the spawn and returned in its "
+                        f"record. At most {settings.max_metadata_bytes} bytes as compact JSON "
+                        "(VX11_MAX_METADATA_BYTES)."
+                    },
+                ),
+                "cpu_time_limit": _limit(
+                    1,
+                    settings.cpu_time_limit_max,
+                    None,
+                    "CPU seconds the spawn's processes may use; left out, its ttl_seconds.",
+                    "CPU_TIME_LIMIT",
+                ),
+                "memory_limit_mb": _limit(
+                    16,
+                    settings.memory_limit_mb_max,
+                    settings.memory_limit_mb,
+                    "Memory the spawn may use, MiB.",
+                    "MEMORY_LIMIT_MB",
+                ),
+                "max_processes": _limit(
+                    1,
+                    settings.max_processes_max,
+                    settings.max_processes,
+                    "Processes the spawn may run at once.",
+                    "MAX_PROCESSES",
+                ),
+                "max_output_bytes": _limit(
+                    0,
+                    settings.max_output_bytes_max,
+                    settings.max_output_bytes,
+                    "Bytes of stdout, and of stderr, kept; the rest is read and dropped "
+                    "(stdout_truncated, stderr_truncated).",
+                    "MAX_OUTPUT_BYTES",
+                ),
+                "max_file_size_mb": _limit(
+                    1,
+                    settings.max_file_size_mb_max,
+                    settings.max_file_size_mb,
+                    "Largest file the spawn may write, MiB.",
+                    "MAX_FILE_SIZE_MB",
+                ),
+                "callback_url": fields.String(
+                    allow_none=True,
+                    validate=callback_url_validator(settings),
+                    metadata={
+                        "description": "Where the spawn's record is POSTed, signed, when it ends. "
+                        "Refused (422 callbacks_disabled) unless the server has "
+                        "VX11_CALLBACK_SECRET; its host must be on VX11_CALLBACK_ALLOWED_HOSTS."
+                    },
+                ),
+                "max_retries": fields.Integer(
+                    strict=True,
+                    load_default=0,
+                    validate=validate.Range(
+                        0, MAX_RETRIES, error="must be between {min} and {max}"
+                    ),
+                    metadata={
+                        "description": "Times the spawn is run again if its worker is lost "
+                        "while running it; never when its own code fails."
+                    },
+                ),
+                "args": fields.List(
+                    fields.String(validate=_valid_arg),
+                    load_default=list,
+                    validate=validate.Length(
+                        max=settings.max_args,
+                        error=f"at most {settings.max_args} arguments (the server's maximum)",
+                    ),
+                    metadata={
+                        "description": "Arguments for the program: python's sys.argv[1:], the "
+                        f"shell's $1 and on. At most {settings.max_args} (VX11_MAX_ARGS), each at "
+                        f"most {MAX_ARG_BYTES} bytes of UTF-8 without NUL."
+                    },
+                ),
+            },
+            name="SpawnRequest",
+        ),
+    )
+    schema.limits = {"code": settings.max_code_bytes, "stdin": settings.max_stdin_bytes}
+    return schema()
+
+
+def base64_length(size: int) -> int:
+    """The length of ``size`` bytes in base64: a field's bound that holds either form."""
+    return 4 * math.ceil(size / 3)
+
+
+def decoded(spawn_request: dict[str, Any]) -> dict[str, Any]:
+    """The request (validated) as the spawn keeps it: ``code`` as text, ``stdin`` as
+    text or, when its bytes are not text, as ``stdin_raw``."""
+    spawn = {k: v for k, v in spawn_request.items() if k != "encoding"}
+    if spawn_request["encoding"] != "base64":
+        return spawn
+    spawn["code"] = base64.b64decode(spawn["code"]).decode("utf-8")
+    if spawn.get("stdin") is not None:
+        stdin = base64.b64decode(spawn["stdin"])
+        if _is_text(stdin) or not stdin:
+            spawn["stdin"] = stdin.decode("utf-8")
+        else:
+            spawn["stdin"], spawn["stdin_raw"] = None, stdin
+    return spawn
 
 
 def spawn_example(settings: Settings) -> dict[str, Any]:
@@ -264,6 +365,14 @@ class RecordQuery(Schema):
         validate=validate.Range(0, MAX_WAIT, error="must be between {min} and {max} seconds"),
         metadata={"description": "Seconds to wait for the spawn to end before answering."},
     )
+    encoding = fields.String(
+        load_default="utf8",
+        validate=validate.OneOf(ENCODINGS),
+        metadata={
+            "description": "utf8: stdout and stderr as text; base64: as base64 of their "
+            "exact bytes (the answer says encoding: base64)."
+        },
+    )
 
 
 IDEMPOTENCY_PARAMETER = {
@@ -303,16 +412,17 @@ def forget_unused_note(_exc: BaseException | None) -> None:
         services().unpublished.take(entry.spawn_uuid)
 
 
-def accept_once(svc: Services, spawn_request: dict[str, Any], key: str):
-    """:func:`accept`, once per idempotency ``key`` of the caller's token; only an
-    accepted spawn is kept as the key's answer. The ledger keeps the key with its
-    spawn, so a retry after a request that died half-way answers that spawn."""
+def accept_once(svc: Services, spawn_request: dict[str, Any], spawn: dict[str, Any], key: str):
+    """:func:`accept` of ``spawn`` (the request ``spawn_request``, :func:`decoded`), once
+    per idempotency ``key`` of the caller's token; only an accepted spawn is kept as the
+    key's answer. The ledger keeps the key with its spawn, so a retry after a request
+    that died half-way answers that spawn."""
     with svc.idempotency.attempt(caller().token_id, key, spawn_request) as attempt:
         if attempt.replay is not None:
             return jsonify(attempt.replay), {REPLAYED: "true"}
         g.note_used = True
         try:
-            answer = submit_spawn(svc, spawn_request, admitted(), attempt.ledger_fields)
+            answer = submit_spawn(svc, spawn, admitted(), attempt.ledger_fields)
         except AlreadyAccepted as earlier:
             record = resume(svc, earlier.record, attempt.fingerprint)
             replay = ANSWER.dump({**record, "status": "QUEUED"})  # as it was accepted
@@ -396,9 +506,10 @@ def blueprint(settings: Settings) -> Blueprint:
         """
         svc = services()
         key = idempotency_key()
+        spawn = decoded(spawn_request)
         if key is None:
-            return accept(svc, spawn_request)
-        return accept_once(svc, spawn_request, key)
+            return accept(svc, spawn)
+        return accept_once(svc, spawn_request, spawn, key)
 
     @blp.get("/spawn/<ident>")
     @blp.get("/result/<ident>")
@@ -418,7 +529,7 @@ def blueprint(settings: Settings) -> Blueprint:
         record = svc.ledger.get(ident, owner=owner_filter())
         if query["wait"] and not is_terminal(record):
             record = wait_for_end(svc, record["spawn_uuid"], query["wait"])
-        return with_progress(svc, record)
+        return encoded(with_progress(svc, record), query["encoding"])
 
     @blp.get("/spawns")
     @requires(Scope.READ)
