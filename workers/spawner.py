@@ -288,6 +288,7 @@ def run_spawn(
     attempt: int = 1,
     stdin_base64: str | None = None,
     merge_stderr: bool = False,
+    files: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run one spawn, as its ``attempt``-th start. A job whose record has already left
     QUEUED (a redelivery after a lost worker, or a spawn ended meanwhile) is never run a
@@ -319,6 +320,7 @@ def run_spawn(
             stdin=base64.b64decode(stdin_base64) if stdin_base64 is not None else stdin,
             args=list(args or ()),
             merge_stderr=merge_stderr,
+            files=[(f["path"], base64.b64decode(f["base64"])) for f in files or ()],
             limits=limits_for(ttl_seconds, limits, cfg),
             config=sandbox_config(),
             watcher=watcher,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,3 +160,20 @@ def stack(tmp_path_factory, rabbitmq_vhost, stack_settings) -> Stack:
             if process is not None:
                 process.stop()
         shutil.rmtree(sandbox_root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=["bwrap", "basic"])
+def worker_level(request, stack, tmp_path_factory) -> Iterator[str]:
+    """Each sandbox level in turn, as the stack's only worker runs it: the stack's own
+    (bwrap where it works), then one at the basic level in its place."""
+    if request.param == "bwrap":
+        yield request.param
+        return
+    stack.worker.shut_down()
+    basic = start_worker(
+        {**stack.config, "sandbox": "basic"}, tmp_path_factory.mktemp("basic"), name="basic"
+    )
+    try:
+        yield request.param
+    finally:
+        basic.stop()

@@ -12,7 +12,7 @@ import json
 import pytest
 import requests
 
-from tests.support import TOKEN, http, start_worker, wait_for, wait_terminal
+from tests.support import TOKEN, http, wait_for, wait_terminal
 from vx11.core.config import Settings
 
 pytestmark = pytest.mark.e2e
@@ -26,28 +26,12 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-@pytest.fixture(scope="module", params=["bwrap", "basic"])
-def level(request, stack, tmp_path_factory):
-    """The stack with a worker of the level only: its own at bwrap, a basic one else."""
-    if request.param == "bwrap":
-        yield request.param
-        return
-    stack.worker.shut_down()
-    basic = start_worker(
-        {**stack.config, "sandbox": "basic"}, tmp_path_factory.mktemp("basic"), name="basic"
-    )
-    try:
-        yield request.param
-    finally:
-        basic.stop()
-
-
-def run(stack, level: str, **body) -> dict:
+def run(stack, worker_level: str, **body) -> dict:
     stack.open_window()
     accepted = stack.spawn(body.pop("task_type", "shell"), body.pop("code"), **body)
     assert accepted["error"] is None, accepted
     record = wait_terminal(stack.base, accepted["spawn_id"])
-    assert record["sandbox"] == level, record
+    assert record["sandbox"] == worker_level, record
     return record
 
 
@@ -57,8 +41,8 @@ def read(stack, spawn_id: str, query: str = "") -> dict:
     return record
 
 
-def test_output_that_is_not_utf8_reads_back_exactly_as_base64(stack, level):
-    record = run(stack, level, code=PRINT_NOT_UTF8)
+def test_output_that_is_not_utf8_reads_back_exactly_as_base64(stack, worker_level):
+    record = run(stack, worker_level, code=PRINT_NOT_UTF8)
     assert record["status"] == "DONE", record
     assert (record["stdout"], record["encoding"]) == (NOT_UTF8.decode("utf-8", "replace"), "utf8")
     exact = read(stack, record["spawn_id"], "?encoding=base64")
@@ -67,16 +51,16 @@ def test_output_that_is_not_utf8_reads_back_exactly_as_base64(stack, level):
     assert exact["code"] == record["code"], "only the output is encoded"
 
 
-def test_text_output_reads_back_as_the_base64_of_its_utf8(stack, level):
-    record = run(stack, level, task_type="python", code="print('wörld')")
+def test_text_output_reads_back_as_the_base64_of_its_utf8(stack, worker_level):
+    record = run(stack, worker_level, task_type="python", code="print('wörld')")
     exact = read(stack, record["spawn_id"], "?encoding=base64")
     assert base64.b64decode(exact["stdout"]) == "wörld\n".encode()
 
 
-def test_code_and_stdin_given_as_base64_run_with_their_exact_bytes(stack, level):
+def test_code_and_stdin_given_as_base64_run_with_their_exact_bytes(stack, worker_level):
     code = "import sys; sys.stdout.buffer.write(sys.stdin.buffer.read()[::-1])  # é"
     record = run(
-        stack, level, task_type="python", encoding="base64",
+        stack, worker_level, task_type="python", encoding="base64",
         code=b64(code.encode()), stdin=b64(NOT_UTF8),
     )  # fmt: skip
     assert record["status"] == "DONE", record
@@ -85,20 +69,22 @@ def test_code_and_stdin_given_as_base64_run_with_their_exact_bytes(stack, level)
     assert base64.b64decode(exact["stdout"]) == NOT_UTF8[::-1]
 
 
-def test_stdin_given_as_base64_text_is_kept_as_text(stack, level):
-    record = run(stack, level, encoding="base64", code=b64(b"cat"), stdin=b64("hé\n".encode()))
+def test_stdin_given_as_base64_text_is_kept_as_text(stack, worker_level):
+    record = run(
+        stack, worker_level, encoding="base64", code=b64(b"cat"), stdin=b64("hé\n".encode())
+    )
     assert record["stdout"] == "hé\n"
 
 
-def test_merged_stderr_is_in_stdout_in_the_order_written(stack, level):
+def test_merged_stderr_is_in_stdout_in_the_order_written(stack, worker_level):
     code = "for i in 1 2 3; do echo out$i; echo err$i >&2; done"
-    record = run(stack, level, code=code, merge_stderr=True)
+    record = run(stack, worker_level, code=code, merge_stderr=True)
     assert record["stdout"] == "out1\nerr1\nout2\nerr2\nout3\nerr3\n"
     assert record["stderr"] == ""
 
 
-def test_the_event_stream_gives_the_exact_bytes_as_base64(stack, level):
-    record = run(stack, level, code=PRINT_NOT_UTF8)
+def test_the_event_stream_gives_the_exact_bytes_as_base64(stack, worker_level):
+    record = run(stack, worker_level, code=PRINT_NOT_UTF8)
     url = f"{stack.base}/vx11/spawn/{record['spawn_id']}/events?encoding=base64"
     with requests.get(url, headers=TOKEN, stream=True, timeout=30) as response:
         assert response.status_code == 200, response.text
@@ -112,7 +98,7 @@ def test_the_event_stream_gives_the_exact_bytes_as_base64(stack, level):
     assert end[0] == "end" and end[1]["stdout"] == b64(NOT_UTF8), end
 
 
-def test_a_running_spawn_reads_its_output_so_far_exactly(stack, level):
+def test_a_running_spawn_reads_its_output_so_far_exactly(stack, worker_level):
     stack.open_window()
     accepted = stack.spawn("shell", PRINT_NOT_UTF8 + "; sleep 30", ttl_seconds=60)
     spawn_id = accepted["spawn_id"]

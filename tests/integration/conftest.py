@@ -27,3 +27,18 @@ def bwrap_config() -> Iterator[SandboxConfig]:
     finally:
         slot.SLOTS.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=["bwrap", "basic"])
+def level_config(request) -> Iterator[SandboxConfig]:
+    """Each sandbox level in turn: :func:`bwrap_config`, then the basic level with a
+    root of the module's own."""
+    if request.param == "bwrap":
+        yield request.getfixturevalue("bwrap_config")
+        return
+    root = Path(tempfile.mkdtemp(prefix="vx11-basic-", dir="/tmp"))
+    root.chmod(0o711)  # the sandbox's user passes through it
+    try:
+        yield SandboxConfig(level="basic", root=str(root))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -12,6 +12,7 @@ import redis
 
 from tests.support import free_port
 from vx11 import create_app
+from vx11.core.config import Settings
 from vx11.core.ledger import Ledger
 from vx11.core.states import SpawnStatus
 from vx11.core.tokens import TokenStore
@@ -495,7 +496,7 @@ def test_a_body_that_is_not_a_json_object_is_400(client, auth, raw):
 
 
 def test_an_oversized_body_is_413(client, auth):
-    body = json.dumps({"task_type": "python", "code": "#" * (2 << 20)})
+    body = json.dumps({"task_type": "python", "code": "#" * (Settings().max_body_bytes + 1)})
     response = client.post("/vx11/spawn", data=body, headers=auth, content_type="application/json")
     assert response.status_code == 413
     assert response.json["error"] == "payload_too_large"

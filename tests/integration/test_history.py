@@ -13,7 +13,9 @@ from vx11.core.ledger import Ledger
 from vx11.core.states import SpawnStatus
 
 SPAWN = {"task_type": "python", "code": "print(1)", "ttl_seconds": 30}
-HEAVY = {"code", "stdin", "stdout", "stderr", "processes"}  # live processes: one spawn only
+HEAVY = {"code", "stdin", "stdout", "stderr", "processes", "files", "encoding"}
+"""A page leaves out what only one spawn's read gives: the heavy fields, its live
+processes, and how its output is encoded."""
 
 
 @pytest.fixture

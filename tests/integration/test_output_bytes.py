@@ -4,9 +4,7 @@ standard output in the order written, at both levels."""
 
 from __future__ import annotations
 
-import tempfile
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -22,31 +20,22 @@ NOT_UTF8 = b"\xff\xfeok\x00\xc3"
 """Bytes no UTF-8 decoder keeps: a lone continuation, NUL, a sequence cut short."""
 
 
-@pytest.fixture(scope="module", params=["bwrap", "basic"])
-def config(request) -> SandboxConfig:
-    if request.param == "bwrap":
-        return request.getfixturevalue("bwrap_config")
-    root = Path(tempfile.mkdtemp(prefix="vx11-basic-", dir="/tmp"))
-    root.chmod(0o711)
-    return SandboxConfig(level="basic", root=str(root))
+def run(level_config: SandboxConfig, task_type: str, code: str, **options):
+    return run_sandboxed(
+        task_type, textwrap.dedent(code), limits=LIMITS, config=level_config, **options
+    )
 
 
-def run(config: SandboxConfig, task_type: str, code: str, **options):
-    return run_sandboxed(task_type, textwrap.dedent(code), limits=LIMITS, config=config, **options)
-
-
-def test_bytes_that_are_not_utf8_come_back_exactly(config):
-    outcome = run(config, "shell", r"printf '\377\376ok\000\303'; printf '\377' >&2")
+def test_bytes_that_are_not_utf8_come_back_exactly(level_config):
+    outcome = run(level_config, "shell", r"printf '\377\376ok\000\303'; printf '\377' >&2")
     assert outcome.exit_code == 0, outcome
     assert (outcome.stdout_bytes, outcome.stderr_bytes) == (NOT_UTF8, b"\xff")
     assert outcome.stdout == NOT_UTF8.decode("utf-8", "replace")
 
 
-def test_input_given_as_bytes_reaches_the_code_exactly(config):
-    outcome = run(
-        config, "python", "import sys; sys.stdout.buffer.write(sys.stdin.buffer.read()[::-1])",
-        stdin=NOT_UTF8,
-    )  # fmt: skip
+def test_input_given_as_bytes_reaches_the_code_exactly(level_config):
+    reverse = "import sys; sys.stdout.buffer.write(sys.stdin.buffer.read()[::-1])"
+    outcome = run(level_config, "python", reverse, stdin=NOT_UTF8)
     assert outcome.exit_code == 0, outcome
     assert outcome.stdout_bytes == NOT_UTF8[::-1]
 
@@ -66,13 +55,13 @@ def test_input_given_as_bytes_reaches_the_code_exactly(config):
         ),
     ],
 )
-def test_merged_stderr_is_in_stdout_in_the_order_written(config, task_type, code):
-    outcome = run(config, task_type, code, merge_stderr=True)
+def test_merged_stderr_is_in_stdout_in_the_order_written(level_config, task_type, code):
+    outcome = run(level_config, task_type, code, merge_stderr=True)
     assert outcome.exit_code == 0, outcome
     assert outcome.stdout == "out1\nerr1\nout2\nerr2\nout3\nerr3\n"
     assert (outcome.stderr, outcome.stderr_bytes, outcome.stderr_truncated) == ("", b"", False)
 
 
-def test_without_merging_the_streams_stay_apart(config):
-    outcome = run(config, "shell", "echo out; echo err >&2")
+def test_without_merging_the_streams_stay_apart(level_config):
+    outcome = run(level_config, "shell", "echo out; echo err >&2")
     assert (outcome.stdout, outcome.stderr) == ("out\n", "err\n")

@@ -60,9 +60,16 @@ class Settings:
         "not the proxy's, is then what the audit log and the logs record. 0 trusts no "
         "such header; never set it where clients reach the gateway directly.",
     )
-    max_body_bytes: int = _setting(1 << 20, "Largest request body; larger gets 413.")
+    max_body_bytes: int = _setting(
+        8 << 20, "Largest request body; larger gets 413 (a spawn's files come in the body)."
+    )
     max_code_bytes: int = _setting(64 << 10, "Largest `code` of a spawn, bytes (UTF-8).")
     max_stdin_bytes: int = _setting(256 << 10, "Largest `stdin` of a spawn, bytes (UTF-8).")
+    max_input_files: int = _setting(100, "Most `files` one spawn may be given.")
+    max_input_file_bytes: int = _setting(1 << 20, "Largest file of a spawn's `files`, bytes.")
+    max_input_files_bytes: int = _setting(
+        4 << 20, "Most bytes a spawn's `files` may hold together (within VX11_SANDBOX_TMPFS_MB)."
+    )
     max_metadata_bytes: int = _setting(4096, "Largest `metadata` object, bytes of JSON.")
     sandbox: str = _setting(
         "auto",

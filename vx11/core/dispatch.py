@@ -74,6 +74,7 @@ def publish_spawn(
                 "stdin": record["stdin"],
                 **_exact_stdin(record),
                 "merge_stderr": bool(record.get("merge_stderr")),
+                **({"files": record["files"]} if record.get("files") else {}),
                 "ttl_seconds": ttl,
                 "window_id": record["window_id"],
                 "correlation_id": record["correlation_id"],

@@ -135,6 +135,13 @@ class SpawnRecord(Schema):
     )
 
 
+class FileInfo(Schema):
+    """One of the files a spawn was given (its content is not answered back)."""
+
+    path = fields.String(metadata={"description": "Its path under the working directory."})
+    size = fields.Integer(metadata={"description": "Its size, bytes."})
+
+
 class SpawnDetail(SpawnRecord):
     """One spawn's record with the code it runs: the answer of ``GET /vx11/spawn/<id>``,
     of its cancel, and its event stream's ``end``. History pages and callbacks carry
@@ -142,6 +149,11 @@ class SpawnDetail(SpawnRecord):
     a callback goes to the client that submitted it."""
 
     code = fields.String(metadata={"description": "The code the spawn was submitted with."})
+    files = fields.List(
+        fields.Nested(FileInfo),
+        allow_none=True,
+        metadata={"description": "The files it was given (path and size); null if none."},
+    )
     encoding = fields.String(
         dump_default="utf8",
         metadata={

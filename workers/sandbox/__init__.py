@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+from collections.abc import Sequence
 
 from workers.sandbox import basic, slot
 from workers.sandbox.launch import SANDBOX_PATH, SHELL
@@ -26,7 +27,7 @@ from workers.sandbox.process import (
     rlimits,
     run_process,
 )
-from workers.sandbox.spec import Job, Limits, Outcome, SandboxConfig, SandboxError
+from workers.sandbox.spec import Job, Limits, Outcome, SandboxConfig, SandboxError, check_path
 from workers.sandbox.uids import LEASES
 
 __all__ = [
@@ -91,16 +92,20 @@ def run_sandboxed(
     args: tuple[str, ...] | list[str] = (),
     watcher: Watcher | None = None,
     merge_stderr: bool = False,
+    files: Sequence[tuple[str, bytes]] = (),
 ) -> Outcome:
     """Run ``code`` (a ``task_type`` of :data:`TASK_TYPES`) under ``limits`` at
     ``config``'s level; ``stdin`` as text (UTF-8) or bytes; with ``merge_stderr`` its
-    standard error goes into its standard output, in order."""
+    standard error goes into its standard output, in order; ``files`` (relative path,
+    content) are written in its working directory first."""
     config = config or SandboxConfig()
     if task_type not in TASK_TYPES:
         raise ValueError(f"unknown task_type {task_type!r}")
     interpreter = resolve_interpreter(task_type, config)
     data = stdin.encode("utf-8") if isinstance(stdin, str) else stdin or b""
-    job = Job(task_type, code, tuple(args), data, limits, merge_stderr)
+    for path, _ in files:
+        check_path(path)
+    job = Job(task_type, code, tuple(args), data, limits, merge_stderr, tuple(files))
     # A root worker runs code as a uid of its own among the concurrent runs; another
     # worker, as itself (it cannot switch).
     identity = LEASES.take(config.uids, config.level) if os.geteuid() == 0 else None

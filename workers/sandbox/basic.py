@@ -5,6 +5,7 @@ cgroup catches it (docs/security.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -26,6 +27,7 @@ def prepared(
     check_root_reachable(config.root, identity)
     workdir = _make_workdir(config.root, identity)
     try:
+        _write_files(workdir, job.files, identity)
         if job.task_type == "python":
             _write_private(workdir / "main.py", job.code, identity)
         argv = command(job.task_type, interpreter, job.code, job.args)
@@ -62,6 +64,40 @@ def _make_workdir(root: str, identity: Identity | None) -> Path:
     if identity:
         os.chown(workdir, identity.uid, identity.gid)
     return workdir
+
+
+def _write_files(
+    workdir: Path, files: tuple[tuple[str, bytes], ...], identity: Identity | None
+) -> None:
+    """The spawn's files under ``workdir``, just made and empty, so that no link can be
+    in their way: every directory and file opened relative to its parent, never
+    following one; directories 0700, files 0600, owned by the run's user."""
+    owner = (identity.uid, identity.gid) if identity else None
+    top = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for path, data in files:
+            *parents, name = path.split("/")
+            parent = os.dup(top)
+            try:
+                for part in parents:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o700, dir_fd=parent)
+                        if owner:
+                            os.chown(part, *owner, dir_fd=parent, follow_symlinks=False)
+                    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                    below = os.open(part, flags, dir_fd=parent)
+                    os.close(parent)
+                    parent = below
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                fd = os.open(name, flags, 0o600, dir_fd=parent)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    if owner:
+                        os.fchown(f.fileno(), *owner)
+            finally:
+                os.close(parent)
+    finally:
+        os.close(top)
 
 
 def _write_private(path: Path, text: str, identity: Identity | None) -> None:

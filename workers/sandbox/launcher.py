@@ -33,6 +33,7 @@ import sys
 STARTUP_MODULES = frozenset(sys.modules)  # first: what `python3 -I -u` itself imported
 
 import array  # noqa: E402 - after STARTUP_MODULES, on purpose
+import binascii  # noqa: E402
 import contextlib  # noqa: E402
 import ctypes  # noqa: E402
 import json  # noqa: E402
@@ -278,6 +279,7 @@ def init(request: dict[str, Any], fds: dict[str, int]) -> NoReturn:
     status = None
     try:
         what = program(fds["program"])
+        write_files(what.get("files", ()))
         if request["task_type"] == "python":
             write_script(what["code"])
         child = start(request, what, fds)
@@ -345,6 +347,22 @@ def start(request: dict[str, Any], what: dict[str, Any], fds: dict[str, int]) ->
 def set_rlimits(rlimits: list[list[int]]) -> None:
     for kind, soft, hard in rlimits:
         resource.setrlimit(kind, (soft, hard))
+
+
+def write_files(files: list[list[str]]) -> None:
+    """The spawn's files, ``[path, base64]``, under ``/work`` (this process's directory,
+    a fresh tmpfs): directories 0700, files 0600, owned by the run's user."""
+    for path, data in files:
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, binascii.a2b_base64(data))
+        except OSError as exc:
+            raise OSError(exc.errno, f"writing the file {path}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
 
 
 def write_script(source: str) -> None:

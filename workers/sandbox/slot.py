@@ -16,6 +16,7 @@ with a :class:`~workers.sandbox.spec.SandboxError` that says so.
 from __future__ import annotations
 
 import array
+import base64
 import contextlib
 import json
 import logging
@@ -366,6 +367,7 @@ def _run_in(
         os.write(program, json.dumps({
             "code": job.code, "args": list(job.args),
             "argv": command(job.task_type, interpreter, job.code, job.args),
+            "files": [[path, base64.b64encode(data).decode("ascii")] for path, data in job.files],
         }, ensure_ascii=False).encode("utf-8", "surrogatepass"))  # fmt: skip
         meter = _Meter(cgroup, limits) if cgroup is not None else None
         with stdin_file(job.stdin) as stdin_handle:

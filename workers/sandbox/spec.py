@@ -33,6 +33,19 @@ class Job:
     limits: Limits
     merge_stderr: bool = False
     """Standard error goes to the same pipe as standard output, in the order written."""
+    files: tuple[tuple[str, bytes], ...] = ()
+    """``(relative path, content)`` written under the working directory before the run
+    (directories 0700, files 0600); the paths are checked (:func:`check_path`)."""
+
+
+def check_path(path: str) -> None:
+    """ValueError unless ``path`` names a place inside the working directory: relative,
+    without ``.`` or ``..`` or empty parts, and without NUL."""
+    parts = path.split("/")
+    if not path or path.startswith("/") or "\0" in path:
+        raise ValueError(f"not a relative path: {path!r}")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"a path may not have empty, . or .. parts: {path!r}")
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ spawns = Table(
     Column("stdout_raw", LargeBinary),
     Column("stderr_raw", LargeBinary),
     Column("merge_stderr", Boolean),  # stderr sent into stdout, in order (NULL: false)
+    Column("files", JSON),  # [{path, size, base64}]: written in /work before the run
     # History pages walk one of these backwards, newest first, from a keyset position
     # (created_at, spawn_uuid): each filter that pins one column has its own index.
     Index("ix_spawns_created_at_uuid", "created_at", "spawn_uuid"),

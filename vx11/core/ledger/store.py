@@ -40,7 +40,9 @@ from vx11.core.ledger.schema import DATABASE_UNAVAILABLE, create_schema, make_en
 from vx11.core.states import ALLOWED_SOURCES, TERMINAL_STATES, SpawnStatus
 from vx11.core.times import as_utc, utcnow
 
-HEAVY_FIELDS = ("code", "stdin", "stdout", "stderr", "stdin_raw", "stdout_raw", "stderr_raw")
+HEAVY_FIELDS = (
+    "code", "stdin", "stdout", "stderr", "stdin_raw", "stdout_raw", "stderr_raw", "files",
+)  # fmt: skip
 """Columns a history page leaves out: they can be large; ``get`` has them."""
 _SUMMARY_COLUMNS = [c for c in spawns.c if c.name not in HEAVY_FIELDS]
 _ID_ATTEMPTS = 8

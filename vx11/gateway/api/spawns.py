@@ -10,7 +10,7 @@ import functools
 import json
 import math
 from dataclasses import replace
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 from flask import g, jsonify, request
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
@@ -105,11 +105,77 @@ class EncodedLength(Utf8Length):
         return message.format(input=value, min=self.min, max=self.shown)
 
 
+MAX_PATH_BYTES = 1024
+"""Longest path of a spawn's file, bytes of UTF-8."""
+
+
+def _valid_path(path: str) -> None:
+    if not path or path.startswith("/"):
+        raise ValidationError("must be a relative path (not empty, not starting with /)")
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise ValidationError("may not have empty, . or .. parts: it must stay in /work")
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise ValidationError(f"must be at most {MAX_PATH_BYTES} bytes of UTF-8")
+
+
+class InputFile(Schema):
+    """One of a spawn's files."""
+
+    path = fields.String(
+        required=True,
+        validate=_valid_path,
+        metadata={"description": "Where, relative to the working directory: a/b.txt."},
+    )
+    content = fields.String(required=True, metadata={"description": "Its content."})
+    encoding = fields.String(
+        load_default="utf8",
+        validate=validate.OneOf(ENCODINGS),
+        metadata={"description": "utf8 (text) or base64 (its exact bytes)."},
+    )
+
+
 class SpawnRequestSchema(Schema):
-    """What only the whole request can check: ``code`` and ``stdin`` in their encoding,
-    and their size once decoded."""
+    """What only the whole request can check: ``code``, ``stdin`` and the files in
+    their encoding, their size once decoded, and files whose paths collide."""
 
     limits: ClassVar[dict[str, int]] = {}
+    file_limits: ClassVar[tuple[int, int]] = (0, 0)
+    """Bytes of one file, and of all the files, at most."""
+
+    @validates_schema(skip_on_field_errors=False)
+    def _files(self, data: dict[str, Any], **kwargs: Any) -> None:
+        each, total = self.file_limits
+        problems: list[str] = []
+        size, files, directories = 0, set[str](), set[str]()
+        items = data.get("files") or []
+        if not all({"path", "content", "encoding"} <= item.keys() for item in items):
+            return  # a file's own fields are wrong: their errors say so
+        for index, item in enumerate(items):
+            path, content = item["path"], item["content"]
+            where = f"files[{index}] ({path})"
+            if item["encoding"] == "base64":
+                try:
+                    length = len(base64.b64decode(content, validate=True))
+                except (binascii.Error, ValueError):
+                    problems.append(f"{where}: content is not base64")
+                    continue
+            else:
+                length = len(content.encode("utf-8", "surrogatepass"))
+            if length > each:
+                problems.append(f"{where}: more than {each} bytes (VX11_MAX_INPUT_FILE_BYTES)")
+            size += length
+            parts = path.split("/")
+            parents = {"/".join(parts[:n]) for n in range(1, len(parts))}
+            if path in files or path in directories or parents & files:
+                problems.append(f"{where}: collides with another file's path")
+            elif data.get("task_type") == "python" and path == "main.py":
+                problems.append(f"{where}: collides with the python code's own main.py")
+            files.add(path)
+            directories |= parents
+        if size > total:
+            problems.append(f"more than {total} bytes in all (VX11_MAX_INPUT_FILES_BYTES)")
+        if problems:
+            raise ValidationError({"files": problems})
 
     @validates_schema(skip_on_field_errors=False)
     def _encoded(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -146,158 +212,172 @@ def _is_text(raw: bytes) -> bool:
 @functools.cache
 def request_schema(settings: Settings) -> Schema:
     """The spawn request schema, with this deployment's limits."""
-    schema = cast(
-        type[SpawnRequestSchema],
-        SpawnRequestSchema.from_dict(
-            {
-                "task_type": fields.String(
-                    required=True,
-                    validate=validate.OneOf(TASK_TYPES),
-                    metadata={
-                        "description": "What runs the code: python (python3 -I), shell (/bin/sh, "
-                        "POSIX) or bash (/bin/bash, where the worker has it)."
-                    },
+
+    class Limited(SpawnRequestSchema):
+        limits = {"code": settings.max_code_bytes, "stdin": settings.max_stdin_bytes}
+        file_limits = (settings.max_input_file_bytes, settings.max_input_files_bytes)
+
+    return Limited.from_dict(
+        {
+            "task_type": fields.String(
+                required=True,
+                validate=validate.OneOf(TASK_TYPES),
+                metadata={
+                    "description": "What runs the code: python (python3 -I), shell (/bin/sh, "
+                    "POSIX) or bash (/bin/bash, where the worker has it)."
+                },
+            ),
+            "code": fields.String(
+                required=True,
+                validate=EncodedLength(settings.max_code_bytes, min=1),
+                metadata={
+                    "description": "The program: python source, or a sh or bash script. "
+                    f"At most {settings.max_code_bytes} bytes of UTF-8 "
+                    "(VX11_MAX_CODE_BYTES); with encoding base64, those bytes in base64, "
+                    "still UTF-8 text without NUL."
+                },
+            ),
+            "ttl_seconds": fields.Integer(
+                strict=True,
+                load_default=settings.spawn_default_ttl,
+                validate=validate.Range(1, settings.spawn_max_ttl),
+                metadata={
+                    "description": "Wall-clock limit, seconds: past it the spawn is killed "
+                    "and ends TIMEOUT. Default and maximum: the server's "
+                    "(VX11_SPAWN_DEFAULT_TTL, VX11_SPAWN_MAX_TTL)."
+                },
+            ),
+            "stdin": fields.String(
+                load_default=None,
+                allow_none=True,
+                validate=EncodedLength(settings.max_stdin_bytes),
+                metadata={
+                    "description": "Text for the program's standard input (none when left "
+                    f"out). At most {settings.max_stdin_bytes} bytes of UTF-8 "
+                    "(VX11_MAX_STDIN_BYTES); with encoding base64, any bytes, in base64."
+                },
+            ),
+            "encoding": fields.String(
+                load_default="utf8",
+                validate=validate.OneOf(ENCODINGS),
+                metadata={
+                    "description": "How code and stdin are given: utf8 (text, the default) "
+                    "or base64 (of their exact bytes)."
+                },
+            ),
+            "merge_stderr": fields.Boolean(
+                load_default=False,
+                metadata={
+                    "description": "Send standard error into standard output, in the order "
+                    "written (stderr is then empty)."
+                },
+            ),
+            "files": fields.List(
+                fields.Nested(InputFile),
+                load_default=list,
+                validate=validate.Length(
+                    max=settings.max_input_files,
+                    error=f"at most {settings.max_input_files} files (VX11_MAX_INPUT_FILES)",
                 ),
-                "code": fields.String(
-                    required=True,
-                    validate=EncodedLength(settings.max_code_bytes, min=1),
-                    metadata={
-                        "description": "The program: python source, or a sh or bash script. "
-                        f"At most {settings.max_code_bytes} bytes of UTF-8 "
-                        "(VX11_MAX_CODE_BYTES); with encoding base64, those bytes in base64, "
-                        "still UTF-8 text without NUL."
-                    },
+                metadata={
+                    "description": "Files written in the working directory (/work) before "
+                    "the code runs: a relative path (no .. or empty part; directories made), "
+                    "content, encoding (utf8 or base64); directories 0700, files 0600. At most "
+                    f"{settings.max_input_files} files (VX11_MAX_INPUT_FILES), each at most "
+                    f"{settings.max_input_file_bytes} bytes (VX11_MAX_INPUT_FILE_BYTES), "
+                    f"{settings.max_input_files_bytes} in all (VX11_MAX_INPUT_FILES_BYTES)."
+                },
+            ),
+            "correlation_id": fields.String(
+                load_default=None,
+                allow_none=True,
+                validate=CORRELATION_ID,
+                metadata={
+                    "description": "Your own id for the spawn: in its record and the logs, "
+                    "and a filter of GET /vx11/spawns."
+                },
+            ),
+            "metadata": fields.Dict(
+                keys=fields.String(),
+                load_default=None,
+                allow_none=True,
+                validate=_json_max(settings.max_metadata_bytes),
+                metadata={
+                    "description": "Any JSON object, kept with the spawn and returned in its "
+                    f"record. At most {settings.max_metadata_bytes} bytes as compact JSON "
+                    "(VX11_MAX_METADATA_BYTES)."
+                },
+            ),
+            "cpu_time_limit": _limit(
+                1,
+                settings.cpu_time_limit_max,
+                None,
+                "CPU seconds the spawn's processes may use; left out, its ttl_seconds.",
+                "CPU_TIME_LIMIT",
+            ),
+            "memory_limit_mb": _limit(
+                16,
+                settings.memory_limit_mb_max,
+                settings.memory_limit_mb,
+                "Memory the spawn may use, MiB.",
+                "MEMORY_LIMIT_MB",
+            ),
+            "max_processes": _limit(
+                1,
+                settings.max_processes_max,
+                settings.max_processes,
+                "Processes the spawn may run at once.",
+                "MAX_PROCESSES",
+            ),
+            "max_output_bytes": _limit(
+                0,
+                settings.max_output_bytes_max,
+                settings.max_output_bytes,
+                "Bytes of stdout, and of stderr, kept; the rest is read and dropped "
+                "(stdout_truncated, stderr_truncated).",
+                "MAX_OUTPUT_BYTES",
+            ),
+            "max_file_size_mb": _limit(
+                1,
+                settings.max_file_size_mb_max,
+                settings.max_file_size_mb,
+                "Largest file the spawn may write, MiB.",
+                "MAX_FILE_SIZE_MB",
+            ),
+            "callback_url": fields.String(
+                allow_none=True,
+                validate=callback_url_validator(settings),
+                metadata={
+                    "description": "Where the spawn's record is POSTed, signed, when it ends. "
+                    "Refused (422 callbacks_disabled) unless the server has "
+                    "VX11_CALLBACK_SECRET; its host must be on VX11_CALLBACK_ALLOWED_HOSTS."
+                },
+            ),
+            "max_retries": fields.Integer(
+                strict=True,
+                load_default=0,
+                validate=validate.Range(0, MAX_RETRIES, error="must be between {min} and {max}"),
+                metadata={
+                    "description": "Times the spawn is run again if its worker is lost "
+                    "while running it; never when its own code fails."
+                },
+            ),
+            "args": fields.List(
+                fields.String(validate=_valid_arg),
+                load_default=list,
+                validate=validate.Length(
+                    max=settings.max_args,
+                    error=f"at most {settings.max_args} arguments (the server's maximum)",
                 ),
-                "ttl_seconds": fields.Integer(
-                    strict=True,
-                    load_default=settings.spawn_default_ttl,
-                    validate=validate.Range(1, settings.spawn_max_ttl),
-                    metadata={
-                        "description": "Wall-clock limit, seconds: past it the spawn is killed "
-                        "and ends TIMEOUT. Default and maximum: the server's "
-                        "(VX11_SPAWN_DEFAULT_TTL, VX11_SPAWN_MAX_TTL)."
-                    },
-                ),
-                "stdin": fields.String(
-                    load_default=None,
-                    allow_none=True,
-                    validate=EncodedLength(settings.max_stdin_bytes),
-                    metadata={
-                        "description": "Text for the program's standard input (none when left "
-                        f"out). At most {settings.max_stdin_bytes} bytes of UTF-8 "
-                        "(VX11_MAX_STDIN_BYTES); with encoding base64, any bytes, in base64."
-                    },
-                ),
-                "encoding": fields.String(
-                    load_default="utf8",
-                    validate=validate.OneOf(ENCODINGS),
-                    metadata={
-                        "description": "How code and stdin are given: utf8 (text, the default) "
-                        "or base64 (of their exact bytes)."
-                    },
-                ),
-                "merge_stderr": fields.Boolean(
-                    load_default=False,
-                    metadata={
-                        "description": "Send standard error into standard output, in the order "
-                        "written (stderr is then empty)."
-                    },
-                ),
-                "correlation_id": fields.String(
-                    load_default=None,
-                    allow_none=True,
-                    validate=CORRELATION_ID,
-                    metadata={
-                        "description": "Your own id for the spawn: in its record and the logs, "
-                        "and a filter of GET /vx11/spawns."
-                    },
-                ),
-                "metadata": fields.Dict(
-                    keys=fields.String(),
-                    load_default=None,
-                    allow_none=True,
-                    validate=_json_max(settings.max_metadata_bytes),
-                    metadata={
-                        "description": "Any JSON object, kept with the spawn and returned in its "
-                        f"record. At most {settings.max_metadata_bytes} bytes as compact JSON "
-                        "(VX11_MAX_METADATA_BYTES)."
-                    },
-                ),
-                "cpu_time_limit": _limit(
-                    1,
-                    settings.cpu_time_limit_max,
-                    None,
-                    "CPU seconds the spawn's processes may use; left out, its ttl_seconds.",
-                    "CPU_TIME_LIMIT",
-                ),
-                "memory_limit_mb": _limit(
-                    16,
-                    settings.memory_limit_mb_max,
-                    settings.memory_limit_mb,
-                    "Memory the spawn may use, MiB.",
-                    "MEMORY_LIMIT_MB",
-                ),
-                "max_processes": _limit(
-                    1,
-                    settings.max_processes_max,
-                    settings.max_processes,
-                    "Processes the spawn may run at once.",
-                    "MAX_PROCESSES",
-                ),
-                "max_output_bytes": _limit(
-                    0,
-                    settings.max_output_bytes_max,
-                    settings.max_output_bytes,
-                    "Bytes of stdout, and of stderr, kept; the rest is read and dropped "
-                    "(stdout_truncated, stderr_truncated).",
-                    "MAX_OUTPUT_BYTES",
-                ),
-                "max_file_size_mb": _limit(
-                    1,
-                    settings.max_file_size_mb_max,
-                    settings.max_file_size_mb,
-                    "Largest file the spawn may write, MiB.",
-                    "MAX_FILE_SIZE_MB",
-                ),
-                "callback_url": fields.String(
-                    allow_none=True,
-                    validate=callback_url_validator(settings),
-                    metadata={
-                        "description": "Where the spawn's record is POSTed, signed, when it ends. "
-                        "Refused (422 callbacks_disabled) unless the server has "
-                        "VX11_CALLBACK_SECRET; its host must be on VX11_CALLBACK_ALLOWED_HOSTS."
-                    },
-                ),
-                "max_retries": fields.Integer(
-                    strict=True,
-                    load_default=0,
-                    validate=validate.Range(
-                        0, MAX_RETRIES, error="must be between {min} and {max}"
-                    ),
-                    metadata={
-                        "description": "Times the spawn is run again if its worker is lost "
-                        "while running it; never when its own code fails."
-                    },
-                ),
-                "args": fields.List(
-                    fields.String(validate=_valid_arg),
-                    load_default=list,
-                    validate=validate.Length(
-                        max=settings.max_args,
-                        error=f"at most {settings.max_args} arguments (the server's maximum)",
-                    ),
-                    metadata={
-                        "description": "Arguments for the program: python's sys.argv[1:], the "
-                        f"shell's $1 and on. At most {settings.max_args} (VX11_MAX_ARGS), each at "
-                        f"most {MAX_ARG_BYTES} bytes of UTF-8 without NUL."
-                    },
-                ),
-            },
-            name="SpawnRequest",
-        ),
-    )
-    schema.limits = {"code": settings.max_code_bytes, "stdin": settings.max_stdin_bytes}
-    return schema()
+                metadata={
+                    "description": "Arguments for the program: python's sys.argv[1:], the "
+                    f"shell's $1 and on. At most {settings.max_args} (VX11_MAX_ARGS), each at "
+                    f"most {MAX_ARG_BYTES} bytes of UTF-8 without NUL."
+                },
+            ),
+        },
+        name="SpawnRequest",
+    )()
 
 
 def base64_length(size: int) -> int:
@@ -309,6 +389,7 @@ def decoded(spawn_request: dict[str, Any]) -> dict[str, Any]:
     """The request (validated) as the spawn keeps it: ``code`` as text, ``stdin`` as
     text or, when its bytes are not text, as ``stdin_raw``."""
     spawn = {k: v for k, v in spawn_request.items() if k != "encoding"}
+    spawn["files"] = [_stored(item) for item in spawn_request["files"]] or None
     if spawn_request["encoding"] != "base64":
         return spawn
     spawn["code"] = base64.b64decode(spawn["code"]).decode("utf-8")
@@ -319,6 +400,17 @@ def decoded(spawn_request: dict[str, Any]) -> dict[str, Any]:
         else:
             spawn["stdin"], spawn["stdin_raw"] = None, stdin
     return spawn
+
+
+def _stored(item: dict[str, str]) -> dict[str, Any]:
+    """A file as the ledger and the job keep it: its path, size and bytes in base64."""
+    if item["encoding"] == "base64":
+        content = item["content"]
+        size = len(base64.b64decode(content))
+    else:
+        raw = item["content"].encode("utf-8")
+        content, size = base64.b64encode(raw).decode("ascii"), len(raw)
+    return {"path": item["path"], "size": size, "base64": content}
 
 
 def spawn_example(settings: Settings) -> dict[str, Any]:
