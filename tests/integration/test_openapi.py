@@ -123,4 +123,5 @@ def test_every_example_request_is_accepted_by_a_server_with_default_settings(cli
         assert response.status_code in (200, 201), (path, response.json)
         assert response.json.get("error") is None, (path, response.json)
     spawns = client.get("/vx11/spawns", headers=TOKEN).json["spawns"]
-    assert [(s["status"], s["task_type"]) for s in spawns] == [("QUEUED", "python")]
+    batched = len(bodies["/vx11/spawns/batch"][0]["example"]["spawns"])
+    assert [(s["status"], s["task_type"]) for s in spawns] == [("QUEUED", "python")] * (1 + batched)

@@ -65,6 +65,7 @@ class Settings:
     )
     max_code_bytes: int = _setting(64 << 10, "Largest `code` of a spawn, bytes (UTF-8).")
     max_stdin_bytes: int = _setting(256 << 10, "Largest `stdin` of a spawn, bytes (UTF-8).")
+    max_batch: int = _setting(100, "Most spawn requests in one `POST /vx11/spawns/batch`.")
     max_input_files: int = _setting(100, "Most `files` one spawn may be given.")
     max_input_file_bytes: int = _setting(1 << 20, "Largest file of a spawn's `files`, bytes.")
     max_input_files_bytes: int = _setting(

@@ -16,6 +16,7 @@ from vx11.gateway.api.body import check_request_size
 def init_app(app: Flask, settings: Settings) -> None:
     from vx11.gateway.api import (
         audit,
+        batches,
         errors,
         health,
         metrics,
@@ -30,5 +31,6 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.before_request(check_request_size)  # before any blueprint's authentication
     api = openapi.init_app(app)
     errors.init_app(app)  # after flask-smorest's, so that one error shape answers
-    for resource in (health, status, windows, spawns, spawn_actions, audit, tokens, metrics):
+    resources = (health, status, windows, spawns, batches, spawn_actions, audit, tokens, metrics)
+    for resource in resources:
         api.register_blueprint(resource.blueprint(settings))
