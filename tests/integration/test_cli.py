@@ -356,7 +356,9 @@ def test_following_an_unknown_spawn_is_not_found_in_one_line(served):
     assert len(result.output.splitlines()) == 1
 
 
-COMPLETE_STDOUT_EVENT = re.compile(rb"event: stdout\ndata: [^\n]*\n\n")
+COMPLETE_STDOUT_EVENT = re.compile(rb"event: stdout\ndata: [^\n]*\n\n\r\n")
+"""A stdout event to its blank line, and the end of the HTTP chunk that carries it: a
+client reading the chunked body drops a chunk whose closing CRLF never came."""
 
 
 class CuttingRelay:
