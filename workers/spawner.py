@@ -41,6 +41,7 @@ from workers.sandbox import (
     Watcher,
     run_sandboxed,
 )
+from workers.sandbox.artifacts import Collected
 from workers.sandbox.levels import choose
 from workers.shutdown import DEADLINE, ShutdownDeadline
 
@@ -289,6 +290,8 @@ def run_spawn(
     stdin_base64: str | None = None,
     merge_stderr: bool = False,
     files: list[dict[str, Any]] | None = None,
+    artifacts: list[str] | None = None,
+    max_artifact_bytes: int = 0,
 ) -> dict[str, Any]:
     """Run one spawn, as its ``attempt``-th start. A job whose record has already left
     QUEUED (a redelivery after a lost worker, or a spawn ended meanwhile) is never run a
@@ -321,6 +324,8 @@ def run_spawn(
             args=list(args or ()),
             merge_stderr=merge_stderr,
             files=[(f["path"], base64.b64decode(f["base64"])) for f in files or ()],
+            artifacts=artifacts or (),
+            artifact_bytes=min(max_artifact_bytes, cfg.max_artifact_bytes_max),
             limits=limits_for(ttl_seconds, limits, cfg),
             config=sandbox_config(),
             watcher=watcher,
@@ -335,6 +340,7 @@ def run_spawn(
         return finished(record) if record else summary(store.get(spawn_uuid))
     watcher.flush(final=True)  # the stream holds all the output before its end
     status, reason = terminal_state(outcome)
+    kept = _keep_artifacts(store, spawn_uuid, outcome.collected)
     if outcome.stopped and watcher.shut_down:
         status, reason = SpawnStatus.ERROR, "worker_shutdown"
     record = _end_run(
@@ -354,6 +360,7 @@ def run_spawn(
         cpu_time_ms=outcome.cpu_time_ms,
         peak_memory_kb=outcome.peak_memory_kb,
         sandbox=outcome.level,
+        **kept,
     )
     if record is None:
         return summary(store.get(spawn_uuid))
@@ -373,6 +380,17 @@ def run_spawn(
         },
     )
     return finished(record)
+
+
+def _keep_artifacts(store: Ledger, spawn_uuid: str, collected: Collected | None) -> dict[str, Any]:
+    """Keep the run's artifacts in the ledger; the record's fields that list them."""
+    if collected is None:
+        return {}
+    store.keep_artifacts(spawn_uuid, [(a.path, a.data) for a in collected.artifacts])
+    listed = [
+        {"path": a.path, "size": len(a.data), "sha256": a.sha256} for a in collected.artifacts
+    ]
+    return {"artifacts": listed, "artifacts_truncated": collected.truncated}
 
 
 def _unless_text(output: bytes, text: str) -> bytes | None:

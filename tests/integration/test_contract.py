@@ -11,6 +11,8 @@ handed out; a callback URL must pass the SSRF policy; text must be storable).
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -120,7 +122,7 @@ def test_every_route_is_documented(app, spec):
     for rule in app.url_map.iter_rules():
         if rule.endpoint in ("static",) or rule.rule.startswith((DOCS_PATH, SPEC_PATH)):
             continue
-        path = rule.rule.replace("<", "{").replace(">", "}")
+        path = re.sub(r"<(?:[^:<>]+:)?(\w+)>", r"{\1}", rule.rule)  # <path:path>: {path}
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             assert (path, method) in documented, f"{method} {rule.rule} is not in the spec"
 

@@ -54,3 +54,41 @@ def test_a_shell_run_reads_its_files_too(level_config):
 def test_a_path_that_would_leave_the_working_directory_is_refused(level_config, path):
     with pytest.raises(ValueError, match="path"):
         run_sandboxed("shell", "true", limits=LIMITS, config=level_config, files=[(path, b"x")])
+
+
+# --- files out: artifacts -----------------------------------------------------------------
+
+MAKE = """
+import os
+os.makedirs("out/sub")
+open("out/a.txt", "w").write("a" * 10)
+open("out/sub/b.csv", "w").write("b,c")
+open("skip.txt", "w").write("not asked for")
+os.symlink("/etc/passwd", "out/passwd.txt")
+os.symlink("/etc", "out/etc")
+os.mkfifo("out/fifo.txt")
+"""
+
+
+def test_the_matching_regular_files_are_kept_and_no_link_is_followed(level_config):
+    outcome = run_sandboxed(
+        "python", MAKE, limits=LIMITS, config=level_config,
+        artifacts=["out/*.txt", "**/*.csv", "out/etc/*"], artifact_bytes=1 << 20,
+    )  # fmt: skip
+    assert outcome.exit_code == 0, outcome
+    kept = {a.path: a.data for a in outcome.collected.artifacts}
+    assert kept == {"out/a.txt": b"a" * 10, "out/sub/b.csv": b"b,c"}
+    assert not outcome.collected.truncated
+
+
+def test_artifacts_past_the_byte_limit_are_left_out_and_said_so(level_config):
+    outcome = run_sandboxed(
+        "python", MAKE, limits=LIMITS, config=level_config, artifacts=["**"], artifact_bytes=12,
+    )  # fmt: skip
+    assert [a.path for a in outcome.collected.artifacts] == ["out/a.txt"]
+    assert outcome.collected.truncated
+
+
+def test_a_run_without_artifacts_collects_nothing(level_config):
+    outcome = run_sandboxed("python", MAKE, limits=LIMITS, config=level_config)
+    assert outcome.collected is None

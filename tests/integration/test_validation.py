@@ -116,7 +116,9 @@ def test_the_audit_event_filter_takes_any_case(client, auth):
 
 # --- query strings: only the parameters an endpoint takes --------------------------------
 
-PATH_VALUES = {"ident": "spawn-00000000", "target": "spawner", "token_id": "0" * 8}
+PATH_VALUES = {
+    "ident": "spawn-00000000", "target": "spawner", "token_id": "0" * 8, "path": "out/a.txt",
+}  # fmt: skip
 
 
 def operations(client) -> list[tuple[str, str]]:

@@ -66,6 +66,12 @@ class Settings:
     max_code_bytes: int = _setting(64 << 10, "Largest `code` of a spawn, bytes (UTF-8).")
     max_stdin_bytes: int = _setting(256 << 10, "Largest `stdin` of a spawn, bytes (UTF-8).")
     max_batch: int = _setting(100, "Most spawn requests in one `POST /vx11/spawns/batch`.")
+    max_artifact_bytes: int = _setting(
+        4 << 20, "Bytes of artifacts a spawn keeps when it does not say (its max_artifact_bytes)."
+    )
+    max_artifact_bytes_max: int = _setting(
+        64 << 20, "Most bytes of artifacts a spawn may ask to keep."
+    )
     max_input_files: int = _setting(100, "Most `files` one spawn may be given.")
     max_input_file_bytes: int = _setting(1 << 20, "Largest file of a spawn's `files`, bytes.")
     max_input_files_bytes: int = _setting(
@@ -346,6 +352,7 @@ _DEFAULT_AND_MAXIMUM = (
     ("max_processes", "max_processes_max"),
     ("max_output_bytes", "max_output_bytes_max"),
     ("max_file_size_mb", "max_file_size_mb_max"),
+    ("max_artifact_bytes", "max_artifact_bytes_max"),
 )
 
 

@@ -75,6 +75,7 @@ def publish_spawn(
                 **_exact_stdin(record),
                 "merge_stderr": bool(record.get("merge_stderr")),
                 **({"files": record["files"]} if record.get("files") else {}),
+                **_artifacts(record),
                 "ttl_seconds": ttl,
                 "window_id": record["window_id"],
                 "correlation_id": record["correlation_id"],
@@ -97,6 +98,15 @@ def _exact_stdin(record: dict[str, Any]) -> dict[str, str]:
     bytes)."""
     raw = record.get("stdin_raw")
     return {} if raw is None else {"stdin_base64": base64.b64encode(raw).decode("ascii")}
+
+
+def _artifacts(record: dict[str, Any]) -> dict[str, Any]:
+    if not record.get("artifact_patterns"):
+        return {}
+    return {
+        "artifacts": record["artifact_patterns"],
+        "max_artifact_bytes": record["max_artifact_bytes"],
+    }
 
 
 def publish_callback(celery: Celery, spawn_uuid: str) -> None:

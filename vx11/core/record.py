@@ -21,6 +21,14 @@ class UTCDateTime(fields.Field[datetime]):
         return iso_z(value)
 
 
+class ArtifactInfo(Schema):
+    """One file a spawn kept."""
+
+    path = fields.String(metadata={"description": "Its path under the working directory."})
+    size = fields.Integer(metadata={"description": "Its size, bytes."})
+    sha256 = fields.String(metadata={"description": "The SHA-256 of its content, in hex."})
+
+
 class SpawnRecord(Schema):
     """A spawn's record as the API answers it, and as its callback delivers it."""
 
@@ -123,6 +131,18 @@ class SpawnRecord(Schema):
     )
     sandbox = fields.String(
         allow_none=True, metadata={"description": "The sandbox level it ran at: bwrap or basic."}
+    )
+    artifacts = fields.List(
+        fields.Nested(ArtifactInfo),
+        allow_none=True,
+        metadata={
+            "description": "The files it kept (its artifacts patterns), each read at GET "
+            "/vx11/spawn/<id>/artifacts/<path>; null when it asked for none, or until it ends."
+        },
+    )
+    artifacts_truncated = fields.Boolean(
+        allow_none=True,
+        metadata={"description": "True when max_artifact_bytes left matching files out."},
     )
     callbacks = fields.List(
         fields.Dict(),

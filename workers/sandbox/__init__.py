@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Sequence
 
 from workers.sandbox import basic, slot
+from workers.sandbox.artifacts import Collected, collect
 from workers.sandbox.launch import SANDBOX_PATH, SHELL
 from workers.sandbox.process import (
     Exit,
@@ -93,11 +94,14 @@ def run_sandboxed(
     watcher: Watcher | None = None,
     merge_stderr: bool = False,
     files: Sequence[tuple[str, bytes]] = (),
+    artifacts: Sequence[str] = (),
+    artifact_bytes: int = 0,
 ) -> Outcome:
     """Run ``code`` (a ``task_type`` of :data:`TASK_TYPES`) under ``limits`` at
     ``config``'s level; ``stdin`` as text (UTF-8) or bytes; with ``merge_stderr`` its
     standard error goes into its standard output, in order; ``files`` (relative path,
-    content) are written in its working directory first."""
+    content) are written in its working directory first; the files matching the glob
+    ``artifacts`` are kept once it has ended, up to ``artifact_bytes``."""
     config = config or SandboxConfig()
     if task_type not in TASK_TYPES:
         raise ValueError(f"unknown task_type {task_type!r}")
@@ -105,16 +109,21 @@ def run_sandboxed(
     data = stdin.encode("utf-8") if isinstance(stdin, str) else stdin or b""
     for path, _ in files:
         check_path(path)
-    job = Job(task_type, code, tuple(args), data, limits, merge_stderr, tuple(files))
+    for pattern in artifacts:
+        check_path(pattern)
+    job = Job(
+        task_type, code, tuple(args), data, limits, merge_stderr,
+        tuple(artifacts), artifact_bytes, tuple(files),
+    )  # fmt: skip
     # A root worker runs code as a uid of its own among the concurrent runs; another
     # worker, as itself (it cannot switch).
     identity = LEASES.take(config.uids, config.level) if os.geteuid() == 0 else None
     try:
         if config.level == "bwrap":
             python = resolve_python(config.python)
-            done, figures = slot.run(job, config, identity, interpreter, python, watcher)
+            done, figures, collected = slot.run(job, config, identity, interpreter, python, watcher)
         else:
-            done, figures = _run_basic(job, config, identity, interpreter, watcher)
+            done, figures, collected = _run_basic(job, config, identity, interpreter, watcher)
     finally:
         if identity is not None:
             LEASES.give(config.uids, config.level, identity)
@@ -141,6 +150,7 @@ def run_sandboxed(
         peak_memory_kb=peak_kb,
         level=config.level,
         stopped=done.ended_by == "stopped",
+        collected=collected,
     )
 
 
@@ -154,8 +164,9 @@ def _run_basic(
     identity: Identity | None,
     interpreter: str,
     watcher: Watcher | None,
-) -> tuple[Exit, slot.Figures | None]:
-    """One run at the basic level: a child of this process, in a cgroup of its own."""
+) -> tuple[Exit, slot.Figures | None, Collected | None]:
+    """One run at the basic level: a child of this process, in a cgroup of its own;
+    its artifacts are read once everything of it is dead."""
     adopting = identity is not None and config.adopt_orphans and become_subreaper()
     cgroup = (
         config.cgroups.create(job.limits.memory_mb << 20, job.limits.max_processes)
@@ -181,13 +192,23 @@ def _run_basic(
                 watcher=watcher,
                 merge_stderr=job.merge_stderr,
             )
-        if cgroup is None:
-            return done, None  # ru_maxrss includes the worker's pages copied at fork
-        cgroup.kill()  # whatever outlived the run's process group
-        peak = cgroup.peak_memory_bytes()
-        return done, slot.Figures(
-            cgroup.cpu_time_ms(), peak // 1024 if peak is not None else None, cgroup.oom_killed()
-        )
+            figures = None  # without a cgroup: ru_maxrss has the worker's pages copied at fork
+            if cgroup is not None:
+                cgroup.kill()  # whatever outlived the run's process group
+                peak = cgroup.peak_memory_bytes()
+                figures = slot.Figures(
+                    cgroup.cpu_time_ms(),
+                    peak // 1024 if peak is not None else None,
+                    cgroup.oom_killed(),
+                )
+            if adopting:
+                assert identity is not None
+                end_adopted({identity.uid})  # nothing of it may change its files now
+            collected = None
+            if job.artifacts:
+                assert launch.cwd is not None  # the basic level always has its directory
+                collected = collect(launch.cwd, job.artifacts, job.artifact_bytes)
+        return done, figures, collected
     finally:
         if cgroup is not None:
             cgroup.kill()

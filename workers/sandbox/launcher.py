@@ -305,6 +305,9 @@ def init(request: dict[str, Any], fds: dict[str, int]) -> NoReturn:
                 "max_rss_kb": usage.ru_maxrss,
             },
         )
+        if request.get("hold"):  # the worker reads the run's files through this process
+            while os.read(fds["reply"], 1):
+                pass  # until the worker closes its end
     except BaseException as exc:
         with contextlib.suppress(OSError):
             reply(fds["reply"], {"error": f"{type(exc).__name__}: {exc}"})

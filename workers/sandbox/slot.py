@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.sandbox import bwrap, seccomp
+from workers.sandbox.artifacts import Collected, collect
 from workers.sandbox.cgroups import SpawnCgroup
 from workers.sandbox.launch import command
 from workers.sandbox.process import (
@@ -111,16 +113,24 @@ class _Meter:
 
 
 class LaunchedRun:
-    """A run the launcher started (:class:`~workers.sandbox.process.Running`)."""
+    """A run the launcher started (:class:`~workers.sandbox.process.Running`); with
+    ``job`` artifacts, its init waits, once it has reported, for them to be read
+    through its ``/proc/<pid>/root`` (:mod:`.artifacts`)."""
 
-    def __init__(self, launcher: Launcher, reply: socket.socket, pidfd: int) -> None:
+    def __init__(self, launcher: Launcher, reply: socket.socket, pidfd: int, job: Job) -> None:
         self.launcher = launcher
         self.reply = reply
         self.pidfd = pidfd
+        self.job = job
+        self.collected: Collected | None = None
         # readable: the run's init reported its end (or died); the launcher died
         self.ended_fds: tuple[int, ...] = (reply.fileno(), launcher.control.fileno())
 
     def kill(self) -> None:
+        """Kill the run's init, and its pid namespace with it; not once it has reported
+        when its artifacts are to be read: nothing else of the run is left then."""
+        if self.job.artifacts and select.select([self.reply], [], [], 0)[0]:
+            return
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
 
@@ -130,8 +140,11 @@ class LaunchedRun:
         its pid namespace with it."""
         try:
             message = json.loads(self.reply.recv(4096) or b"{}")
+            if "status" in message and self.job.artifacts:
+                root = f"/proc/{_pid_of(self.pidfd)}/root{bwrap.WORKDIR}"
+                self.collected = collect(root, self.job.artifacts, self.job.artifact_bytes)
         finally:
-            self.reply.close()
+            self.reply.close()  # a waiting init exits
             os.close(self.pidfd)
         if "status" in message:
             return message["status"], message["cpu_seconds"], message["max_rss_kb"]
@@ -199,7 +212,7 @@ class Launcher:
             self.proc.wait(timeout=wait) if wait else self.proc.poll()
         return self.proc.returncode is None
 
-    def launch(self, request: dict[str, Any], fds: list[int]) -> LaunchedRun:
+    def launch(self, request: dict[str, Any], fds: list[int], job: Job) -> LaunchedRun:
         """Hand the launcher one run; return it once its namespaces exist."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -229,7 +242,7 @@ class Launcher:
             raise SandboxError(f"the sandbox could not start the run: {message.get('error')}")
         self.runs += 1
         ours.settimeout(None)
-        return LaunchedRun(self, ours, pidfds[0])
+        return LaunchedRun(self, ours, pidfds[0], job)
 
     def said(self, most: int = 1000) -> str:
         """The end of what the launcher wrote to stderr, as ``": ..."`` (empty if
@@ -251,6 +264,15 @@ class Launcher:
         if self.cgroup is not None:
             self.cgroup.kill()
             self.cgroup.remove()
+
+
+def _pid_of(pidfd: int) -> int:
+    """The pid a pidfd refers to, in this process's pid namespace."""
+    with open(f"/proc/self/fdinfo/{pidfd}") as info:
+        for line in info:
+            if line.startswith("Pid:"):
+                return int(line.split()[1])
+    raise SandboxError("the run's init is gone")
 
 
 def _fd_array(sock: socket.socket, fds: list[int]) -> array.array[int]:
@@ -324,16 +346,16 @@ def run(
     interpreter: str,
     python: str,
     watcher: Watcher | None,
-) -> tuple[Exit, Figures | None]:
+) -> tuple[Exit, Figures | None, Collected | None]:
     """One run in a slot of this process; ``python`` is the launcher's interpreter."""
     launcher = SLOTS.take(config, identity, python)
     try:
-        done, figures = _run_in(launcher, job, config, interpreter, watcher)
+        ended = _run_in(launcher, job, config, interpreter, watcher)
     except BaseException:
         launcher.close()  # dead, or in a state nobody knows: never reused
         raise
     SLOTS.give(launcher)
-    return done, figures
+    return ended
 
 
 def _run_in(
@@ -342,13 +364,14 @@ def _run_in(
     config: SandboxConfig,
     interpreter: str,
     watcher: Watcher | None,
-) -> tuple[Exit, Figures | None]:
+) -> tuple[Exit, Figures | None, Collected | None]:
     cgroup = launcher.cgroup
     limits = job.limits
     warm = job.task_type == "python" and config.warm_python and interpreter == launcher.python
     request = {
         "task_type": job.task_type,
         "warm": warm,
+        "hold": bool(job.artifacts),
         "rlimits": [
             [
                 kind,
@@ -373,7 +396,8 @@ def _run_in(
         with stdin_file(job.stdin) as stdin_handle:
             started = time.monotonic()
             err_to = out_w if job.merge_stderr else err_w  # merged: err_r sees its end
-            running = launcher.launch(request, [stdin_handle.fileno(), out_w, err_to, program])
+            fds = [stdin_handle.fileno(), out_w, err_to, program]
+            running = launcher.launch(request, fds, job)
     except BaseException:
         os.close(out_r)
         os.close(err_r)
@@ -391,4 +415,4 @@ def _run_in(
     finally:
         os.close(out_r)
         os.close(err_r)
-    return done, meter.end() if meter is not None else None
+    return done, meter.end() if meter is not None else None, running.collected

@@ -6,6 +6,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workers.sandbox.artifacts import Collected
 from workers.sandbox.cgroups import Cgroups
 
 
@@ -33,6 +34,10 @@ class Job:
     limits: Limits
     merge_stderr: bool = False
     """Standard error goes to the same pipe as standard output, in the order written."""
+    artifacts: tuple[str, ...] = ()
+    """Glob patterns of the files kept once the run has ended (:mod:`.artifacts`)."""
+    artifact_bytes: int = 0
+    """Bytes of artifacts kept, at most."""
     files: tuple[tuple[str, bytes], ...] = ()
     """``(relative path, content)`` written under the working directory before the run
     (directories 0700, files 0600); the paths are checked (:func:`check_path`)."""
@@ -72,6 +77,8 @@ class Outcome:
     """The sandbox level it ran at: ``bwrap`` or ``basic``."""
     stopped: bool = False
     """Killed because its watcher asked (a cancel), not by a limit."""
+    collected: Collected | None = None
+    """Its artifacts, when it asked for some."""
 
 
 class SandboxError(RuntimeError):

@@ -84,6 +84,10 @@ spawns = Table(
     Column("stderr_raw", LargeBinary),
     Column("merge_stderr", Boolean),  # stderr sent into stdout, in order (NULL: false)
     Column("files", JSON),  # [{path, size, base64}]: written in /work before the run
+    Column("artifact_patterns", JSON),  # globs of the files kept once it has ended
+    Column("max_artifact_bytes", Integer),
+    Column("artifacts", JSON),  # [{path, size, sha256}]: the files kept (table artifacts)
+    Column("artifacts_truncated", Boolean),  # max_artifact_bytes left matching files out
     # History pages walk one of these backwards, newest first, from a keyset position
     # (created_at, spawn_uuid): each filter that pins one column has its own index.
     Index("ix_spawns_created_at_uuid", "created_at", "spawn_uuid"),
@@ -94,6 +98,16 @@ spawns = Table(
     Index("ix_spawns_owner_created_at_uuid", "owner", "created_at", "spawn_uuid"),
     Index("ix_spawns_owner_status_created_at_uuid", "owner", "status", "created_at", "spawn_uuid"),
     Index("ux_spawns_owner_idempotency_key", "owner", "idempotency_key", unique=True),
+)
+
+artifacts = Table(
+    "artifacts",
+    metadata,
+    # A spawn's artifacts, kept with its record (and purged with it), where every
+    # gateway reads them, whatever host ran the spawn.
+    Column("spawn_uuid", String(36), primary_key=True),
+    Column("path", String(1024), primary_key=True),
+    Column("content", LargeBinary, nullable=False),
 )
 
 SUPERSEDED_INDEXES = frozenset(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +36,13 @@ from sqlalchemy.exc import IntegrityError
 
 from vx11.core.errors import IllegalTransition, NotFound, QuotaExceeded
 from vx11.core.ledger.paging import Keyset, Page, Position, Selection
-from vx11.core.ledger.schema import DATABASE_UNAVAILABLE, create_schema, make_engine, spawns
+from vx11.core.ledger.schema import (
+    DATABASE_UNAVAILABLE,
+    artifacts,
+    create_schema,
+    make_engine,
+    spawns,
+)
 from vx11.core.states import ALLOWED_SOURCES, TERMINAL_STATES, SpawnStatus
 from vx11.core.times import as_utc, utcnow
 
@@ -305,12 +311,32 @@ class Ledger:
 
     def purge(self, before: datetime, *, dry_run: bool = False) -> int:
         """Delete the terminal records created before ``before`` (a queued or running
-        spawn is kept whatever its age); how many (with ``dry_run``, how many would be,
-        deleting nothing)."""
+        spawn is kept whatever its age), their artifacts first; how many (with
+        ``dry_run``, how many would be, deleting nothing)."""
         old = spawns.c.status.in_(sorted(s.value for s in TERMINAL_STATES)) & (
             spawns.c.created_at < as_utc(before)
         )
+        if not dry_run:
+            kept = artifacts.c.spawn_uuid.in_(select(spawns.c.spawn_uuid).where(old))
+            delete_in_batches(self.engine, artifacts.c.spawn_uuid, kept)
         return delete_in_batches(self.engine, spawns.c.spawn_uuid, old, dry_run=dry_run)
+
+    def keep_artifacts(self, spawn_uuid: str, files: Iterable[tuple[str, bytes]]) -> None:
+        """The artifacts of the spawn's run, in place of any an earlier run kept."""
+        rows = [{"spawn_uuid": spawn_uuid, "path": p, "content": c} for p, c in files]
+        with self.engine.begin() as conn:
+            conn.execute(delete(artifacts).where(artifacts.c.spawn_uuid == spawn_uuid))
+            if rows:
+                conn.execute(insert(artifacts), rows)
+
+    def artifact(self, spawn_uuid: str, path: str) -> bytes | None:
+        """One artifact's content; None if the spawn kept none at ``path``."""
+        query = select(artifacts.c.content).where(
+            (artifacts.c.spawn_uuid == spawn_uuid) & (artifacts.c.path == path)
+        )
+        with self.engine.connect() as conn:
+            content = conn.execute(query).scalar_one_or_none()
+        return bytes(content) if content is not None else None
 
 
 def _fresh_uuids() -> Iterator[str]:

@@ -45,8 +45,13 @@ PATH_PARAMETERS = {
     "ident": "The spawn: its spawn_id (spawn-<8 hex>) or its spawn_uuid.",
     "target": "A policy window's target, one of VX11_WINDOW_TARGETS (spawner gates spawns).",
     "token_id": "The token's id, or 8 or more of its leading hex digits.",
+    "path": "An artifact's path under the spawn's working directory, as its record lists it.",
 }
 """What each path parameter of the API's URLs names, by its name in the URL rule."""
+RELATIVE_PATH = r"^(?:(?!\.\.?/)[^/]+/)*(?!\.\.?$)[^/]+$"
+"""A relative path without empty, ``.`` or ``..`` parts."""
+PATH_SCHEMAS = {"path": {"type": "string", "minLength": 1, "pattern": RELATIVE_PATH}}
+"""Path parameters narrower than any string: a ``path`` rule variable takes slashes."""
 _RULE_VARIABLE = re.compile(r"<(?:[^:<>]+:)?(\w+)>")
 
 
@@ -99,7 +104,10 @@ class Blueprint(flask_smorest.Blueprint):
         named = {parameter["name"] for parameter in given if parameter.get("in") == "path"}
         for name in _RULE_VARIABLE.findall(rule):
             if name in PATH_PARAMETERS and name not in named:
-                given.append({"in": "path", "name": name, "description": PATH_PARAMETERS[name]})
+                parameter = {"in": "path", "name": name, "description": PATH_PARAMETERS[name]}
+                if name in PATH_SCHEMAS:
+                    parameter["schema"] = PATH_SCHEMAS[name]
+                given.append(parameter)
         return super().add_url_rule(
             rule,
             endpoint,

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from flask import Response, request, stream_with_context
 from marshmallow import Schema, fields, validate
 
 from vx11.core.config import Settings
+from vx11.core.errors import NotFound
 from vx11.core.record import SpawnDetail
 from vx11.core.tokens import Scope
 from vx11.gateway.api.auth import authenticated_blueprint, owner_filter, requires
@@ -21,6 +24,10 @@ EVENT_STREAM = {
     "``stderr``, then ``end`` (its data: the terminal record); ``error`` if Redis is lost "
     "mid-stream.",
     "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+ARTIFACT = {
+    "description": "The artifact's exact bytes.",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
 }
 NOTHING_LEFT = {
     "description": "The client's ``Last-Event-ID`` is the stream's ``end``: nothing is "
@@ -81,6 +88,32 @@ def blueprint(settings: Settings) -> Blueprint:
             stream_with_context(body),
             mimetype="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @blp.get("/<ident>/artifacts/<path:path>")
+    @requires(Scope.READ)
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.doc(responses={200: ARTIFACT})
+    def get_artifact(ident: str, path: str):
+        """Read an artifact
+
+        The bytes of a file the spawn kept (its ``artifacts`` patterns; the record
+        lists them with their size and SHA-256), as ``application/octet-stream``. A
+        path the spawn did not keep is 404, as is another token's spawn (admin reads
+        all)."""
+        svc = services()
+        record = svc.ledger.get(ident, owner=owner_filter())
+        content = svc.ledger.artifact(record["spawn_uuid"], path)
+        if content is None:
+            raise NotFound(f"spawn {record['spawn_id']} kept no artifact {path[:200]!r}")
+        name = path.rsplit("/", 1)[-1]
+        return Response(
+            content,
+            mimetype="application/octet-stream",
+            headers={
+                "Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}",
+                "X-Content-Type-Options": "nosniff",
+            },
         )
 
     return blp

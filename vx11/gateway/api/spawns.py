@@ -118,6 +118,14 @@ def _valid_path(path: str) -> None:
         raise ValidationError(f"must be at most {MAX_PATH_BYTES} bytes of UTF-8")
 
 
+MAX_ARTIFACT_PATTERNS = 32
+"""Most artifact patterns one spawn may give."""
+
+
+def _valid_pattern(pattern: str) -> None:
+    _valid_path(pattern)
+
+
 class InputFile(Schema):
     """One of a spawn's files."""
 
@@ -272,6 +280,33 @@ def request_schema(settings: Settings) -> Schema:
                     "written (stderr is then empty)."
                 },
             ),
+            "artifacts": fields.List(
+                fields.String(validate=_valid_pattern),
+                load_default=list,
+                validate=validate.Length(
+                    max=MAX_ARTIFACT_PATTERNS,
+                    error=f"at most {MAX_ARTIFACT_PATTERNS} patterns",
+                ),
+                metadata={
+                    "description": "Glob patterns, relative to /work, of the files kept once "
+                    "the spawn has ended (* and ? within a path part, ** across parts): "
+                    "regular files only, no link followed, up to max_artifact_bytes in all; "
+                    "read back at GET /vx11/spawn/<id>/artifacts/<path>."
+                },
+            ),
+            "max_artifact_bytes": fields.Integer(
+                strict=True,
+                load_default=settings.max_artifact_bytes,
+                validate=validate.Range(
+                    0,
+                    settings.max_artifact_bytes_max,
+                    error="must be between {min} and {max} (the server's maximum)",
+                ),
+                metadata={
+                    "description": "Bytes of artifacts kept, at most; left out, the server's "
+                    "default (VX11_MAX_ARTIFACT_BYTES), at most VX11_MAX_ARTIFACT_BYTES_MAX."
+                },
+            ),
             "files": fields.List(
                 fields.Nested(InputFile),
                 load_default=list,
@@ -388,8 +423,11 @@ def base64_length(size: int) -> int:
 def decoded(spawn_request: dict[str, Any]) -> dict[str, Any]:
     """The request (validated) as the spawn keeps it: ``code`` as text, ``stdin`` as
     text or, when its bytes are not text, as ``stdin_raw``."""
-    spawn = {k: v for k, v in spawn_request.items() if k != "encoding"}
+    spawn = {k: v for k, v in spawn_request.items() if k not in ("encoding", "artifacts")}
     spawn["files"] = [_stored(item) for item in spawn_request["files"]] or None
+    spawn["artifact_patterns"] = spawn_request["artifacts"] or None
+    if not spawn["artifact_patterns"]:
+        del spawn["max_artifact_bytes"]  # kept only for a spawn that keeps artifacts
     if spawn_request["encoding"] != "base64":
         return spawn
     spawn["code"] = base64.b64decode(spawn["code"]).decode("utf-8")
