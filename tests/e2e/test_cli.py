@@ -41,12 +41,15 @@ def cli_env(stack, token: str | None = DEV_TOKEN, **extra: str) -> dict[str, str
     return env
 
 
-def vx11(stack, *args: str, token: str | None = DEV_TOKEN, stdin: str | None = None, **env):
-    """Run ``vx11 ARGS`` to its end, ``stdin`` piped in (None: /dev/null, as a piped
-    stdin is the spawn's): the CompletedProcess (text)."""
+def vx11(
+    stack, *args: str, token: str | None = DEV_TOKEN, stdin: str | None = None, cwd=None, **env
+):
+    """Run ``vx11 ARGS`` to its end (in ``cwd``), ``stdin`` piped in (None: /dev/null,
+    as a piped stdin is the spawn's): the CompletedProcess (text)."""
     feed = {"stdin": subprocess.DEVNULL} if stdin is None else {"input": stdin}
     return subprocess.run(
         [str(VX11), *args],
+        cwd=cwd,
         env=cli_env(stack, token, **env),
         capture_output=True,
         text=True,
@@ -569,3 +572,31 @@ def test_the_readmes_first_token_opens_the_window_and_runs_a_spawn(stack):
     assert spawned.stdout == "it works\n"
     assert re.search(r"spawn-[0-9a-f]{8} DONE, exit 0", spawned.stderr), spawned.stderr
     assert "ci" in ran["vx11 token list"].stdout
+
+
+def test_files_go_up_and_artifacts_come_down_into_the_out_directory(stack, window, tmp_path):
+    """The issue's command: ``vx11 spawn python -f main.py --file data.csv --artifact
+    'out/*' --out DIR --wait``."""
+    (tmp_path / "main.py").write_text(
+        "import os\n"
+        "os.makedirs('out')\n"
+        "rows = open('data.csv').read().splitlines()\n"
+        "open('out/count.txt', 'w').write(str(len(rows)))\n"
+        "open('out/raw.bin', 'wb').write(bytes(range(256)))\n"
+        "print('rows', len(rows))\n"
+    )
+    (tmp_path / "data.csv").write_text("a\nb\nc\n")
+    done = vx11(
+        stack, "spawn", "python", "-f", "main.py", "--file", "data.csv",
+        "--artifact", "out/*", "--out", "downloaded", "--wait", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "rows 3\n"
+    out = tmp_path / "downloaded" / "out"
+    assert (out / "count.txt").read_text() == "3"
+    assert (out / "raw.bin").read_bytes() == bytes(range(256))
+
+
+def test_out_without_wait_is_a_usage_error(stack, window, tmp_path):
+    done = vx11(stack, "spawn", "shell", "true", "--out", str(tmp_path / "x"))
+    assert done.returncode == 2 and "--wait" in done.stderr, done

@@ -275,6 +275,12 @@ class Client:
             "GET", f"/vx11/spawn/{_segment(ident)}", params=params, read_timeout=self.timeout + wait
         )
 
+    def artifact(self, ident: str, path: str) -> bytes:
+        """The bytes of an artifact the spawn kept."""
+        quoted = "/".join(_segment(part) for part in path.split("/"))
+        response = self._send("GET", f"/vx11/spawn/{_segment(ident)}/artifacts/{quoted}")
+        return response.content
+
     def cancel_spawn(self, ident: str) -> dict[str, Any]:
         return self.request("POST", f"/vx11/spawn/{_segment(ident)}/cancel")
 

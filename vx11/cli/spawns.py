@@ -3,12 +3,14 @@ following it, reading and cancelling spawns, and the history."""
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
 import stat
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -111,6 +113,16 @@ def spawn_request(task_type: str, options: dict[str, Any]) -> dict[str, Any]:
             raise CliError("--metadata must be a JSON object", ExitCode.USAGE) from None
     if options["args"]:
         body["args"] = list(options["args"])
+    if options["files"]:
+        body["files"] = [_input_file(path) for path in options["files"]]
+    if options["artifacts"]:
+        body["artifacts"] = list(options["artifacts"])
+    if options["merge_stderr"]:
+        body["merge_stderr"] = True
+    if options["out_dir"] is not None and not options["wait"]:
+        raise CliError(
+            "--out downloads artifacts once the spawn has ended: add --wait", ExitCode.USAGE
+        )
     for name, field in (
         ("ttl", "ttl_seconds"),
         ("correlation_id", "correlation_id"),
@@ -123,12 +135,70 @@ def spawn_request(task_type: str, options: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def _input_file(path: str) -> dict[str, str]:
+    """``--file path``: its bytes, at ``path`` under the spawn's working directory when
+    that is a plain relative path, else at its name."""
+    parts = path.split("/")
+    clean = not path.startswith("/") and all(p not in ("", ".", "..") for p in parts)
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise CliError(f"cannot read the file {path}: {exc.strerror}", ExitCode.USAGE) from None
+    content = base64.b64encode(data).decode("ascii")
+    return {"path": path if clean else os.path.basename(path), "content": content,
+            "encoding": "base64"}  # fmt: skip
+
+
+def download_artifacts(client: Client, record: dict[str, Any], out_dir: str) -> None:
+    """The spawn's artifacts, under ``out_dir`` at their paths."""
+    root = Path(out_dir).resolve()
+    for artifact in record.get("artifacts") or ():
+        target = (root / artifact["path"]).resolve()
+        if not target.is_relative_to(root):  # never outside DIR, whatever the gateway says
+            raise CliError(f"refusing the artifact path {artifact['path']!r}", ExitCode.API_ERROR)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(client.artifact(record["spawn_id"], artifact["path"]))
+    if record.get("artifacts_truncated"):
+        click.echo("vx11: some artifacts were left out (max_artifact_bytes)", err=True)
+
+
 def submit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options of ``vx11 spawn python`` and ``vx11 spawn shell``."""
     decorators = [
         click.argument("code", required=False),
         click.option(
-            "-f", "--file", "code_file", metavar="FILE", help="Read the code from FILE (-: stdin)."
+            "-f",
+            "--code-file",
+            "code_file",
+            metavar="FILE",
+            help="Read the code from FILE (-: stdin).",
+        ),
+        click.option(
+            "--file",
+            "files",
+            multiple=True,
+            metavar="FILE",
+            help="Give the code FILE, at its relative path under its working directory "
+            "(an absolute one: by its name); repeatable.",
+        ),
+        click.option(
+            "--artifact",
+            "artifacts",
+            multiple=True,
+            metavar="GLOB",
+            help="Keep the files matching GLOB (relative to its working directory) once it "
+            "has ended; repeatable.",
+        ),
+        click.option(
+            "--out",
+            "out_dir",
+            metavar="DIR",
+            type=click.Path(file_okay=False),
+            help="With --wait: download its artifacts into DIR.",
+        ),
+        click.option(
+            "--merge-stderr", is_flag=True, help="Send its stderr into its stdout, in order."
         ),
         click.option(
             "--ttl",
@@ -177,13 +247,17 @@ def run_spawn(client: Client, task_type: str, options: dict[str, Any]) -> None:
     if not options["wait"]:
         echo_answer(answer, as_json, lambda answer: answer["spawn_id"])
         return
-    follow_to_its_end(client, answer["spawn_id"], as_json)
+    follow_to_its_end(client, answer["spawn_id"], as_json, options["out_dir"])
 
 
-def follow_to_its_end(client: Client, spawn_id: str, as_json: bool) -> None:
-    """Follow the spawn, its output live (``--json``: the final record), then exit with
-    the code its end stands for."""
+def follow_to_its_end(
+    client: Client, spawn_id: str, as_json: bool, out_dir: str | None = None
+) -> None:
+    """Follow the spawn, its output live (``--json``: the final record), download its
+    artifacts into ``out_dir``, then exit with the code its end stands for."""
     record = follow(client, spawn_id, live_output=not as_json)
+    if out_dir is not None:
+        download_artifacts(client, record, out_dir)
     if as_json:
         echo_json(record)
     else:
