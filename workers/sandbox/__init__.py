@@ -201,11 +201,11 @@ def _run_basic(
                     peak // 1024 if peak is not None else None,
                     cgroup.oom_killed(),
                 )
-            if adopting:
-                assert identity is not None
-                end_adopted({identity.uid})  # nothing of it may change its files now
             collected = None
             if job.artifacts:
+                if adopting:
+                    assert identity is not None
+                    end_adopted({identity.uid})  # nothing of it may change its files now
                 assert launch.cwd is not None  # the basic level always has its directory
                 collected = collect(launch.cwd, job.artifacts, job.artifact_bytes)
         return done, figures, collected
