@@ -13,6 +13,7 @@ import base64
 import json
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,26 @@ def test_no_process_of_the_worker_container_runs_as_root(project: Project):
     worker = project.compose("exec", "worker", "cat", "/proc/1/task/1/children").stdout.split()
     uid_map = project.compose("exec", "worker", "cat", f"/proc/{worker[0]}/uid_map").stdout
     assert uid_map.split() == ["0", service_uid, "1", "60000", "60000", "1000"], uid_map
+
+
+def test_files_go_in_and_artifacts_come_out_through_the_published_port(project: Project):
+    """A spawn's files reach its sandbox and its artifacts are read back, by a worker
+    that is not root, from its run's tmpfs, through the gateway's port."""
+    code = "open('out.bin', 'wb').write(open('in.bin', 'rb').read()[::-1])"
+    data = bytes(range(256))
+    status, accepted = spawn(project, {
+        "task_type": "python", "code": code, "ttl_seconds": 30, "artifacts": ["out.bin"],
+        "files": [{"path": "in.bin", "content": base64.b64encode(data).decode(),
+                   "encoding": "base64"}],
+    })  # fmt: skip
+    assert status == 200, accepted
+    record = wait_end(project, accepted["spawn_uuid"])
+    assert (record["status"], record["sandbox"]) == ("DONE", "bwrap"), record
+    assert [a["path"] for a in record["artifacts"]] == ["out.bin"], record
+    url = f"{project.base}/vx11/spawn/{accepted['spawn_uuid']}/artifacts/out.bin"
+    request = urllib.request.Request(url, headers={"X-VX11-Token": project.token})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.read() == data[::-1]
 
 
 def test_a_spawn_runs_under_the_container_s_filter_and_its_own(project: Project):
