@@ -26,6 +26,7 @@ runs as that user and runs every spawn as it (only root can switch uids).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -143,8 +144,13 @@ def _wait_as(uid: int, gid: int, worker: int) -> None:
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):  # it has just exited: reaped below
+            os.kill(worker, signum)
+
     for signum in FORWARDED:
-        signal.signal(signum, lambda signum, _: os.kill(worker, signum))
+        signal.signal(signum, forward)
     while True:
         try:
             pid, status = os.waitpid(-1, 0)
