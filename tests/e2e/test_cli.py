@@ -600,3 +600,13 @@ def test_files_go_up_and_artifacts_come_down_into_the_out_directory(stack, windo
 def test_out_without_wait_is_a_usage_error(stack, window, tmp_path):
     done = vx11(stack, "spawn", "shell", "true", "--out", str(tmp_path / "x"))
     assert done.returncode == 2 and "--wait" in done.stderr, done
+
+
+def test_a_waited_spawn_writes_its_output_bytes_exactly(stack, window):
+    done = subprocess.run(
+        [str(VX11), "spawn", "shell", r"printf '\377\376ok\000'; printf '\303' >&2", "--wait"],
+        env=cli_env(stack), stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"\xff\xfeok\x00"
+    assert done.stderr.startswith(b"\xc3\n")  # and then vx11's own line, on a line of its own

@@ -6,6 +6,7 @@ lines. tests/e2e/test_cli.py drives the installed command against a whole stack.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -393,7 +394,7 @@ class CuttingRelay:
             head = data.decode("latin-1").split("\r\n\r\n", 1)[0]
             if head.startswith("GET "):
                 self.requests.append(head)
-                streams.append("/events " in head.split("\r\n", 1)[0])
+                streams.append("/events" in head.split("\r\n", 1)[0].split(" ")[1])
             upstream.sendall(data)
         upstream.close()
 
@@ -425,7 +426,7 @@ def last_event_ids(relay: CuttingRelay) -> list[str | None]:
     """The Last-Event-ID of each event stream request the relay carried (None: none)."""
     found = []
     for head in relay.requests:
-        if "/events " in head.split("\r\n", 1)[0]:
+        if "/events" in head.split("\r\n", 1)[0].split(" ")[1]:
             match = re.search(r"^Last-Event-ID: (.*)$", head, re.M | re.I)
             found.append(match[1].strip() if match else None)
     return found
@@ -463,14 +464,15 @@ class ReplayingGateway:
     def __init__(self) -> None:
         self.asked_after: list[str | None] = []
 
-    def events(self, ident: str, last_event_id: str | None = None):
+    def events(self, ident: str, last_event_id: str | None = None, encoding: str = "utf8"):
+        assert encoding == "base64", "vx11 reads the exact bytes"
         self.asked_after.append(last_event_id)
         yield ServerEvent("state", {"status": "RUNNING"})
-        yield ServerEvent("stdout", {"text": "a"}, "5-0")
-        yield ServerEvent("stdout", {"text": "b"}, "5-1")
+        yield ServerEvent("stdout", {"base64": "YQ=="}, "5-0")  # a
+        yield ServerEvent("stdout", {"base64": "Yg=="}, "5-1")  # b
         if len(self.asked_after) == 1:
             raise ApiError(None, "unreachable", "the event stream broke off")
-        yield ServerEvent("stdout", {"text": "c"}, "7-0")
+        yield ServerEvent("stdout", {"base64": "Yw=="}, "7-0")  # c
         yield ServerEvent("end", {"status": "DONE"}, "8-0")
 
 
@@ -481,7 +483,12 @@ def test_a_gateway_that_replays_from_the_start_gives_each_event_once(monkeypatch
     follow._read_events(gateway, "spawn-1a2b3c4d", inbox)
     got = []
     while (item := inbox.get_nowait()) is not None:
-        got.append((item.kind, item.data.get("text")))
+        got.append(
+            (
+                item.kind,
+                base64.b64decode(item.data["base64"]).decode() if item.kind == "stdout" else None,
+            )
+        )
     assert got == [
         ("state", None), ("stdout", "a"), ("stdout", "b"),
         ("state", None), ("stdout", "c"), ("end", None),

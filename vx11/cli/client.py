@@ -268,9 +268,12 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self.request("POST", "/vx11/spawn", json=body, headers=headers)
 
-    def get_spawn(self, ident: str, wait: float = 0) -> dict[str, Any]:
-        """The spawn's record; ``wait`` (up to 60 s) waits for it to be terminal."""
-        params = {"wait": wait} if wait else None
+    def get_spawn(self, ident: str, wait: float = 0, encoding: str = "utf8") -> dict[str, Any]:
+        """The spawn's record; ``wait`` (up to 60 s) waits for it to be terminal;
+        ``encoding`` base64: its output as base64 of its exact bytes."""
+        params: dict[str, Any] = {"wait": wait} if wait else {}
+        if encoding != "utf8":
+            params["encoding"] = encoding
         return self.request(
             "GET", f"/vx11/spawn/{_segment(ident)}", params=params, read_timeout=self.timeout + wait
         )
@@ -299,7 +302,9 @@ class Client:
                 return
             params["cursor"] = page["next_cursor"]
 
-    def events(self, ident: str, last_event_id: str | None = None) -> Iterator[ServerEvent]:
+    def events(
+        self, ident: str, last_event_id: str | None = None, encoding: str = "utf8"
+    ) -> Iterator[ServerEvent]:
         """The spawn's Server-Sent Events as they arrive, until the gateway ends the stream;
         with ``last_event_id``, those after that event (a gateway that cannot resume
         starts again from the first).
@@ -311,6 +316,7 @@ class Client:
         response = self._send(
             "GET",
             f"/vx11/spawn/{_segment(ident)}/events",
+            params={"encoding": encoding} if encoding != "utf8" else None,
             stream=True,
             read_timeout=EVENTS_READ_TIMEOUT,
             headers=headers,

@@ -4,6 +4,7 @@ a progress line on a terminal, and the exit code its final state stands for."""
 
 from __future__ import annotations
 
+import base64
 import queue
 import sys
 import threading
@@ -95,10 +96,11 @@ class Progress:
             sys.stderr.flush()
             self.shown = False
 
-    def wrote(self, stream: TextIO, text: str) -> None:
-        """Note output written to ``stream``: the spinner waits for a fresh line."""
-        if text and (stream is sys.stderr or _is_terminal(stream)):
-            self.at_line_start = text.endswith("\n")
+    def wrote(self, stream: TextIO, ended_line: bool) -> None:
+        """Note output written to ``stream`` (ending a line or not): the spinner waits
+        for a fresh line."""
+        if stream is sys.stderr or _is_terminal(stream):
+            self.at_line_start = ended_line
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -109,27 +111,46 @@ def _is_terminal(stream: TextIO) -> bool:
 
 
 class _Output:
-    """Writes a spawn's output as it arrives, and what the final record holds beyond it."""
+    """Writes a spawn's output, its exact bytes, as it arrives, and what the final record
+    holds beyond it. The stream and the record are read with ``encoding=base64``."""
 
     def __init__(self, progress: Progress, live: bool) -> None:
         self.progress, self.live = progress, live
         self.written = {"stdout": 0, "stderr": 0}
 
-    def write(self, name: str, text: str) -> None:
-        if not self.live or not text:
+    def write(self, name: str, data: bytes) -> None:
+        if not self.live or not data:
             return
         stream = sys.stdout if name == "stdout" else sys.stderr
         self.progress.clear()
-        stream.write(text)
         stream.flush()
-        self.written[name] += len(text)
-        self.progress.wrote(stream, text)
+        binary = getattr(stream, "buffer", None)
+        if binary is not None:
+            binary.write(data)
+            binary.flush()
+        else:  # a stream without bytes underneath (a test's): its text
+            stream.write(data.decode("utf-8", "replace"))
+            stream.flush()
+        self.written[name] += len(data)
+        self.progress.wrote(stream, data.endswith(b"\n"))
 
     def finish(self, record: dict[str, Any]) -> None:
         """Write what the live stream missed (a lost stream, events past its cap)."""
         for name in ("stdout", "stderr"):
-            text = record.get(name) or ""
-            self.write(name, text[self.written[name] :])
+            data = base64.b64decode(record.get(name) or "")
+            self.write(name, data[self.written[name] :])
+
+
+def as_text(record: dict[str, Any]) -> dict[str, Any]:
+    """A record read with ``encoding=base64`` as a read without it gives it."""
+    if record.get("encoding") != "base64":
+        return record
+    text = {
+        name: None if record.get(name) is None
+        else base64.b64decode(record[name]).decode("utf-8", "replace")
+        for name in ("stdout", "stderr")
+    }  # fmt: skip
+    return {**record, **text, "encoding": "utf8"}
 
 
 def _read_events(client: Client, spawn_id: str, inbox: queue.Queue) -> None:
@@ -146,7 +167,7 @@ def _read_events(client: Client, spawn_id: str, inbox: queue.Queue) -> None:
     breaks = 0
     while True:
         try:
-            for event in client.events(spawn_id, last_event_id=last_id):
+            for event in client.events(spawn_id, last_event_id=last_id, encoding="base64"):
                 if event.id is not None:
                     if not _after(event.id, last_id):
                         continue
@@ -204,7 +225,7 @@ def follow(client: Client, spawn_id: str, *, live_output: bool = True) -> dict[s
     if live_output and not progress.at_line_start:
         # the job's last line had no newline: our own line starts on the next one
         click.echo("", err=True)
-    return record
+    return as_text(record)
 
 
 def _stream(
@@ -231,7 +252,7 @@ def _stream(
         if item.kind == "state":
             status = item.data.get("status", status)
         elif item.kind in ("stdout", "stderr"):
-            output.write(item.kind, item.data.get("text", ""))
+            output.write(item.kind, base64.b64decode(item.data.get("base64", "")))
         elif item.kind == "end":
             return item.data
         elif item.kind == "error":  # the gateway lost Redis: the ledger still knows
@@ -241,7 +262,7 @@ def _stream(
 
 def _poll(client: Client, spawn_id: str, progress: Progress) -> dict[str, Any]:
     while True:
-        record = client.get_spawn(spawn_id, wait=POLL_WAIT)
+        record = client.get_spawn(spawn_id, wait=POLL_WAIT, encoding="base64")
         if record.get("status") not in ACTIVE:
             return record
         progress.tick(record["status"])
