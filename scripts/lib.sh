@@ -53,13 +53,13 @@ apt_install() {
 
 # venv_python: the interpreter .venv is made from. `vx11 up` started as root runs VX11
 # as its unprivileged service user (VX11_SERVICE_USER), who must be able to read the
-# interpreter's standard library: the first python3 on PATH whose installation every
-# user can reach (one under /root cannot be), else the system's.
+# interpreter's standard library: the first python3 on PATH that can make a venv and
+# whose installation every user can reach (one under /root cannot be), else the first.
 venv_python() {
   local candidate
   for candidate in python3 /usr/bin/python3; do
     if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c '
-import os, sys
+import ensurepip, os, sys, venv  # it can make a venv (Debian: python3-venv)
 path = os.path.realpath(sys.base_prefix)
 while path != "/":
     if not os.stat(path).st_mode & 0o001:
