@@ -9,6 +9,7 @@ import contextlib
 import functools
 import json
 import math
+import re
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -32,7 +33,7 @@ from vx11.gateway.api.auth import (
     owner_filter,
     requires,
 )
-from vx11.gateway.api.blueprint import Blueprint
+from vx11.gateway.api.blueprint import RELATIVE_PATH, Blueprint
 from vx11.gateway.api.fields import Choice, FullMatch, PageQuery, Utf8Length, page_schema
 from vx11.gateway.idempotency import HEADER as IDEMPOTENCY_KEY
 from vx11.gateway.idempotency import is_valid_key
@@ -110,20 +111,17 @@ MAX_PATH_BYTES = 1024
 
 
 def _valid_path(path: str) -> None:
-    if not path or path.startswith("/"):
-        raise ValidationError("must be a relative path (not empty, not starting with /)")
-    if any(part in ("", ".", "..") for part in path.split("/")):
-        raise ValidationError("may not have empty, . or .. parts: it must stay in /work")
+    """A file's path or an artifact pattern: it must stay in /work."""
+    if not re.match(RELATIVE_PATH, path):
+        raise ValidationError(
+            "must be a relative path without empty, . or .. parts: it must stay in /work"
+        )
     if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
         raise ValidationError(f"must be at most {MAX_PATH_BYTES} bytes of UTF-8")
 
 
 MAX_ARTIFACT_PATTERNS = 32
 """Most artifact patterns one spawn may give."""
-
-
-def _valid_pattern(pattern: str) -> None:
-    _valid_path(pattern)
 
 
 class InputFile(Schema):
@@ -281,7 +279,7 @@ def request_schema(settings: Settings) -> Schema:
                 },
             ),
             "artifacts": fields.List(
-                fields.String(validate=_valid_pattern),
+                fields.String(validate=_valid_path),
                 load_default=list,
                 validate=validate.Length(
                     max=MAX_ARTIFACT_PATTERNS,
