@@ -6,7 +6,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from flask import Response, request, stream_with_context
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema
 
 from vx11.core.config import Settings
 from vx11.core.errors import NotFound
@@ -14,7 +14,7 @@ from vx11.core.record import SpawnDetail
 from vx11.core.tokens import Scope
 from vx11.gateway.api.auth import authenticated_blueprint, owner_filter, requires
 from vx11.gateway.api.blueprint import Blueprint
-from vx11.gateway.api.spawns import ENCODINGS
+from vx11.gateway.api.spawns import encoding_field
 from vx11.gateway.lifecycle import cancel
 from vx11.gateway.services import services
 from vx11.gateway.stream import LAST_EVENT_ID, LAST_EVENT_ID_PARAMETER, event_stream, last_event_id
@@ -38,11 +38,7 @@ NOTHING_LEFT = {
 class EventsQuery(Schema):
     """The query string of ``GET /vx11/spawn/<id>/events``."""
 
-    encoding = fields.String(
-        load_default="utf8",
-        validate=validate.OneOf(ENCODINGS),
-        metadata={"description": "utf8: output events as text; base64: as their exact bytes."},
-    )
+    encoding = encoding_field("utf8: output events as text; base64: as their exact bytes.")
 
 
 def blueprint(settings: Settings) -> Blueprint:

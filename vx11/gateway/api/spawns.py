@@ -45,6 +45,17 @@ from vx11.gateway.submit import resume, submit_spawn
 TASK_TYPES = ("python", "shell", "bash")
 ENCODINGS = ("utf8", "base64")
 """How a request gives code and stdin, and how a read answers stdout and stderr."""
+
+
+def encoding_field(description: str) -> fields.String:
+    """An ``encoding`` of :data:`ENCODINGS`, ``utf8`` when left out."""
+    return fields.String(
+        load_default="utf8",
+        validate=validate.OneOf(ENCODINGS),
+        metadata={"description": description},
+    )
+
+
 MAX_RETRIES = 10
 """Most re-runs a spawn may ask for after losing its worker (the MVP's ``max_retries``)."""
 CORRELATION_ID = FullMatch(
@@ -133,11 +144,7 @@ class InputFile(Schema):
         metadata={"description": "Where, relative to the working directory: a/b.txt."},
     )
     content = fields.String(required=True, metadata={"description": "Its content."})
-    encoding = fields.String(
-        load_default="utf8",
-        validate=validate.OneOf(ENCODINGS),
-        metadata={"description": "utf8 (text) or base64 (its exact bytes)."},
-    )
+    encoding = encoding_field("utf8 (text) or base64 (its exact bytes).")
 
 
 class SpawnRequestSchema(Schema):
@@ -263,13 +270,9 @@ def request_schema(settings: Settings) -> Schema:
                     "(VX11_MAX_STDIN_BYTES); with encoding base64, any bytes, in base64."
                 },
             ),
-            "encoding": fields.String(
-                load_default="utf8",
-                validate=validate.OneOf(ENCODINGS),
-                metadata={
-                    "description": "How code and stdin are given: utf8 (text, the default) "
-                    "or base64 (of their exact bytes)."
-                },
+            "encoding": encoding_field(
+                "How code and stdin are given: utf8 (text, the default) or base64 (of their "
+                "exact bytes)."
             ),
             "merge_stderr": fields.Boolean(
                 load_default=False,
@@ -493,13 +496,9 @@ class RecordQuery(Schema):
         validate=validate.Range(0, MAX_WAIT, error="must be between {min} and {max} seconds"),
         metadata={"description": "Seconds to wait for the spawn to end before answering."},
     )
-    encoding = fields.String(
-        load_default="utf8",
-        validate=validate.OneOf(ENCODINGS),
-        metadata={
-            "description": "utf8: stdout and stderr as text; base64: as base64 of their "
-            "exact bytes (the answer says encoding: base64)."
-        },
+    encoding = encoding_field(
+        "utf8: stdout and stderr as text; base64: as base64 of their exact bytes (the "
+        "answer says encoding: base64)."
     )
 
 
