@@ -20,9 +20,10 @@ app = Celery("vx11", include=["workers.spawner", "workers.callbacks"])
 app.config_from_object("celeryconfig")
 
 from workers import control, service  # noqa: E402,F401  control: vx11_worker_info
-from workers.steps import SandboxStep, SweeperStep  # noqa: E402
+from workers.steps import OffersStep, SandboxStep, SweeperStep  # noqa: E402
 
 app.steps["worker"].add(SandboxStep)
+app.steps["worker"].add(OffersStep)
 app.steps["worker"].add(SweeperStep)
 
 __all__ = ["app"]

@@ -10,10 +10,12 @@ from workers.sandbox import ACTIVE
 
 @inspect_command(name=WORKER_INFO_COMMAND)
 def vx11_worker_info(state):
-    """This worker's sandbox level, whether it has per-spawn cgroups, and VX11's version."""
+    """This worker's sandbox level, whether it has per-spawn cgroups, the task types it
+    offers (each with its interpreter's version), and VX11's version."""
     config = ACTIVE.config
     return {
         "sandbox": config.level if config else None,
         "cgroups": f"v{config.cgroups.version}" if config and config.cgroups else None,
+        "task_types": ACTIVE.task_types,
         "version": __version__,
     }

@@ -1,9 +1,12 @@
 """What a worker does when it starts and stops, besides consuming jobs (Celery
-bootsteps): choose its sandbox, and sweep spawns whose worker was lost; and the one
-workaround a worker needs to survive its Redis broker dying."""
+bootsteps): choose its sandbox, announce the task types it offers, and sweep spawns
+whose worker was lost; and the one workaround a worker needs to survive its Redis
+broker dying."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 
 import redis.exceptions
@@ -14,9 +17,13 @@ from vx11.core.config import Settings
 from vx11.core.connections import make_redis
 from vx11.core.events import SpawnEvents
 from vx11.core.ledger import Ledger
+from vx11.core.offers import INTERVAL, Offers
+from vx11.core.runtimes import TaskTypeFileError
 from workers import sweeper
-from workers.sandbox import ACTIVE
+from workers.sandbox import ACTIVE, runtimes
 from workers.sandbox.levels import choose
+
+log = logging.getLogger(__name__)
 
 
 class SandboxStep(bootsteps.StartStopStep):
@@ -26,7 +33,12 @@ class SandboxStep(bootsteps.StartStopStep):
 
     def __init__(self, worker, **kwargs):
         super().__init__(worker, **kwargs)
-        ACTIVE.config = choose(Settings.from_env())
+        try:
+            ACTIVE.config = choose(Settings.from_env())
+            ACTIVE.task_types = runtimes.offered(ACTIVE.config.python, ACTIVE.config.runtimes)
+        except TaskTypeFileError as exc:
+            log.critical("the worker does not start: %s", exc)
+            raise SystemExit(78) from None  # EX_CONFIG
 
     def shutdown(self, worker):
         if ACTIVE.config is not None and ACTIVE.config.cgroups is not None:
@@ -54,6 +66,37 @@ class SweeperStep(bootsteps.StartStopStep):
 
     def stop(self, worker):
         self.stop_event.set()
+
+
+class OffersStep(bootsteps.StartStopStep):
+    """Announces the task types this worker offers (:mod:`vx11.core.offers`) from a
+    thread of its main process, and withdraws them when it stops."""
+
+    def __init__(self, worker, **kwargs):
+        super().__init__(worker, **kwargs)
+        self.stop_event = threading.Event()
+        self.offers: Offers | None = None
+
+    def start(self, worker):
+        self.offers = Offers(make_redis(Settings.from_env()))
+        threading.Thread(
+            target=self._announce, args=(worker.hostname,), name="vx11-offers", daemon=True
+        ).start()
+
+    def stop(self, worker):
+        self.stop_event.set()
+        if self.offers is not None:
+            with contextlib.suppress(redis.exceptions.RedisError):
+                self.offers.withdraw(worker.hostname)
+
+    def _announce(self, hostname: str) -> None:
+        assert self.offers is not None
+        while not self.stop_event.is_set():
+            try:
+                self.offers.announce(hostname, ACTIVE.task_types or {})
+            except redis.exceptions.RedisError as exc:
+                log.warning("cannot announce this worker's task types: %s", exc)
+            self.stop_event.wait(INTERVAL)
 
 
 def _closed_transport_is_a_connection_error() -> None:

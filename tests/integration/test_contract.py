@@ -32,8 +32,11 @@ TOKEN = {"X-VX11-Token": "vx11-test-token"}
 @pytest.fixture(scope="module")
 def fuzz_app(redis_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("contract")
+    task_types = tmp / "task-types.toml"  # a declared task type is fuzzed too
+    task_types.write_text('[perl]\ninterpreter = ["perl"]\nmain = "main.pl"\n')
     return create_app(
         {
+            "task_types_file": str(task_types),
             "redis_url": redis_server.url,
             "data_dir": str(tmp / "data"),
             "sandbox_root": str(tmp / "sandbox"),

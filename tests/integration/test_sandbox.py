@@ -680,7 +680,7 @@ def test_a_working_directory_the_code_made_unreadable_is_still_removed(sandbox, 
 
 
 def test_an_unknown_task_type_raises_and_leaves_nothing(sandbox, root):
-    with pytest.raises(ValueError, match="unknown task_type"):
+    with pytest.raises(SandboxError, match="does not offer task type"):
         sandbox("ruby", "puts 1")
     assert leftovers(root) == []
 

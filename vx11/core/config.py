@@ -103,6 +103,12 @@ class Settings:
     sandbox_python: str = _setting(
         "python3", "Interpreter for python spawns, looked up on the sandbox's PATH."
     )
+    task_types_file: str = _setting(
+        "",
+        "A TOML file declaring task types beside python, shell and bash (docs/runtimes.md); "
+        "the gateway and the workers read it when they start, and refuse to start on a bad "
+        "one. Empty: the built-in ones only.",
+    )
     sandbox_tmpfs_mb: int = _setting(64, "Size of the working directory and of /tmp (bwrap), MiB.")
     sandbox_max_open_files: int = _setting(256, "Open file descriptors per process.")
     sandbox_cgroups: str = _setting(

@@ -113,6 +113,12 @@ class QuotaExceeded(RetryLater):
     status, code, message = 429, "quota_exceeded", "too many spawns queued or running"
 
 
+class TaskTypeUnavailable(RetryLater):
+    """Raised when a declared task type is asked for while no live worker offers it."""
+
+    status, code = 503, "task_type_unavailable"
+
+
 class ServiceUnavailable(VX11Error):
     """Raised when a dependency (Redis, broker, database) cannot be reached."""
 

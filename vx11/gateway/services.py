@@ -12,13 +12,16 @@ from celery import Celery
 from flask import current_app
 from redis import Redis
 
+from vx11.core import runtimes
 from vx11.core.audit import AuditLog
 from vx11.core.config import Settings
 from vx11.core.connections import make_redis
 from vx11.core.dispatch import Producers
 from vx11.core.events import SpawnEvents
 from vx11.core.ledger import Ledger
+from vx11.core.offers import Offers
 from vx11.core.policy import OpenWindows, WindowStore
+from vx11.core.runtimes import Runtime
 from vx11.core.tokens import TokenStore
 from vx11.core.unpublished import Unpublished
 from vx11.gateway.admission import Admission
@@ -51,6 +54,10 @@ class Services:
     """A request's token, rate and window, checked in one Redis round trip."""
     unpublished: Unpublished
     """The spawns recorded whose job is not yet confirmed published."""
+    runtimes: tuple[Runtime, ...]
+    """The task types (``VX11_TASK_TYPES_FILE`` read, and checked, when it starts)."""
+    offers: Offers
+    """Which live worker offers which task type."""
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -75,6 +82,8 @@ class Services:
             rate_limits=rate_limits,
             admission=Admission(redis, tokens, rate_limits),
             unpublished=Unpublished(redis),
+            runtimes=runtimes.load(settings),
+            offers=Offers(redis),
         )
 
 

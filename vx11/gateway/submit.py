@@ -71,9 +71,12 @@ from vx11.core.errors import (
     IllegalTransition,
     OutcomeUnknown,
     ServiceUnavailable,
+    TaskTypeUnavailable,
 )
 from vx11.core.logs import spawn_accepted
+from vx11.core.offers import INTERVAL
 from vx11.core.policy import SPAWN_TARGET
+from vx11.core.runtimes import BUILTIN
 from vx11.core.states import SpawnStatus
 from vx11.core.tokens import TokenInfo
 from vx11.gateway.admission import Admitted
@@ -128,6 +131,12 @@ def submit_spawn(
         reason = f"no open policy window for target {SPAWN_TARGET} (policy SOLO_MADRE)"
         record_spawn_decision(svc, AuditEvent.SPAWN_REFUSED, request, reason=reason)
         return refusal(reason)
+    task_type = request["task_type"]
+    if task_type not in BUILTIN and not svc.offers.offers(task_type):
+        _forget_note(svc, spawn_uuid)
+        reason = f"no live worker offers task type {task_type!r} (GET /vx11/runtimes)"
+        record_spawn_decision(svc, AuditEvent.SPAWN_REFUSED, request, reason=reason)
+        raise TaskTypeUnavailable(f"{reason}; retry once one does", retry_after=INTERVAL)
     limits = resolve_limits(request, svc.settings)
     fields = {name: value for name, value in request.items() if name not in limits}
     try:

@@ -49,6 +49,8 @@ class _Active:
     """The sandbox this worker chose when it started (before its pool forked)."""
 
     config: SandboxConfig | None = None
+    task_types: dict[str, str | None] | None = None
+    """The task types it offers, each with its interpreter's version (:mod:`.runtimes`)."""
 
 
 ACTIVE = _Active()
@@ -75,7 +77,11 @@ def resolve_bash(name: str) -> str:
 
 def resolve_interpreter(task_type: str, config: SandboxConfig) -> str:
     """The program that runs ``task_type``'s code, found the same way at both levels
-    (the bwrap level binds the same ``/usr``)."""
+    (the bwrap level binds the same ``/usr``); a declared one's was found when the
+    worker started (:mod:`.runtimes`)."""
+    for runtime in config.runtimes:
+        if runtime.name == task_type:
+            return runtime.interpreter[0]
     if task_type == "python":
         return resolve_python(config.python)
     if task_type == "bash":
@@ -97,23 +103,27 @@ def run_sandboxed(
     artifacts: Sequence[str] = (),
     artifact_bytes: int = 0,
 ) -> Outcome:
-    """Run ``code`` (a ``task_type`` of :data:`TASK_TYPES`) under ``limits`` at
-    ``config``'s level; ``stdin`` as text (UTF-8) or bytes; with ``merge_stderr`` its
-    standard error goes into its standard output, in order; ``files`` (relative path,
-    content) are written in its working directory first; the files matching the glob
-    ``artifacts`` are kept once it has ended, up to ``artifact_bytes``."""
+    """Run ``code`` (a ``task_type`` of :data:`TASK_TYPES`, or declared in ``config``)
+    under ``limits`` at ``config``'s level; ``stdin`` as text (UTF-8) or bytes; with
+    ``merge_stderr`` its standard error goes into its standard output, in order;
+    ``files`` (relative path, content) are written in its working directory first; the
+    files matching the glob ``artifacts`` are kept once it has ended, up to
+    ``artifact_bytes``."""
     config = config or SandboxConfig()
-    if task_type not in TASK_TYPES:
-        raise ValueError(f"unknown task_type {task_type!r}")
+    runtime = next((r for r in config.runtimes if r.name == task_type), None)
+    if task_type not in TASK_TYPES and runtime is None:
+        raise SandboxError(f"this worker does not offer task type {task_type!r}")
     interpreter = resolve_interpreter(task_type, config)
     data = stdin.encode("utf-8") if isinstance(stdin, str) else stdin or b""
+    if runtime is not None:  # its code is a file of the run, the first one written
+        files = [(str(runtime.main), code.encode("utf-8", "surrogatepass")), *files]
     for path, _ in files:
         check_path(path)
     for pattern in artifacts:
         check_path(pattern)
     job = Job(
         task_type, code, tuple(args), data, limits, merge_stderr,
-        tuple(artifacts), artifact_bytes, tuple(files),
+        tuple(artifacts), artifact_bytes, tuple(files), runtime,
     )  # fmt: skip
     # A root worker runs code as a uid of its own among the concurrent runs; another
     # worker, as itself (it cannot switch).

@@ -30,7 +30,7 @@ def prepared(
         _write_files(workdir, job.files, identity)
         if job.task_type == "python":
             _write_private(workdir / "main.py", job.code, identity)
-        argv = command(job.task_type, interpreter, job.code, job.args)
+        argv = command(job, interpreter)
         env = {"PATH": SANDBOX_PATH, "HOME": str(workdir), "TMPDIR": str(workdir),
                "LANG": "C.UTF-8"}  # fmt: skip
         yield Launch(argv, env, str(workdir))

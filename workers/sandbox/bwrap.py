@@ -51,9 +51,12 @@ def shared_etc() -> str:
     return etc.make(account, HOSTNAME, bound_system_paths())
 
 
-def launcher_argv(bwrap: str, inner: Sequence[str], etc_dir: str | None = None) -> list[str]:
+def launcher_argv(
+    bwrap: str, inner: Sequence[str], etc_dir: str | None = None, binds: Sequence[str] = ()
+) -> list[str]:
     """The bubblewrap command line of a slot's launcher (:mod:`.launcher`); ``etc_dir``
-    is bound read-only at ``/etc`` (None: the sandbox has no ``/etc``).
+    is bound read-only at ``/etc`` (None: the sandbox has no ``/etc``), and each of
+    ``binds`` (the declared task types', :mod:`.runtimes`) read-only where it is.
 
     The launcher has no capability (uid 65534 there, mapped to the unprivileged uid
     bwrap runs as); each run gets user, mount, pid and ipc namespaces of its own below
@@ -71,6 +74,7 @@ def launcher_argv(bwrap: str, inner: Sequence[str], etc_dir: str | None = None) 
         "--hostname", HOSTNAME,
         *system_binds(),
         *(["--ro-bind", etc_dir, "/etc"] if etc_dir else []),
+        *(arg for path in binds for arg in ("--ro-bind", path, path)),
         "--proc", "/proc",
         "--dev", "/dev",
         # where each run mounts its own size-capped tmpfs

@@ -10,7 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from vx11.core.config import Settings
-from workers.sandbox import bwrap, run_sandboxed, slot, uids
+from vx11.core.runtimes import load as load_runtimes
+from workers.sandbox import bwrap, run_sandboxed, runtimes, slot, uids
 from workers.sandbox import cgroups as cgroup_tree
 from workers.sandbox.cgroups import Cgroups, CgroupUnavailable
 from workers.sandbox.process import adopting_orphans
@@ -32,8 +33,15 @@ def base_config(settings: Settings) -> SandboxConfig:
             cgroups = Cgroups.detect()
         except (CgroupUnavailable, OSError) as exc:
             log.warning("per-spawn cgroups unavailable, rlimits only: %s", exc)
+    private = runtimes.private_paths(settings.data_dir)
+    declared = tuple(
+        runtimes.checked(runtime, private)
+        for runtime in load_runtimes(settings)
+        if not runtime.builtin
+    )
     return SandboxConfig(
         level="basic",
+        runtimes=declared,
         root=settings.effective_sandbox_root,
         uids=settings.sandbox_uid_range,
         python=settings.sandbox_python,
@@ -66,7 +74,8 @@ def bwrap_problem(config: SandboxConfig) -> str | None:
 
 def choose(settings: Settings) -> SandboxConfig:
     """The sandbox this worker will use; :class:`SandboxError` if what is required does
-    not work here (the worker then refuses to start)."""
+    not work here, :class:`~vx11.core.runtimes.TaskTypeFileError` if a declared task
+    type cannot run here (the worker then refuses to start)."""
     config = base_config(settings)
     wants_bwrap = settings.sandbox == "bwrap" or settings.sandbox_require == "bwrap"
     if settings.sandbox == "basic":

@@ -185,7 +185,8 @@ class Launcher:
             )
             inner = [python, "-I", "-u", "-c", LAUNCHER_SOURCE.read_text(), str(theirs.fileno()),
                      str(config.tmpfs_mb << 20), str(rules.fileno())]  # fmt: skip
-            argv = bwrap.launcher_argv(config.bwrap, inner, config.etc or bwrap.shared_etc())
+            binds = sorted({path for runtime in config.runtimes for path in runtime.binds})
+            argv = bwrap.launcher_argv(config.bwrap, inner, config.etc or bwrap.shared_etc(), binds)
             errors = os.memfd_create("vx11-launcher-stderr", os.MFD_CLOEXEC)
             try:
                 with theirs:
@@ -301,7 +302,8 @@ class Slots:
 
     def take(self, config: SandboxConfig, identity: Identity | None, python: str) -> Launcher:
         cgroups = tuple(config.cgroups.parents.values()) if config.cgroups else None
-        key = (config.bwrap, python, config.etc, config.tmpfs_mb, cgroups, identity)
+        key = (config.bwrap, python, config.etc, config.tmpfs_mb, cgroups, identity,
+               config.runtimes)  # fmt: skip
         with self.lock:
             idle = self.idle.get(key, [])
             while idle:
@@ -389,7 +391,7 @@ def _run_in(
     try:
         os.write(program, json.dumps({
             "code": job.code, "args": list(job.args),
-            "argv": command(job.task_type, interpreter, job.code, job.args),
+            "argv": command(job, interpreter),
             "files": [[path, base64.b64encode(data).decode("ascii")] for path, data in job.files],
         }, ensure_ascii=False).encode("utf-8", "surrogatepass"))  # fmt: skip
         meter = _Meter(cgroup, limits) if cgroup is not None else None

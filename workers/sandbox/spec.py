@@ -6,6 +6,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vx11.core.runtimes import Runtime, is_relative
 from workers.sandbox.artifacts import Collected
 from workers.sandbox.cgroups import Cgroups
 
@@ -41,16 +42,15 @@ class Job:
     files: tuple[tuple[str, bytes], ...] = ()
     """``(relative path, content)`` written under the working directory before the run
     (directories 0700, files 0600); the paths are checked (:func:`check_path`)."""
+    runtime: Runtime | None = None
+    """A declared task type's: its code is the file ``runtime.main`` of :attr:`files`."""
 
 
 def check_path(path: str) -> None:
-    """ValueError unless ``path`` names a place inside the working directory: relative,
-    without ``.`` or ``..`` or empty parts, and without NUL."""
-    parts = path.split("/")
-    if not path or path.startswith("/") or "\0" in path:
-        raise ValueError(f"not a relative path: {path!r}")
-    if any(part in ("", ".", "..") for part in parts):
-        raise ValueError(f"a path may not have empty, . or .. parts: {path!r}")
+    """ValueError unless ``path`` names a place inside the working directory
+    (:func:`vx11.core.runtimes.is_relative`)."""
+    if not is_relative(path):
+        raise ValueError(f"not a relative path without empty, . or .. parts: {path!r}")
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,9 @@ class SandboxConfig:
     python: str = "python3"
     bash: str = "bash"
     """Looked up on the sandbox's ``PATH``; a ``bash`` run fails when it is missing."""
+    runtimes: tuple[Runtime, ...] = ()
+    """The declared task types (``VX11_TASK_TYPES_FILE``), checked on this host
+    (:mod:`.runtimes`); their binds are shown, read-only, at the bwrap level."""
     bwrap: str = "bwrap"
     etc: str | None = None
     """The directory bound read-only at ``/etc`` at the bwrap level, made when the worker

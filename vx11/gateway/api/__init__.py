@@ -21,6 +21,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         health,
         metrics,
         openapi,
+        runtimes,
         spawn_actions,
         spawns,
         status,
@@ -31,6 +32,9 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.before_request(check_request_size)  # before any blueprint's authentication
     api = openapi.init_app(app)
     errors.init_app(app)  # after flask-smorest's, so that one error shape answers
-    resources = (health, status, windows, spawns, batches, spawn_actions, audit, tokens, metrics)
+    resources = (
+        health, status, runtimes, windows, spawns, batches, spawn_actions, audit, tokens,
+        metrics,
+    )  # fmt: skip
     for resource in resources:
         api.register_blueprint(resource.blueprint(settings))

@@ -51,7 +51,9 @@ class ErrorSchema(Schema):
     message = fields.String(required=True)
     fields_ = fields.Dict(data_key="fields", metadata={"description": "422: field → messages."})
     required = fields.String(metadata={"description": "403: the scope the endpoint needs."})
-    retry_after = fields.Integer(metadata={"description": "409, 429: seconds to wait."})
+    retry_after = fields.Integer(
+        metadata={"description": "409, 429, 503 task_type_unavailable: seconds to wait."}
+    )
 
 
 class VX11Api(Api):

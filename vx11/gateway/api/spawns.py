@@ -14,9 +14,18 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from flask import g, jsonify, request
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import (
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    pre_load,
+    validate,
+    validates_schema,
+)
 from redis.exceptions import RedisError
 
+from vx11.core import runtimes
 from vx11.core.callbacks import callback_url_validator
 from vx11.core.config import Settings
 from vx11.core.errors import ValidationFailed
@@ -42,7 +51,6 @@ from vx11.gateway.services import Services, services
 from vx11.gateway.stream import with_progress
 from vx11.gateway.submit import resume, submit_spawn
 
-TASK_TYPES = ("python", "shell", "bash")
 ENCODINGS = ("utf8", "base64")
 """How a request gives code and stdin, and how a read answers stdout and stderr."""
 
@@ -154,12 +162,26 @@ class SpawnRequestSchema(Schema):
     limits: ClassVar[dict[str, int]] = {}
     file_limits: ClassVar[tuple[int, int]] = (0, 0)
     """Bytes of one file, and of all the files, at most."""
+    mains: ClassVar[dict[str, str]] = {}
+    """Each task type's file of its code (python's ``main.py``), which no file may be."""
+    own_limits: ClassVar[dict[str, dict[str, int]]] = {}
+    """The default limits a declared task type gives its spawns (:mod:`vx11.core.runtimes`)."""
+
+    @pre_load
+    def _task_type_limits(self, data: Any, **kwargs: Any) -> Any:
+        """A declared task type's default limits, where the request gives none."""
+        if isinstance(data, dict) and isinstance(data.get("task_type"), str):
+            own = self.own_limits.get(data["task_type"])
+            if own:
+                return {**own, **data}
+        return data
 
     @validates_schema(skip_on_field_errors=False)
     def _files(self, data: dict[str, Any], **kwargs: Any) -> None:
         each, total = self.file_limits
         problems: list[str] = []
         size, files, directories = 0, set[str](), set[str]()
+        main = self.mains.get(data.get("task_type", ""))
         items = data.get("files") or []
         if not all({"path", "content", "encoding"} <= item.keys() for item in items):
             return  # a file's own fields are wrong: their errors say so
@@ -179,10 +201,11 @@ class SpawnRequestSchema(Schema):
             size += length
             parts = path.split("/")
             parents = {"/".join(parts[:n]) for n in range(1, len(parts))}
-            if path in files or path in directories or parents & files:
+            if main is not None and (main == path or main.startswith(path + "/")
+                                     or main in parents):  # fmt: skip
+                problems.append(f"{where}: collides with the code's own {main}")
+            elif path in files or path in directories or parents & files:
                 problems.append(f"{where}: collides with another file's path")
-            elif data.get("task_type") == "python" and path == "main.py":
-                problems.append(f"{where}: collides with the python code's own main.py")
             files.add(path)
             directories |= parents
         if size > total:
@@ -224,20 +247,27 @@ def _is_text(raw: bytes) -> bool:
 
 @functools.cache
 def request_schema(settings: Settings) -> Schema:
-    """The spawn request schema, with this deployment's limits."""
+    """The spawn request schema, with this deployment's limits and task types."""
+    task_types = runtimes.load(settings)
 
     class Limited(SpawnRequestSchema):
         limits = {"code": settings.max_code_bytes, "stdin": settings.max_stdin_bytes}
         file_limits = (settings.max_input_file_bytes, settings.max_input_files_bytes)
+        mains = {r.name: r.main for r in task_types if r.main}
+        own_limits = {r.name: dict(r.limits) for r in task_types if r.limits}
 
+    declared = [r.name for r in task_types if not r.builtin]
     return Limited.from_dict(
         {
             "task_type": fields.String(
                 required=True,
-                validate=validate.OneOf(TASK_TYPES),
+                validate=validate.OneOf([r.name for r in task_types]),
                 metadata={
                     "description": "What runs the code: python (python3 -I), shell (/bin/sh, "
-                    "POSIX) or bash (/bin/bash, where the worker has it)."
+                    "POSIX) or bash (/bin/bash, where the worker has it)"
+                    + (f", or one this server declares ({', '.join(declared)})" if declared else "")
+                    + ": GET /vx11/runtimes lists them. A declared one is accepted only while "
+                    "a live worker offers it (else 503 task_type_unavailable)."
                 },
             ),
             "code": fields.String(
@@ -577,7 +607,6 @@ class HistoryQuery(PageQuery):
             "repeat it or separate with commas for several."
         },
     )
-    task_type = Choice(TASK_TYPES, metadata={"description": "Only spawns of this task type."})
     correlation_id = fields.String(
         validate=CORRELATION_ID,
         metadata={"description": "Only spawns with this correlation_id."},
@@ -603,6 +632,16 @@ class SpawnSummary(SpawnRecord):
 
 
 SpawnPage = page_schema("SpawnPage", "spawns", SpawnSummary)
+
+
+@functools.cache
+def history_query(settings: Settings) -> type[Schema]:
+    """The history's query, with this server's task types."""
+    task_type = Choice(
+        [r.name for r in runtimes.load(settings)],
+        metadata={"description": "Only spawns of this task type (GET /vx11/runtimes)."},
+    )
+    return HistoryQuery.from_dict({"task_type": task_type}, name="HistoryQuery")
 
 
 def blueprint(settings: Settings) -> Blueprint:
@@ -660,7 +699,7 @@ def blueprint(settings: Settings) -> Blueprint:
 
     @blp.get("/spawns")
     @requires(Scope.READ)
-    @blp.arguments(HistoryQuery, location="query")
+    @blp.arguments(history_query(settings), location="query")
     @blp.response(200, SpawnPage)
     @blp.alt_response(400, response="BAD_REQUEST")
     def list_spawns(query):

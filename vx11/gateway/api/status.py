@@ -36,6 +36,15 @@ class Status(Schema):
         required=True,
         metadata={"description": "levels: worker → sandbox level; level: the weakest."},
     )
+    task_types = fields.Dict(
+        keys=fields.String(),
+        values=fields.Dict(keys=fields.String(), values=fields.String(allow_none=True)),
+        required=True,
+        metadata={
+            "description": "Each live worker → the task types it offers, each with its "
+            "interpreter's version (GET /vx11/runtimes has them by task type)."
+        },
+    )
 
 
 def blueprint(settings: Settings) -> Blueprint:
@@ -56,7 +65,8 @@ def blueprint(settings: Settings) -> Blueprint:
         except redis.exceptions.RedisError:
             windows = []
         spawner = checks["spawner"]
-        levels = {name: info.get("sandbox") for name, info in spawner.pop("details", {}).items()}
+        details = spawner.pop("details", {})
+        levels = {name: info.get("sandbox") for name, info in details.items()}
         return {
             "policy": POLICY,
             "mode": "windowed" if windows else "solo_madre",
@@ -68,6 +78,7 @@ def blueprint(settings: Settings) -> Blueprint:
                 "levels": levels,
                 "level": min(levels.values(), default=None, key=_strength),
             },
+            "task_types": {name: info.get("task_types") or {} for name, info in details.items()},
         }
 
     return blp
