@@ -250,6 +250,9 @@ class Client:
     def status(self) -> dict[str, Any]:
         return self.request("GET", "/vx11/status")
 
+    def runtimes(self) -> dict[str, Any]:
+        return self.request("GET", "/vx11/runtimes")
+
     def open_window(self, target: str, ttl_seconds: int | None, reason: str | None) -> dict:
         body: dict[str, Any] = {"target": target, "reason": reason}
         if ttl_seconds is not None:

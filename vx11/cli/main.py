@@ -13,6 +13,7 @@ import click
 from vx11.cli.audit import audit
 from vx11.cli.client import DEFAULT_URL, READ_TIMEOUT
 from vx11.cli.common import Connection, Vx11Group
+from vx11.cli.runtimes import runtimes
 from vx11.cli.spawns import spawn, spawns
 from vx11.cli.status import status, window
 from vx11.cli.tokens import token
@@ -129,5 +130,5 @@ def purge(days: int | None, dry_run: bool, as_json: bool) -> None:
     )
 
 
-for _command in (status, window, spawn, spawns, audit, token):
+for _command in (status, runtimes, window, spawn, spawns, audit, token):
     main.add_command(_command)

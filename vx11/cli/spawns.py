@@ -7,6 +7,7 @@ import base64
 import functools
 import json
 import os
+import re
 import stat
 import sys
 from collections.abc import Callable
@@ -30,11 +31,11 @@ from vx11.cli.common import (
     when,
 )
 from vx11.cli.follow import exit_code_of, follow, outcome_line
+from vx11.core.runtimes import NAME
 
 STDIN_READ_MAX = 64 << 20
 """Bytes of standard input read at most: past them (``yes | vx11 spawn ...``) no gateway
 would take it anyway."""
-TASK_TYPES = ("python", "shell", "bash")
 STATUSES = ("QUEUED", "RUNNING", "DONE", "FAILED", "TIMEOUT", "CANCELLED", "ERROR")
 LIMIT_OPTIONS = (
     ("--cpu-time", "cpu_time_limit", "CPU-time limit, seconds  [default: the ttl]"),
@@ -47,10 +48,27 @@ LIMIT_OPTIONS = (
 over the server's maximum is a 422 naming the field."""
 
 
-@click.group()
+class SpawnGroup(click.Group):
+    """``vx11 spawn TYPE``: besides the built-in task types' commands, the same command
+    for any other task type's name (one the server declares: ``vx11 runtimes``; the
+    gateway refuses one it does not know)."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and re.fullmatch(NAME, cmd_name):
+            return submit_command(
+                cmd_name,
+                f"Run {cmd_name} CODE (or -f FILE) in the sandbox, a task type the server "
+                "declares (vx11 runtimes); print its spawn id.",
+            )
+        return command
+
+
+@click.group(cls=SpawnGroup)
 def spawn() -> None:
-    """Run code (python, shell, bash), read a spawn (show), follow one to its end
-    (follow), stop one (cancel)."""
+    """Run code (python, shell, bash, or TYPE: a task type the server declares, as
+    vx11 runtimes lists), read a spawn (show), follow one to its end (follow), stop one
+    (cancel)."""
 
 
 def _read_text(path: str, what: str, hint: str = "") -> str:
@@ -265,8 +283,15 @@ def follow_to_its_end(
     click.get_current_context().exit(exit_code_of(record))
 
 
-def _submit_command(task_type: str, summary: str) -> click.Command:
-    @spawn.command(task_type, help=summary)
+def submit_command(task_type: str, summary: str) -> click.Command:
+    """``vx11 spawn TASK_TYPE``."""
+
+    @click.command(
+        task_type,
+        help=f"""{summary}
+
+        With --wait, stream its output and exit with its exit code (docs/cli.md).""",
+    )
     @submit_options
     @client_command
     def command(client: Client, **options: Any) -> None:
@@ -275,25 +300,13 @@ def _submit_command(task_type: str, summary: str) -> click.Command:
     return command
 
 
-_submit_command(
-    "python",
-    """Run Python CODE (or -f FILE) in the sandbox; print its spawn id.
-
-    With --wait, stream its output and exit with its exit code (docs/cli.md).""",
-)
-_submit_command(
-    "shell",
-    """Run shell CODE (or -f FILE) with /bin/sh in the sandbox; print its spawn id.
-
-    With --wait, stream its output and exit with its exit code (docs/cli.md).""",
-)
-_submit_command(
-    "bash",
-    """Run bash CODE (or -f FILE) in the sandbox, where the worker has bash; print its
-    spawn id.
-
-    With --wait, stream its output and exit with its exit code (docs/cli.md).""",
-)
+for _task_type, _summary in (
+    ("python", "Run Python CODE (or -f FILE) in the sandbox; print its spawn id."),
+    ("shell", "Run shell CODE (or -f FILE) with /bin/sh in the sandbox; print its spawn id."),
+    ("bash", "Run bash CODE (or -f FILE) in the sandbox, where the worker has bash; print "
+             "its spawn id."),
+):  # fmt: skip
+    spawn.add_command(submit_command(_task_type, _summary))
 
 
 def record_text(record: dict[str, Any]) -> str:
@@ -381,7 +394,7 @@ def spawns() -> None:
     STATUSES,
     help="Only spawns in these states: any case, comma-separated or repeated.",
 )
-@click.option("--type", "task_type", type=click.Choice(TASK_TYPES), help="Only this task type.")
+@click.option("--type", "task_type", help="Only this task type (vx11 runtimes lists them).")
 @click.option("--correlation-id", help="Only spawns with this correlation id.")
 @click.option("--since", type=Moment(), help="Created at or after: ISO 8601 or a time ago (2h).")
 @click.option("--until", type=Moment(), help="Created before: ISO 8601 or a time ago.")

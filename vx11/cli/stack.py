@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
 
+from vx11.core import runtimes
 from vx11.core.callbacks import CALLBACK_QUEUE
 from vx11.core.config import Settings
 
@@ -445,6 +446,7 @@ def run_stack(options: StackOptions, environ: dict[str, str] | None = None) -> i
     started again) until Ctrl-C."""
     env = dict(os.environ if environ is None else environ)
     settings = Settings.from_env(env)
+    runtimes.load(settings)  # a bad VX11_TASK_TYPES_FILE stops here, said plainly
     require_free_port(options.host, options.port, "gateway")
     flower = None
     if options.flower:
