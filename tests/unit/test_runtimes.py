@@ -3,6 +3,9 @@ error, naming the file, the task type and the field, for what it may not."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from vx11.core.config import Settings
@@ -91,3 +94,14 @@ def test_a_missing_file_is_refused_naming_it(tmp_path):
     settings = Settings.from_env({}, {"task_types_file": str(tmp_path / "nope.toml")})
     with pytest.raises(TaskTypeFileError, match=r"nope\.toml: No such file"):
         load(settings)
+
+
+def test_the_documented_example_file_is_one_vx11_takes(tmp_path):
+    docs = (Path(__file__).parents[2] / "docs" / "runtimes.md").read_text()
+    example = re.search(r"```toml\n(.*?)```", docs, re.S)
+    assert example is not None
+    runtimes = load(settings_with(tmp_path, example.group(1)))
+    perl, awk = runtimes[-2:]
+    assert perl.argv(["x"]) == ["perl", "main.pl", "x"]
+    assert awk.argv(["x"]) == ["awk", "-f", "main.awk", "x"]
+    assert dict(perl.limits) == {"ttl_seconds": 10, "memory_limit_mb": 128}
