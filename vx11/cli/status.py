@@ -55,8 +55,12 @@ def status_text(client: Client, status: dict[str, Any]) -> str:
     sandbox = status.get("sandbox") or {}
     levels = sandbox.get("levels") or {}
     spawner = services.get("spawner", {})
+    offered = status.get("task_types") or {}
     if levels:
-        workers = ", ".join(f"{name} ({level or 'unknown'})" for name, level in levels.items())
+        workers = ", ".join(
+            f"{name} ({level or 'unknown'}: {' '.join(offered.get(name) or {}) or '-'})"
+            for name, level in levels.items()
+        )
         lines.append(f"workers   {len(levels)} live: {workers}; sandbox level {sandbox['level']}")
     elif spawner.get("ok") is False:
         lines.append(f"workers   NONE answered  {spawner.get('error') or ''}".rstrip())

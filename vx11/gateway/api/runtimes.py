@@ -23,12 +23,14 @@ class LimitView(Schema):
         allow_none=True,
         metadata={"description": "What a spawn gets when it gives none (cpu: its ttl)."},
     )
-    maximum = fields.Integer(required=True)
+    maximum = fields.Integer(
+        required=True, metadata={"description": "The most a spawn may ask for (VX11_*_MAX)."}
+    )
 
 
 class RuntimeView(Schema):
     name = fields.String(required=True, metadata={"description": "The request's task_type."})
-    description = fields.String(required=True)
+    description = fields.String(required=True, metadata={"description": "What it runs."})
     builtin = fields.Boolean(
         required=True,
         metadata={"description": "Built in (python, shell, bash), or declared by the server."},
@@ -41,7 +43,11 @@ class RuntimeView(Schema):
             "code is written to in /work), or the code itself (shell, bash), then args."
         },
     )
-    main = fields.String(required=True, allow_none=True)
+    main = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "The file in /work the code is written to; null: an argument."},
+    )
     version = fields.String(
         required=True,
         allow_none=True,
