@@ -274,8 +274,9 @@ def test_spawns_ls_takes_states_comma_separated_repeated_and_in_any_case(served,
     assert [row.split()[1] for row in table.stdout.splitlines()[1:]] == ["FAILED", "DONE"]
 
 
-def test_spawn_bash_submits_a_bash_spawn_and_spawns_ls_finds_it_by_type(served, client):
+def test_spawn_bash_submits_a_bash_spawn_and_spawns_ls_finds_it_by_type(served, client, svc):
     assert cli(served, "window", "open", "spawner").exit_code == 0
+    svc.offers.announce("w@host", {"bash": "GNU bash, version 5.2.15"})  # as a worker does
     submitted = cli(served, "spawn", "bash", "[[ -n $1 ]] && echo yes", "--arg", "x", "--json")
     assert submitted.exit_code == 0, submitted.output
     spawn_id = json.loads(submitted.stdout)["spawn_id"]

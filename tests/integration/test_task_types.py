@@ -60,9 +60,9 @@ def test_the_runtimes_are_the_built_in_ones_then_the_declared_ones(app, client, 
         "default": settings.memory_limit_mb, "maximum": settings.memory_limit_mb_max,
     }  # fmt: skip
     assert python["limits"]["cpu_time_limit"]["default"] is None  # its ttl
-    # no worker: built-in ones still queue; a declared one is not accepted
+    # no worker: python and shell still queue; bash and a declared one are not accepted
     assert [(r["accepted"], r["workers"], r["version"]) for r in listed.values()] == [
-        (True, {}, None), (True, {}, None), (True, {}, None), (False, {}, None),
+        (True, {}, None), (True, {}, None), (False, {}, None), (False, {}, None),
     ]  # fmt: skip
 
 
@@ -94,6 +94,22 @@ def test_a_declared_task_type_no_live_worker_offers_is_503_and_nothing_is_kept(
     assert [e["reason"] for e in refused] == [
         "no live worker offers task type 'perl' (GET /vx11/runtimes)"
     ]
+
+
+def test_bash_too_needs_a_live_worker_that_offers_it_and_python_and_shell_do_not(
+    client, auth, offers
+):
+    open_window(client, auth)
+
+    def answer(task_type: str) -> int:
+        body = {"task_type": task_type, "code": "echo hi"}
+        return client.post("/vx11/spawn", json=body, headers=auth).status_code
+
+    assert [answer(t) for t in ("python", "shell", "bash")] == [200, 200, 503]
+    offers.announce("w1@a", {"python": "Python 3.11.2", "shell": "dash"})  # no bash there
+    assert answer("bash") == 503
+    offers.announce("w2@b", {"bash": "GNU bash, version 5.2.15"})
+    assert answer("bash") == 200
 
 
 def test_a_declared_task_type_is_accepted_while_a_worker_offers_it_with_its_limits(

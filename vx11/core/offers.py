@@ -3,9 +3,9 @@
 A worker announces what it offers (each task type with its interpreter's version) when
 it starts and again every :data:`INTERVAL` seconds, each announcement good for
 :data:`LIFETIME`; it withdraws it when it stops. A worker that died without a word
-drops out once its last announcement is stale. The gateway reads the hash to accept a
-declared task type only while a live worker offers it (a built-in one queues while no
-worker runs, as a spawn always could), to answer ``GET /vx11/runtimes`` and to show it
+drops out once its last announcement is stale. The gateway reads the hash to accept bash
+or a declared task type only while a live worker offers it (python and shell queue while
+no worker runs, as a spawn always could), to answer ``GET /vx11/runtimes`` and to show it
 in ``/vx11/status``; every gateway reads the same hash, whichever worker host announced.
 """
 

@@ -33,7 +33,10 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from vx11.core.config import Settings
 
 BUILTIN = ("python", "shell", "bash")
-"""Always accepted: every worker runs python and sh; bash where the worker has it."""
+QUEUED_WITHOUT_WORKER = ("python", "shell")
+"""Accepted whether or not a worker is live (the spawn waits in the queue): every
+worker runs them. Any other task type only while a live worker offers it
+(:mod:`vx11.core.offers`): bash, where a worker has it, and the declared ones."""
 BIND_ROOTS = ("/usr", "/opt")
 """The host trees a declared task type may bind into the sandbox (read-only)."""
 LIMITS = {

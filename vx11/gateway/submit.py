@@ -76,7 +76,7 @@ from vx11.core.errors import (
 from vx11.core.logs import spawn_accepted
 from vx11.core.offers import INTERVAL
 from vx11.core.policy import SPAWN_TARGET
-from vx11.core.runtimes import BUILTIN
+from vx11.core.runtimes import QUEUED_WITHOUT_WORKER
 from vx11.core.states import SpawnStatus
 from vx11.core.tokens import TokenInfo
 from vx11.gateway.admission import Admitted
@@ -132,7 +132,7 @@ def submit_spawn(
         record_spawn_decision(svc, AuditEvent.SPAWN_REFUSED, request, reason=reason)
         return refusal(reason)
     task_type = request["task_type"]
-    if task_type not in BUILTIN and not svc.offers.offers(task_type):
+    if task_type not in QUEUED_WITHOUT_WORKER and not svc.offers.offers(task_type):
         _forget_note(svc, spawn_uuid)
         reason = f"no live worker offers task type {task_type!r} (GET /vx11/runtimes)"
         record_spawn_decision(svc, AuditEvent.SPAWN_REFUSED, request, reason=reason)

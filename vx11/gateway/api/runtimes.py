@@ -10,7 +10,7 @@ from marshmallow import Schema, fields
 
 from vx11.core import runtimes
 from vx11.core.config import Settings
-from vx11.core.runtimes import BUILTIN, Runtime
+from vx11.core.runtimes import QUEUED_WITHOUT_WORKER, Runtime
 from vx11.core.tokens import Scope
 from vx11.gateway.api.auth import authenticated_blueprint, requires
 from vx11.gateway.api.blueprint import Blueprint
@@ -65,9 +65,9 @@ class RuntimeView(Schema):
     accepted = fields.Boolean(
         required=True,
         metadata={
-            "description": "Whether a spawn of it is accepted now: a built-in one always "
-            "(it waits in the queue for a worker); a declared one while a live worker "
-            "offers it (else 503 task_type_unavailable)."
+            "description": "Whether a spawn of it is accepted now: python and shell always "
+            "(the spawn waits in the queue for a worker); bash and a declared one while a "
+            "live worker offers it (else 503 task_type_unavailable)."
         },
     )
     limits = fields.Dict(
@@ -117,7 +117,7 @@ def view(
         "main": runtime.main,
         "version": versions.most_common(1)[0][0] if versions else None,
         "workers": workers,
-        "accepted": runtime.name in BUILTIN or bool(workers),
+        "accepted": runtime.name in QUEUED_WITHOUT_WORKER or bool(workers),
         "limits": {
             limit: {"default": default, "maximum": maximums[limit]}
             for limit, default in runtimes.defaults(runtime, settings).items()

@@ -266,8 +266,8 @@ def request_schema(settings: Settings) -> Schema:
                     "description": "What runs the code: python (python3 -I), shell (/bin/sh, "
                     "POSIX) or bash (/bin/bash, where the worker has it)"
                     + (f", or one this server declares ({', '.join(declared)})" if declared else "")
-                    + ": GET /vx11/runtimes lists them. A declared one is accepted only while "
-                    "a live worker offers it (else 503 task_type_unavailable)."
+                    + ": GET /vx11/runtimes lists them. bash and a declared one are accepted "
+                    "only while a live worker offers them (else 503 task_type_unavailable)."
                 },
             ),
             "code": fields.String(
