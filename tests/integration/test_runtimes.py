@@ -49,8 +49,21 @@ def with_perl(level_config):
     slot.SLOTS.close()  # a slot shows its config's binds: none kept for other tests
 
 
-def test_the_interpreter_is_found_on_the_sandboxs_path():
-    assert checked(PERL).interpreter == (shutil.which("perl", path="/usr/bin:/bin"),)
+def test_the_interpreter_is_found_on_the_sandboxs_path_its_links_resolved():
+    perl = os.path.realpath(shutil.which("perl", path="/usr/bin:/bin") or "perl")
+    assert checked(PERL).interpreter == (perl,)
+
+
+def test_an_interpreter_behind_the_hosts_alternatives_runs_at_both_levels(level_config):
+    """``awk`` is a link through ``/etc/alternatives``, which the sandbox has not."""
+    awk = Runtime("awk", ("awk", "-f"), "main.awk")
+    config = replace(level_config, runtimes=(checked(awk),))
+    code = 'BEGIN { print "awk", ARGV[1] }'
+    try:
+        outcome = run_sandboxed("awk", code, limits=LIMITS, config=config, args=["a1"])
+    finally:
+        slot.SLOTS.close()
+    assert (outcome.exit_code, outcome.stdout) == (0, "awk a1\n"), outcome
 
 
 def test_a_declared_task_types_code_runs_from_its_file_with_args_and_files(with_perl):

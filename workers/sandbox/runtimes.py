@@ -23,10 +23,12 @@ VERSION_TIMEOUT = 10.0
 
 
 def checked(runtime: Runtime, private: Sequence[str] = ()) -> Runtime:
-    """``runtime`` with its interpreter's absolute path; :class:`TaskTypeFileError` when
-    this host cannot run it safely. ``private``: directories no bind may show (VX11's
-    installation and data)."""
+    """``runtime`` with its interpreter's and its binds' real paths (their links
+    resolved now: the sandbox has no ``/etc/alternatives``, and a link changed later
+    changes nothing); :class:`TaskTypeFileError` when this host cannot run it safely.
+    ``private``: directories no bind may show (VX11's installation and data)."""
     where = f"task type {runtime.name!r}"
+    binds = []
     for path in runtime.binds:
         real = os.path.realpath(path)
         if not os.path.exists(real):
@@ -40,6 +42,7 @@ def checked(runtime: Runtime, private: Sequence[str] = ()) -> Runtime:
                 raise TaskTypeFileError(
                     f"{where}: bind {path} would show {secret}, VX11's own files, to code"
                 )
+        binds.append(real)
     program = runtime.interpreter[0]
     found = shutil.which(program, path=SANDBOX_PATH) if "/" not in program else program
     if not found or not os.access(found, os.X_OK):
@@ -47,13 +50,14 @@ def checked(runtime: Runtime, private: Sequence[str] = ()) -> Runtime:
             f"{where}: interpreter {program} is not installed on this worker "
             f"(looked up on {SANDBOX_PATH})"
         )
-    visible = [*bound_system_paths(), *runtime.binds]
-    if not _under(os.path.realpath(found), [os.path.realpath(p) for p in visible]):
+    real = os.path.realpath(found)
+    visible = [*(os.path.realpath(p) for p in bound_system_paths()), *binds]
+    if not _under(real, visible):
         raise TaskTypeFileError(
-            f"{where}: interpreter {found} is outside what the sandbox shows "
+            f"{where}: interpreter {found} ({real}) is outside what the sandbox shows "
             f"({', '.join(visible)}): bind its directory"
         )
-    return replace(runtime, interpreter=(found, *runtime.interpreter[1:]))
+    return replace(runtime, interpreter=(real, *runtime.interpreter[1:]), binds=tuple(binds))
 
 
 def offered(python: str, declared: Sequence[Runtime]) -> dict[str, str | None]:
