@@ -173,6 +173,19 @@ def start_worker(
     return worker
 
 
+def refused_worker(config: dict[str, str], log_dir: Path) -> str:
+    """Start a worker configured by ``config`` that must refuse to start: its one line
+    saying why (it exited 78, ``EX_CONFIG``, with no traceback)."""
+    worker = Process("refused", worker_argv(1, "spawner"), service_env(config), log_dir).start()
+    try:
+        wait_for(lambda: not worker.alive(), timeout=60)
+    finally:
+        worker.stop()
+    assert worker.proc.returncode == 78, worker.log()
+    assert "Traceback" not in worker.log()
+    return next(line for line in worker.log().splitlines() if "does not start" in line)
+
+
 def http(
     method: str,
     url: str,

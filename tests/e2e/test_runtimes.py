@@ -16,12 +16,13 @@ from tests.support import (
     TOKEN,
     Process,
     http,
+    refused_worker,
     service_env,
     start_worker,
     wait_for,
     wait_terminal,
 )
-from vx11.cli.stack import gunicorn_argv, worker_argv
+from vx11.cli.stack import gunicorn_argv
 
 pytestmark = pytest.mark.e2e
 
@@ -148,16 +149,8 @@ def test_no_live_worker_offering_it_refuses_it_and_a_worker_that_comes_back_runs
 def test_a_worker_does_not_start_on_a_task_type_it_cannot_run(stack, tmp_path, text, said):
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    env = service_env({**stack.config, "task_types_file": str(path)})
-    worker = Process("refused", worker_argv(1, "spawner"), env, tmp_path).start()
-    try:
-        wait_for(lambda: not worker.alive(), timeout=60)
-    finally:
-        worker.stop()
-    assert worker.proc.returncode == 78, worker.log()
-    line = next(line for line in worker.log().splitlines() if "does not start" in line)
-    assert said in line, line
-    assert "Traceback" not in worker.log()
+    line = refused_worker({**stack.config, "task_types_file": str(path)}, tmp_path)
+    assert "the worker does not start: VX11_TASK_TYPES_FILE" in line and said in line, line
 
 
 def test_a_gateway_does_not_start_on_a_bad_file(stack, tmp_path):

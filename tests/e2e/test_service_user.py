@@ -17,13 +17,11 @@ import pytest
 
 from tests.support import (
     SANDBOX_UIDS,
-    Process,
-    service_env,
+    refused_worker,
     start_worker,
     wait_for,
     wait_terminal,
 )
-from vx11.cli.stack import worker_argv
 
 SERVICE_UID = 10123
 """The service user of these tests: outside the sandbox range, named by no account."""
@@ -135,13 +133,5 @@ def _zombie(pid: int) -> bool:
     ],
 )
 def test_a_service_user_that_cannot_be_is_refused_at_start(stack, tmp_path, user, said):
-    env = service_env({**stack.config, "service_user": user})
-    worker = Process("refused", worker_argv(1, "spawner"), env, tmp_path).start()
-    try:
-        wait_for(lambda: not worker.alive(), timeout=60)
-    finally:
-        worker.stop()
-    assert worker.proc.returncode == 78, worker.log()
-    line = next(line for line in worker.log().splitlines() if "does not start" in line)
+    line = refused_worker({**stack.config, "service_user": user}, tmp_path)
     assert "the worker does not start: VX11_SERVICE_USER" in line and said in line
-    assert "Traceback" not in worker.log()

@@ -12,7 +12,6 @@ in ``/vx11/status``; every gateway reads the same hash, whichever worker host an
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import cast
@@ -32,8 +31,6 @@ class Offers:
     def __init__(self, redis: Redis, clock: Callable[[], float] = time.time) -> None:
         self.redis = redis
         self.clock = clock
-        self._cached: tuple[float, set[str]] | None = None
-        self._lock = threading.Lock()
 
     def announce(self, worker: str, task_types: Mapping[str, str | None]) -> None:
         """``worker`` offers ``task_types`` (name: version) for :data:`LIFETIME` more."""
@@ -59,15 +56,6 @@ class Offers:
             self.redis.hdel(KEY, *stale)
         return dict(sorted(live.items()))
 
-    def offers(self, task_type: str, max_age: float = 1.0) -> bool:
-        """Whether a live worker offers ``task_type``: from what was read less than
-        ``max_age`` seconds ago (a busy gateway reads Redis at most once a second for
-        it), read again before saying no."""
-        with self._lock:
-            cached = self._cached
-        if cached is not None and self.clock() - cached[0] < max_age and task_type in cached[1]:
-            return True
-        names = {name for task_types in self.live().values() for name in task_types}
-        with self._lock:
-            self._cached = (self.clock(), names)
-        return task_type in names
+    def offers(self, task_type: str) -> bool:
+        """Whether a live worker offers ``task_type`` now (one Redis read)."""
+        return any(task_type in task_types for task_types in self.live().values())

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vx11.core.config import Settings
+from vx11.core.runtimes import TaskTypeFileError
 from vx11.core.runtimes import load as load_runtimes
 from workers.sandbox import bwrap, run_sandboxed, runtimes, slot, uids
 from workers.sandbox import cgroups as cgroup_tree
@@ -34,14 +35,15 @@ def base_config(settings: Settings) -> SandboxConfig:
         except (CgroupUnavailable, OSError) as exc:
             log.warning("per-spawn cgroups unavailable, rlimits only: %s", exc)
     private = runtimes.private_paths(settings.data_dir)
-    declared = tuple(
-        runtimes.checked(runtime, private)
-        for runtime in load_runtimes(settings)
-        if not runtime.builtin
-    )
+    declared = [runtime for runtime in load_runtimes(settings) if not runtime.builtin]
+    try:
+        here = tuple(runtimes.checked(runtime, private) for runtime in declared)
+    except TaskTypeFileError as exc:
+        file = settings.task_types_file
+        raise TaskTypeFileError(f"VX11_TASK_TYPES_FILE {file}: {exc}") from None
     return SandboxConfig(
         level="basic",
-        runtimes=declared,
+        runtimes=here,
         root=settings.effective_sandbox_root,
         uids=settings.sandbox_uid_range,
         python=settings.sandbox_python,
