@@ -12,7 +12,7 @@ from tests.support import free_port
 from vx11 import create_app
 from vx11.core.tokens import TokenStore
 from vx11.gateway import submit
-from vx11.gateway.api.spawns import request_schema
+from vx11.gateway.api.spawn_request import request_schema
 from vx11.gateway.idempotency import ANSWER_TTL, KEY_PREFIX, PENDING_TTL
 
 SPAWN = {"task_type": "python", "code": "print('once')", "ttl_seconds": 30}

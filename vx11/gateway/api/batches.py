@@ -29,15 +29,13 @@ from vx11.gateway.admission import Admitted
 from vx11.gateway.api.auth import HEADER, admitted, authenticated_blueprint, caller, requires
 from vx11.gateway.api.blueprint import Blueprint
 from vx11.gateway.api.errors import UNAVAILABLE
+from vx11.gateway.api.spawn_request import decoded, request_schema, spawn_example
 from vx11.gateway.api.spawns import (
     ANSWER,
     IDEMPOTENCY_PARAMETER,
     REPLAYED,
-    decoded,
     forget_unused_note,
     idempotency_key,
-    request_schema,
-    spawn_example,
 )
 from vx11.gateway.idempotency import Attempt, fingerprint
 from vx11.gateway.services import Services, services

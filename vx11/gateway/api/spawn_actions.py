@@ -14,7 +14,7 @@ from vx11.core.record import SpawnDetail
 from vx11.core.tokens import Scope
 from vx11.gateway.api.auth import authenticated_blueprint, owner_filter, requires
 from vx11.gateway.api.blueprint import Blueprint
-from vx11.gateway.api.spawns import encoding_field
+from vx11.gateway.api.spawn_request import encoding_field
 from vx11.gateway.lifecycle import cancel
 from vx11.gateway.services import services
 from vx11.gateway.stream import LAST_EVENT_ID, LAST_EVENT_ID_PARAMETER, event_stream, last_event_id
