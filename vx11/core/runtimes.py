@@ -140,17 +140,18 @@ def load(settings: Settings) -> tuple[Runtime, ...]:
     return builtins(settings) + tuple(declared)
 
 
-def named(settings: Settings, name: str) -> Runtime | None:
-    return next((r for r in load(settings) if r.name == name), None)
+def server_defaults(settings: Settings) -> dict[str, int | None]:
+    """Each limit's default when neither the request nor its task type gives one
+    (None: the CPU time, whose default is the spawn's ttl)."""
+    return {
+        limit: getattr(settings, default) if default else None
+        for limit, (_, default, _) in LIMITS.items()
+    }
 
 
 def defaults(runtime: Runtime, settings: Settings) -> dict[str, int | None]:
     """The limits a spawn of ``runtime`` gets when it gives none."""
-    own = dict(runtime.limits)
-    return {
-        limit: own.get(limit, getattr(settings, default) if default else None)
-        for limit, (_, default, _) in LIMITS.items()
-    }
+    return {**server_defaults(settings), **dict(runtime.limits)}
 
 
 def maximums(settings: Settings) -> dict[str, int]:

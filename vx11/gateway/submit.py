@@ -76,7 +76,7 @@ from vx11.core.errors import (
 from vx11.core.logs import spawn_accepted
 from vx11.core.offers import INTERVAL
 from vx11.core.policy import SPAWN_TARGET
-from vx11.core.runtimes import QUEUED_WITHOUT_WORKER
+from vx11.core.runtimes import QUEUED_WITHOUT_WORKER, server_defaults
 from vx11.core.states import SpawnStatus
 from vx11.core.tokens import TokenInfo
 from vx11.gateway.admission import Admitted
@@ -102,14 +102,12 @@ def resolve_limits(request: dict[str, Any], settings: Settings) -> dict[str, int
     """The spawn's limits: each as ``request`` (already validated) asks, else the
     server's default. The CPU-time default is the spawn's ``ttl_seconds``, within the
     server's maximum (the longest ttl may be configured above it)."""
-    defaults = {
-        "cpu_time_limit": min(request["ttl_seconds"], settings.cpu_time_limit_max),
-        "memory_limit_mb": settings.memory_limit_mb,
-        "max_processes": settings.max_processes,
-        "max_output_bytes": settings.max_output_bytes,
-        "max_file_size_mb": settings.max_file_size_mb,
+    cpu = min(request["ttl_seconds"], settings.cpu_time_limit_max)
+    return {
+        name: request.get(name, cpu if default is None else default)
+        for name, default in server_defaults(settings).items()
+        if name != "ttl_seconds"  # a field of the spawn, not of its limits
     }
-    return {name: request.get(name, default) for name, default in defaults.items()}
 
 
 def submit_spawn(

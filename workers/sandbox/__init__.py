@@ -76,12 +76,9 @@ def resolve_bash(name: str) -> str:
 
 
 def resolve_interpreter(task_type: str, config: SandboxConfig) -> str:
-    """The program that runs ``task_type``'s code, found the same way at both levels
-    (the bwrap level binds the same ``/usr``); a declared one's was found when the
-    worker started (:mod:`.runtimes`)."""
-    for runtime in config.runtimes:
-        if runtime.name == task_type:
-            return runtime.interpreter[0]
+    """The program that runs a built-in ``task_type``'s code, found the same way at both
+    levels (the bwrap level binds the same ``/usr``); a declared one's was found when
+    the worker started (:mod:`.runtimes`)."""
     if task_type == "python":
         return resolve_python(config.python)
     if task_type == "bash":
@@ -113,7 +110,7 @@ def run_sandboxed(
     runtime = next((r for r in config.runtimes if r.name == task_type), None)
     if task_type not in TASK_TYPES and runtime is None:
         raise SandboxError(f"this worker does not offer task type {task_type!r}")
-    interpreter = resolve_interpreter(task_type, config)
+    interpreter = runtime.interpreter[0] if runtime else resolve_interpreter(task_type, config)
     data = stdin.encode("utf-8") if isinstance(stdin, str) else stdin or b""
     if runtime is not None:  # its code is a file of the run, the first one written
         files = [(str(runtime.main), code.encode("utf-8", "surrogatepass")), *files]

@@ -20,8 +20,8 @@ def command(job: Job, interpreter: str) -> list[str]:
     Python runs unbuffered (``-u``; ``-I`` ignores ``PYTHONUNBUFFERED``): its stdout is a
     pipe, which it would otherwise fill in blocks of 8 KiB, so ``print()`` output would
     reach a live stream only at the end."""
-    if job.runtime is not None:
-        return [interpreter, *job.runtime.argv(job.args)[1:]]
+    if job.runtime is not None:  # its interpreter's path was resolved at worker start
+        return job.runtime.argv(job.args)
     if job.task_type == "python":
         return [interpreter, "-I", "-u", "main.py", *job.args]
     return [interpreter, "-c", job.code, "bash" if job.task_type == "bash" else "sh", *job.args]
