@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import random
 import shutil
 import socket
 import ssl
@@ -90,7 +91,7 @@ class Receiver:
                 receiver.connections += 1
                 return request
 
-        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server = _outside_ephemeral_range(Server, Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -104,6 +105,18 @@ class Receiver:
     def __exit__(self, *exc: Any) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _outside_ephemeral_range(server_class: Any, handler: Any) -> ThreadingHTTPServer:
+    """A server on a loopback port below the kernel's ephemeral range, which no other
+    test's ``free_port`` (a port the kernel handed out, then freed) can name: a test in
+    another process probing its own server's port never lands here and counts as a
+    connection."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(10000, low), 200):
+        with contextlib.suppress(OSError):
+            return server_class(("127.0.0.1", port), handler)
+    raise RuntimeError(f"no free loopback port between 10000 and {low}")
 
 
 @contextlib.contextmanager
