@@ -452,24 +452,22 @@ def run_stack(options: StackOptions, environ: dict[str, str] | None = None) -> i
     if options.flower:
         require_free_port(options.host, options.flower_port, "Flower")
         flower = (f"http://{options.host}:{options.flower_port}", flower_login(settings))
-    run_as = service_user(settings, lambda line: print(line, flush=True))
+    redis_argv = None
+    if "VX11_REDIS_URL" not in env:
+        redis_port = urlsplit(DEFAULT_REDIS_URL).port
+        assert redis_port is not None  # the default URL names its port
+        require_free_port("127.0.0.1", redis_port, "private Redis")
+        redis_argv = redis_server_argv(redis_port, Path(settings.data_dir) / "redis")
+    run_as = service_user(settings, lambda line: print(line, flush=True))  # hands data over
     stack = Stack()
     metrics_dir = tempfile.mkdtemp(prefix="vx11-metrics-")
     if run_as is not None:
         os.chown(metrics_dir, *run_as)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        if "VX11_REDIS_URL" not in env:
-            redis_port = urlsplit(DEFAULT_REDIS_URL).port
-            assert redis_port is not None  # the default URL names its port
-            argv = redis_server_argv(redis_port, Path(settings.data_dir) / "redis")
-            require_free_port("127.0.0.1", redis_port, "private Redis")
-            if run_as is not None:
-                hand_over(Path(settings.data_dir), run_as)
-            stack.start("redis-server", argv, env, run_as=run_as)
+        if redis_argv is not None:
+            stack.start("redis-server", redis_argv, env, run_as=run_as)
             wait_until(lambda: redis_answers(DEFAULT_REDIS_URL), 15, "Redis", stack.procs)
-        if run_as is not None:
-            hand_over(Path(settings.data_dir), run_as)
         stack.start(
             "gateway",
             gunicorn_argv(
