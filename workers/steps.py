@@ -20,8 +20,8 @@ from vx11.core.ledger import Ledger
 from vx11.core.offers import INTERVAL, Offers
 from vx11.core.runtimes import TaskTypeFileError
 from workers import sweeper
-from workers.sandbox import ACTIVE, runtimes
-from workers.sandbox.levels import choose
+from workers.sandbox import ACTIVE
+from workers.sandbox.levels import choose, offered
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class SandboxStep(bootsteps.StartStopStep):
         super().__init__(worker, **kwargs)
         try:
             ACTIVE.config = choose(Settings.from_env())
-            ACTIVE.task_types = runtimes.offered(ACTIVE.config.python, ACTIVE.config.runtimes)
+            ACTIVE.task_types = offered(ACTIVE.config)
         except TaskTypeFileError as exc:
             log.critical("the worker does not start: %s", exc)
             raise SystemExit(78) from None  # EX_CONFIG

@@ -15,7 +15,8 @@ import pytest
 
 from vx11.core.runtimes import Runtime, TaskTypeFileError
 from workers.sandbox import Limits, run_sandboxed, slot
-from workers.sandbox.runtimes import checked, offered, private_paths
+from workers.sandbox.levels import offered
+from workers.sandbox.runtimes import checked, private_paths, version
 
 pytestmark = pytest.mark.serial  # runs as the sandbox's uids
 
@@ -91,8 +92,8 @@ def test_a_task_type_the_worker_was_not_given_does_not_run(level_config):
         run_sandboxed("perl", "print 1", limits=LIMITS, config=level_config)
 
 
-def test_the_worker_offers_the_built_in_and_declared_task_types_with_versions():
-    task_types = offered("python3", (checked(PERL),))
+def test_the_worker_offers_the_built_in_and_declared_task_types_with_versions(with_perl):
+    task_types = offered(with_perl)
     assert task_types["python"].startswith("Python 3.")
     assert task_types["shell"] == os.path.basename(os.path.realpath("/bin/sh"))
     assert task_types["perl"].startswith("v5.")
@@ -158,6 +159,43 @@ def test_an_interpreter_the_sandbox_would_not_show_is_refused(tmp_path):
         checked(replace(PERL, interpreter=(str(program),)))
 
 
-def test_a_version_command_that_fails_is_refused():
-    with pytest.raises(TaskTypeFileError, match="exited 2"):
-        offered("python3", (replace(PERL, version=("perl", "-e", "exit 2")),))
+def test_a_version_command_that_fails_in_the_sandbox_is_refused(level_config):
+    failing = replace(
+        level_config, runtimes=(checked(replace(PERL, version=("perl", "-e", "exit 2"))),)
+    )
+    with pytest.raises(
+        TaskTypeFileError,
+        match=rf"'perl': in the sandbox \({level_config.level} level\): .*exited 2",
+    ):
+        offered(failing)
+
+
+def test_a_version_command_is_taken_at_its_real_path_and_runs_in_the_sandbox(level_config):
+    """``awk`` is a link through ``/etc/alternatives``, which the sandbox has not: its
+    version command runs there only at the link's end."""
+    awk = checked(Runtime("awk", ("awk", "-f"), "main.awk", version=("awk", "--version")))
+    assert awk.version == (os.path.realpath(shutil.which("awk") or "awk"), "--version")
+    task_types = offered(replace(level_config, runtimes=(awk,)))
+    assert task_types["awk"] == version(awk.version)  # what the host prints, too
+
+
+def test_an_interpreter_that_needs_a_file_the_sandbox_does_not_show_is_refused(
+    bwrap_config, opt_tree, tmp_path
+):
+    """The host's checks pass (the interpreter is under /opt, bound) and so does its
+    version on the host, but inside the sandbox the file it reads is not there."""
+    (tmp_path / "version.txt").write_text("tool 1.0\n")
+    tmp_path.chmod(0o755)
+    (tmp_path / "version.txt").chmod(0o644)
+    tool = opt_tree / "bin" / "tool"
+    tool.parent.mkdir(exist_ok=True)
+    tool.write_text(f"#!/bin/sh\nexec cat {tmp_path}/version.txt\n")
+    tool.chmod(0o755)
+    tool.parent.chmod(0o755)
+    runtime = checked(Runtime("tool", (str(tool),), "main.t", binds=(str(opt_tree),),
+                              version=(str(tool), "--version")))  # fmt: skip
+    assert version(runtime.version) == "tool 1.0"
+    with pytest.raises(
+        TaskTypeFileError, match=r"'tool': in the sandbox \(bwrap level\): .*No such file"
+    ):
+        offered(replace(bwrap_config, runtimes=(runtime,)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from workers.sandbox import bwrap, run_sandboxed, runtimes, slot, uids
 from workers.sandbox import cgroups as cgroup_tree
 from workers.sandbox.cgroups import Cgroups, CgroupUnavailable
 from workers.sandbox.process import adopting_orphans
-from workers.sandbox.spec import Limits, SandboxConfig, SandboxError
+from workers.sandbox.spec import Limits, Outcome, SandboxConfig, SandboxError
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +60,51 @@ def bwrap_problem(config: SandboxConfig) -> str | None:
     """Why the bwrap level does not work here, or None when a real run through it does."""
     if not Path(config.bwrap).is_file():
         return "bwrap is not installed (Debian package bubblewrap)"
-    probe = replace(config, level="bwrap", adopt_orphans=False)
     try:
-        with adopting_orphans(config.uids if os.geteuid() == 0 else None):  # bwrap's init
-            outcome = run_sandboxed("python", f"print({PROBE_OUTPUT!r})", limits=PROBE_LIMITS,
-                                    config=probe)  # fmt: skip
+        outcome = _probe(replace(config, level="bwrap"), "python", f"print({PROBE_OUTPUT!r})")
     except (OSError, SandboxError) as exc:
         return f"bwrap could not start: {exc}"
-    finally:
-        slot.SLOTS.close()  # the process that probes (a worker's main one) runs no spawn
-        uids.LEASES.close()  # nor holds a uid
     if outcome.exit_code != 0 or outcome.stdout.strip() != PROBE_OUTPUT:
         return f"bwrap probe failed: exit {outcome.exit_code}: {outcome.stderr.strip()[:300]}"
     return None
+
+
+def offered(config: SandboxConfig) -> dict[str, str | None]:
+    """Each task type this worker runs, with its version: the built-in ones' as the host
+    prints them, a declared one's as its version command prints it inside the sandbox,
+    at ``config``'s level, as a spawn's uid (a declared one without a version command:
+    None). :class:`~vx11.core.runtimes.TaskTypeFileError` when one of those fails: its
+    interpreter cannot run in the sandbox (a file it needs is not shown there, or a
+    spawn's uid may not read it), and the worker does not start."""
+    task_types = runtimes.built_in(config.python)
+    for runtime in config.runtimes:
+        task_types[runtime.name] = None
+        if runtime.version:
+            code = f"exec {shlex.join(runtime.version)}"
+            try:
+                outcome = _probe(config, "shell", code)
+                version = runtimes.first_line(
+                    runtime.version, outcome.exit_code, outcome.stdout_bytes,
+                    outcome.stderr_bytes,
+                )  # fmt: skip
+            except (OSError, SandboxError, TaskTypeFileError) as exc:
+                raise TaskTypeFileError(
+                    f"task type {runtime.name!r}: in the sandbox ({config.level} level): {exc}"
+                ) from None
+            task_types[runtime.name] = version
+    return task_types
+
+
+def _probe(config: SandboxConfig, task_type: str, code: str) -> Outcome:
+    """A run by the process that chooses the sandbox (a worker's main one), which runs
+    no spawn: it keeps neither the slot nor the uid."""
+    try:
+        with adopting_orphans(config.uids if os.geteuid() == 0 else None):  # bwrap's init
+            return run_sandboxed(task_type, code, limits=PROBE_LIMITS,
+                                 config=replace(config, adopt_orphans=False))  # fmt: skip
+    finally:
+        slot.SLOTS.close()
+        uids.LEASES.close()
 
 
 def choose(settings: Settings) -> SandboxConfig:

@@ -1,8 +1,9 @@
 """The task types this worker offers (:mod:`vx11.core.runtimes`), checked on its host
-when it starts: a declared one's interpreter must be there, inside what the sandbox
-shows (``/usr`` or its own binds), and each bind must really lead under ``/usr`` or
-``/opt``, to neither VX11's installation nor its data. A version is what each
-interpreter prints; a worker that cannot run a declared task type does not start."""
+when it starts: a declared one's interpreter (and its version command's program) must
+be there, inside what the sandbox shows (``/usr`` or its own binds), and each bind must
+really lead under ``/usr`` or ``/opt``, to neither VX11's installation nor its data. A
+built-in one's version is what its interpreter prints on the host; a declared one's is
+taken in the sandbox (:func:`workers.sandbox.levels.offered`)."""
 
 from __future__ import annotations
 
@@ -43,26 +44,38 @@ def checked(runtime: Runtime, private: Sequence[str] = ()) -> Runtime:
                     f"{where}: bind {path} would show {secret}, VX11's own files, to code"
                 )
         binds.append(real)
-    program = runtime.interpreter[0]
+    visible = [*(os.path.realpath(p) for p in bound_system_paths()), *binds]
+    interpreter = _program(where, "interpreter", runtime.interpreter[0], visible)
+    version = runtime.version
+    if version:
+        version = (_program(where, "version command", version[0], visible), *version[1:])
+    return replace(
+        runtime, interpreter=(interpreter, *runtime.interpreter[1:]), binds=tuple(binds),
+        version=version,
+    )  # fmt: skip
+
+
+def _program(where: str, what: str, program: str, visible: Sequence[str]) -> str:
+    """``program``'s real path: installed here, and inside what the sandbox shows."""
     found = shutil.which(program, path=SANDBOX_PATH) if "/" not in program else program
     if not found or not os.access(found, os.X_OK):
         raise TaskTypeFileError(
-            f"{where}: interpreter {program} is not installed on this worker "
+            f"{where}: {what} {program} is not installed on this worker "
             f"(looked up on {SANDBOX_PATH})"
         )
     real = os.path.realpath(found)
-    visible = [*(os.path.realpath(p) for p in bound_system_paths()), *binds]
     if not _under(real, visible):
         raise TaskTypeFileError(
-            f"{where}: interpreter {found} ({real}) is outside what the sandbox shows "
+            f"{where}: {what} {found} ({real}) is outside what the sandbox shows "
             f"({', '.join(visible)}): bind its directory"
         )
-    return replace(runtime, interpreter=(real, *runtime.interpreter[1:]), binds=tuple(binds))
+    return real
 
 
-def offered(python: str, declared: Sequence[Runtime]) -> dict[str, str | None]:
-    """Each task type this worker runs, with its interpreter's version (None when it
-    has none to tell): python, shell, bash when installed, and ``declared``."""
+def built_in(python: str) -> dict[str, str | None]:
+    """The built-in task types this worker runs, with their interpreters' versions (as
+    the host runs them: the same programs the sandbox shows at ``/usr``): python, shell,
+    and bash when installed."""
     task_types: dict[str, str | None] = {
         "python": version((python, "--version")),
         "shell": os.path.basename(os.path.realpath(SHELL)),
@@ -70,14 +83,12 @@ def offered(python: str, declared: Sequence[Runtime]) -> dict[str, str | None]:
     bash = shutil.which("bash", path=SANDBOX_PATH)
     if bash:
         task_types["bash"] = version((bash, "--version"))
-    for runtime in declared:
-        task_types[runtime.name] = version(runtime.version) if runtime.version else None
     return task_types
 
 
 def version(argv: Sequence[str]) -> str:
-    """The first line ``argv`` prints (stdout, else stderr); :class:`TaskTypeFileError`
-    when it fails."""
+    """The first line ``argv`` prints on the host (stdout, else stderr);
+    :class:`TaskTypeFileError` when it fails."""
     try:
         done = subprocess.run(
             list(argv), capture_output=True, stdin=subprocess.DEVNULL,
@@ -85,11 +96,15 @@ def version(argv: Sequence[str]) -> str:
         )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise TaskTypeFileError(f"version command {list(argv)} failed: {exc}") from None
-    text = (done.stdout.strip() or done.stderr.strip()).decode("utf-8", "replace")
-    if done.returncode != 0 or not text:
-        raise TaskTypeFileError(
-            f"version command {list(argv)} exited {done.returncode}: {text[:200]!r}"
-        )
+    return first_line(argv, done.returncode, done.stdout, done.stderr)
+
+
+def first_line(argv: Sequence[str], exit_code: int | None, stdout: bytes, stderr: bytes) -> str:
+    """The version a command printed: the first line of its stdout, else of its stderr;
+    :class:`TaskTypeFileError` when it failed or printed nothing."""
+    text = (stdout.strip() or stderr.strip()).decode("utf-8", "replace")
+    if exit_code != 0 or not text:
+        raise TaskTypeFileError(f"version command {list(argv)} exited {exit_code}: {text[:200]!r}")
     return text.splitlines()[0].strip()[:100]
 
 
