@@ -44,11 +44,12 @@ def _log_from_the_start(instance, **_) -> None:
 
 
 @signals.celeryd_init.connect
-def _give_up_root(**_) -> None:
+def _give_up_root(instance, **_) -> None:
     """Next, a worker started as root gives root up (:mod:`workers.service`), or says
-    why it cannot and does not start."""
+    why it cannot and does not start. The cgroups it made as root go to the sandbox's
+    step (:class:`workers.steps.SandboxStep`) on the worker."""
     try:
-        service.give_up_root(Settings.from_env())
+        instance.vx11_cgroups = service.give_up_root(Settings.from_env())
     except (service.ServiceUserError, OSError) as exc:
         logging.getLogger("workers.service").critical("the worker does not start: %s", exc)
         raise SystemExit(78) from None  # EX_CONFIG

@@ -33,6 +33,7 @@ import os
 import signal
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 from celery.exceptions import SecurityWarning
 
@@ -53,15 +54,16 @@ class ServiceUserError(RuntimeError):
     """The worker cannot give root up as configured (it then refuses to start)."""
 
 
-def give_up_root(settings: Settings) -> None:
+def give_up_root(settings: Settings) -> cgroups.Cgroups | None:
     """Called once, in the worker's main process before it starts anything: if it runs
     as root, return in the namespace's root as described above (the caller goes on
-    being the worker); the process that called it stays behind as the waiter."""
+    being the worker), with the worker's cgroups made while it was root (None: none
+    made); the process that called it stays behind as the waiter."""
     if os.geteuid() != 0:
-        return
+        return None
     if not settings.service_user:
         log.warning("the worker runs as root: VX11_SERVICE_USER is empty")
-        return
+        return None
     try:
         uid, gid = settings.service_ids()
     except ValueError as exc:
@@ -76,7 +78,7 @@ def give_up_root(settings: Settings) -> None:
         os.close(ready_r)
         os.close(mapped_w)
         _enter_namespace(ready_w, mapped_r, parent)
-        return
+        return delegated
     os.close(ready_w)
     os.close(mapped_r)
     try:
@@ -138,7 +140,7 @@ def _write_maps(child: int, uid: int, gid: int, sandbox: range) -> None:
     Path(f"/proc/{child}/gid_map").write_text(f"0 {gid} 1\n{sandbox_ids}")
 
 
-def _wait_as(uid: int, gid: int, worker: int) -> None:
+def _wait_as(uid: int, gid: int, worker: int) -> NoReturn:
     """The parent: the service user without capabilities, passing signals on to the
     worker and reaping what it is given, until the worker exits; then exit as it did."""
     os.setgroups([])

@@ -34,7 +34,8 @@ class SandboxStep(bootsteps.StartStopStep):
     def __init__(self, worker, **kwargs):
         super().__init__(worker, **kwargs)
         try:
-            ACTIVE.config = choose(Settings.from_env())
+            cgroups = getattr(worker, "vx11_cgroups", None)  # workers.celery._give_up_root
+            ACTIVE.config = choose(Settings.from_env(), cgroups)
             ACTIVE.task_types = offered(ACTIVE.config)
         except TaskTypeFileError as exc:
             log.critical("the worker does not start: %s", exc)

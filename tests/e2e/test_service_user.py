@@ -83,6 +83,18 @@ def test_nothing_of_the_worker_runs_as_root(stack):
     assert uid_map == ["0", str(SERVICE_UID), "1", first, first, width]
 
 
+def test_the_cgroups_made_as_root_are_the_workers_own(stack):
+    """The service user may not make cgroups: those the worker made while it was root
+    reach its sandbox, whose spawns run in them."""
+    if not os.access("/sys/fs/cgroup", os.W_OK):
+        pytest.skip("no writable cgroup tree here")
+    log = stack.worker.log()
+    assert "sandbox level bwrap (cgroup v" in log and "cgroups unavailable" not in log, log
+    stack.open_window()
+    record = wait_terminal(stack.base, stack.spawn("shell", "true")["spawn_id"])
+    assert record["status"] == "DONE", record
+
+
 def test_spawns_reach_the_bwrap_level_each_as_a_sandbox_uid(stack):
     stack.open_window()
     spawn = stack.spawn("python", "import time; print('up', flush=True); time.sleep(3)")

@@ -238,9 +238,10 @@ class Cgroups:
     @classmethod
     def delegate(cls, uid: int, gid: int) -> Cgroups:
         """As root, before the worker gives root up (:mod:`workers.service`): this
-        worker's cgroups, handed to ``uid``/``gid``, and kept as :data:`DELEGATED`. On
-        v2 the worker moves into a leaf of them (:meth:`join`), so that it and its slots
-        have a common parent it owns, which moving a process between them needs."""
+        worker's cgroups, handed to ``uid``/``gid``, for the worker to use (passed to
+        :func:`workers.sandbox.levels.choose`). On v2 the worker moves into a leaf of
+        them (:meth:`join`), so that it and its slots have a common parent it owns, which
+        moving a process between them needs."""
         cgroups = cls.detect()
         try:
             if cgroups.version == 2:
@@ -251,8 +252,6 @@ class Cgroups:
         except OSError:
             cgroups.close()
             raise
-        global DELEGATED
-        DELEGATED = cgroups
         return cgroups
 
     def join(self, pid: int) -> None:
@@ -287,10 +286,6 @@ class Cgroups:
                 (parent / WORKER_LEAF).rmdir()
             with contextlib.suppress(OSError):
                 parent.rmdir()
-
-
-DELEGATED: Cgroups | None = None
-"""This worker's cgroups, as :meth:`Cgroups.delegate` made them before root was given up."""
 
 
 def _read(path: Path) -> str:

@@ -14,7 +14,6 @@ from vx11.core.config import Settings
 from vx11.core.runtimes import TaskTypeFileError
 from vx11.core.runtimes import load as load_runtimes
 from workers.sandbox import bwrap, run_sandboxed, runtimes, slot, uids
-from workers.sandbox import cgroups as cgroup_tree
 from workers.sandbox.cgroups import Cgroups, CgroupUnavailable
 from workers.sandbox.process import adopting_orphans
 from workers.sandbox.spec import Limits, Outcome, SandboxConfig, SandboxError
@@ -28,8 +27,10 @@ PROBE_LIMITS = Limits(
 )  # fmt: skip
 
 
-def base_config(settings: Settings) -> SandboxConfig:
-    cgroups = cgroup_tree.DELEGATED  # made before root was given up (workers.service)
+def base_config(settings: Settings, delegated: Cgroups | None = None) -> SandboxConfig:
+    """The sandbox at the basic level, with this worker's cgroups: ``delegated``, made
+    before root was given up (:mod:`workers.service`), else found now."""
+    cgroups = delegated
     if cgroups is None and settings.sandbox_cgroups != "off":
         try:
             cgroups = Cgroups.detect()
@@ -107,11 +108,11 @@ def _probe(config: SandboxConfig, task_type: str, code: str) -> Outcome:
         uids.LEASES.close()
 
 
-def choose(settings: Settings) -> SandboxConfig:
+def choose(settings: Settings, delegated: Cgroups | None = None) -> SandboxConfig:
     """The sandbox this worker will use; :class:`SandboxError` if what is required does
     not work here, :class:`~vx11.core.runtimes.TaskTypeFileError` if a declared task
     type cannot run here (the worker then refuses to start)."""
-    config = base_config(settings)
+    config = base_config(settings, delegated)
     wants_bwrap = settings.sandbox == "bwrap" or settings.sandbox_require == "bwrap"
     if settings.sandbox == "basic":
         if wants_bwrap:
