@@ -352,22 +352,41 @@ def end_adopted(uids: Container[int]) -> None:
 
 
 def _end_adopted(uids: Container[int]) -> None:
-    me = os.getpid()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) in _running_leaders:
-            continue
-        try:
-            with open(f"/proc/{entry.name}/status") as f:
-                status = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:
-            continue
-        if int(status["PPid"]) != me or int(status["Uid"].split()[0]) not in uids:
-            continue
-        pid = int(entry.name)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+    # Until none is left: the orphans of one killed here are adopted in turn.
+    while ended := [pid for pid in _children() if _is_orphan_of_a_run(pid, uids)]:
+        for pid in ended:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def _is_orphan_of_a_run(pid: int, uids: Container[int]) -> bool:
+    if pid in _running_leaders:
+        return False
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            status = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return False
+    return int(status["PPid"]) == os.getpid() and int(status["Uid"].split()[0]) in uids
+
+
+def _children() -> set[int]:
+    """The children of this process, orphans it adopted included: each of its threads'
+    ``children`` in ``/proc`` (a few short reads, however many processes the host runs),
+    or, on a kernel without them (``CONFIG_PROC_CHILDREN``), every process there."""
+    if not _HAS_CHILDREN_FILES:
+        return {int(entry.name) for entry in os.scandir("/proc") if entry.name.isdigit()}
+    pids: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        # a thread that has just ended has no file
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/self/task/{task}/children") as f:
+            pids.update(int(pid) for pid in f.read().split())
+    return pids
+
+
+_HAS_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
 
 
 def kill_group(pgid: int) -> None:
