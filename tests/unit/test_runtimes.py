@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from vx11.cli.spawns import spawn
 from vx11.core.config import Settings
-from vx11.core.runtimes import BUILTIN, TaskTypeFileError, defaults, load
+from vx11.core.runtimes import BUILTIN, RESERVED, TaskTypeFileError, defaults, load
 
 PERL = """
 [perl]
@@ -78,6 +79,7 @@ def test_a_task_types_defaults_replace_the_servers_and_the_rest_stay(tmp_path):
          "limits.ttl_seconds must be between 1"),
         ('[python]\ninterpreter = ["perl"]\nmain = "m"', "task type 'python': a name is"),
         ('[Perl]\ninterpreter = ["perl"]\nmain = "m"', "task type 'Perl': a name is"),
+        ('[show]\ninterpreter = ["perl"]\nmain = "m"', "nor one of the CLI's `vx11 spawn`"),
         ('perl = "x"', "must be a table"),
         ("[perl\n", "not TOML"),
     ],
@@ -88,6 +90,12 @@ def test_a_bad_file_is_refused_saying_where(tmp_path, text, says):
         load(settings)
     assert says in str(refused.value)
     assert str(tmp_path / "task-types.toml") in str(refused.value)
+
+
+def test_every_vx11_spawn_command_is_a_built_in_task_type_or_a_reserved_name():
+    """A command of its own added to ``vx11 spawn`` must be reserved too, or it would hide
+    a declared task type of that name from the CLI."""
+    assert set(spawn.commands) == {*BUILTIN, *RESERVED}
 
 
 def test_a_missing_file_is_refused_naming_it(tmp_path):

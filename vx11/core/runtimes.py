@@ -33,6 +33,9 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from vx11.core.config import Settings
 
 BUILTIN = ("python", "shell", "bash")
+RESERVED = ("show", "follow", "cancel")
+"""Names no task type may take: ``vx11 spawn``'s other commands, which would hide a
+task type of that name from the CLI."""
 QUEUED_WITHOUT_WORKER = ("python", "shell")
 """Accepted whether or not a worker is live (the spawn waits in the queue): every
 worker runs them. Any other task type only while a live worker offers it
@@ -111,10 +114,11 @@ def load(settings: Settings) -> tuple[Runtime, ...]:
     declared = []
     for name, table in tables.items():
         where = f"VX11_TASK_TYPES_FILE {path}: task type {name!r}"
-        if not re.fullmatch(NAME, name) or name in BUILTIN:
+        if not re.fullmatch(NAME, name) or name in BUILTIN or name in RESERVED:
             raise TaskTypeFileError(
                 f"{where}: a name is a lowercase letter, then up to 15 of a-z 0-9 _ -, "
-                f"and not a built-in one ({', '.join(BUILTIN)})"
+                f"neither a built-in one ({', '.join(BUILTIN)}) nor one of the CLI's "
+                f"`vx11 spawn` commands ({', '.join(RESERVED)})"
             )
         if not isinstance(table, dict):
             raise TaskTypeFileError(f"{where}: must be a table ([{name}])")
