@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vx11.core.config import Settings
-from vx11.core.runtimes import TaskTypeFileError
+from vx11.core.runtimes import Runtime, TaskTypeFileError
 from vx11.core.runtimes import load as load_runtimes
 from workers.sandbox import bwrap, run_sandboxed, runtimes, slot, uids
 from workers.sandbox.cgroups import Cgroups, CgroupUnavailable
@@ -79,21 +79,21 @@ def offered(config: SandboxConfig) -> dict[str, str | None]:
     spawn's uid may not read it), and the worker does not start."""
     task_types = runtimes.built_in(config.python)
     for runtime in config.runtimes:
-        task_types[runtime.name] = None
-        if runtime.version:
-            code = f"exec {shlex.join(runtime.version)}"
-            try:
-                outcome = _probe(config, "shell", code)
-                version = runtimes.first_line(
-                    runtime.version, outcome.exit_code, outcome.stdout_bytes,
-                    outcome.stderr_bytes,
-                )  # fmt: skip
-            except (OSError, SandboxError, TaskTypeFileError) as exc:
-                raise TaskTypeFileError(
-                    f"task type {runtime.name!r}: in the sandbox ({config.level} level): {exc}"
-                ) from None
-            task_types[runtime.name] = version
+        task_types[runtime.name] = _version(config, runtime) if runtime.version else None
     return task_types
+
+
+def _version(config: SandboxConfig, runtime: Runtime) -> str:
+    """What ``runtime``'s version command prints, run in the sandbox as a shell spawn."""
+    try:
+        outcome = _probe(config, "shell", f"exec {shlex.join(runtime.version)}")
+        return runtimes.first_line(
+            runtime.version, outcome.exit_code, outcome.stdout_bytes, outcome.stderr_bytes
+        )
+    except (OSError, SandboxError, TaskTypeFileError) as exc:
+        raise TaskTypeFileError(
+            f"task type {runtime.name!r}: in the sandbox ({config.level} level): {exc}"
+        ) from None
 
 
 def _probe(config: SandboxConfig, task_type: str, code: str) -> Outcome:
